@@ -1,0 +1,167 @@
+"""Typed job spec. Precedence: CLI overrides > workflow YAML > defaults. Validation lives here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ie_flow import IEFlowError
+
+DEFAULT_STORAGE = "./ie-flow-data"
+DEFAULT_TRACKING = "sqlite:///mlflow.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    name: str = "smollm2-135m"
+    revision: str | None = None
+    # auto: float32 on CPU, bfloat16 on GPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class CorpusSpec(_Section):
+    name: str = "icl-countries"
+    shots: int = Field(4, ge=1, le=5)
+    # window length N in tokens; None = 2 * shots for ICL corpora, 8 for text corpora
+    tokens: int | None = Field(None, ge=1, le=512)
+    samples: int = Field(4096, ge=1)
+    seed: int = 0
+    text_field: str = "text"
+    # which N-token window of each sentence a text corpus contributes
+    window: Literal["first", "last"] = "first"
+    # number of names per ICL category (K); None = all single-token names (max 16)
+    names: int | None = Field(None, ge=2, le=16)
+
+
+class ExtractSpec(_Section):
+    batch_size: int = Field(256, ge=1)
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    micro: Literal["in_context", "isolated"] = "in_context"
+    # sequences per Parquet shard (one completion marker each)
+    shard_size: int = Field(1024, ge=1)
+    num_actors: int | None = Field(None, ge=1)
+    num_gpus_per_actor: float | None = Field(None, ge=0)
+    num_cpus_per_actor: float | None = Field(None, gt=0)
+    # block indices to capture (None = all); boundaries b and b+1 are kept for each
+    layers: list[int] | None = None
+
+
+class EstimateSpec(_Section):
+    method: str = "infonce"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    dims: str = "full"
+    micro_reduce: Literal["mean", "sum"] = "mean"
+    layers_per_task: int | None = Field(None, ge=1)
+    num_gpus_per_task: float | None = Field(None, ge=0)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, v: str) -> str:
+        if v == "full":
+            return v
+        kind, _, k = v.partition(":")
+        if kind not in ("first", "project") or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"dims must be 'full', 'first:K' or 'project:K', got {v!r}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("seeds must name at least one seed")
+        return v
+
+
+class StorageSpec(_Section):
+    uri: str = DEFAULT_STORAGE
+    # S3-compatible endpoint (MinIO, moto); credentials come from the environment only
+    endpoint_url: str | None = None
+
+
+class TrackingSpec(_Section):
+    uri: str = DEFAULT_TRACKING
+    experiment: str = "ie-flow"
+    enabled: bool = True
+
+
+class RuntimeSpec(_Section):
+    ray_address: str | None = None
+
+
+class JobSpec(_Section):
+    name: str = "default"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    corpus: CorpusSpec = Field(default_factory=CorpusSpec)
+    extract: ExtractSpec = Field(default_factory=ExtractSpec)
+    estimate: EstimateSpec = Field(default_factory=EstimateSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> "JobSpec":
+        problem = split_problem(self.corpus.samples, self.estimate.eval_fraction)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# smallest train / held-out part that gives a usable bound (ceiling log2(32) = 5 bits)
+MIN_EVAL_SAMPLES = 32
+
+
+def split_problem(samples: int, eval_fraction: float) -> str | None:
+    """Why `samples` cannot be split into train / held-out parts, or None when it can."""
+    n_eval = int(samples * eval_fraction)
+    if n_eval >= MIN_EVAL_SAMPLES and samples - n_eval >= MIN_EVAL_SAMPLES:
+        return None
+    need = math.ceil(MIN_EVAL_SAMPLES / min(eval_fraction, 1 - eval_fraction))
+    return (f"samples={samples} is too few for a held-out split with eval_fraction={eval_fraction}: "
+            f"need at least {need} samples")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Build a JobSpec from defaults, an optional YAML file, then dotted CLI overrides (None = unset)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise IEFlowError(f"workflow file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise IEFlowError(f"workflow file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise IEFlowError(f"workflow file {p} must hold a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    try:
+        return JobSpec.model_validate(tree)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'job'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
+        raise IEFlowError(f"invalid job spec: {problems}") from None

@@ -1,0 +1,95 @@
+"""Corpora: synthetic ICL generators and text readers, cut into N-token windows, with a digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ie_flow import IEFlowError
+
+ICL_CORPORA = ("icl-countries", "icl-animals", "icl-colours", "icl-mixed")
+
+
+@dataclass
+class Corpus:
+    """N-token windows ready for a model: row i is sample_id i."""
+
+    name: str  # short, path-safe dataset name
+    input_ids: np.ndarray  # (n, N) int64
+    settings: dict[str, Any]  # everything that produced the ids (recorded in manifests / MLflow)
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.input_ids.ndim != 2 or len(self.input_ids) == 0:
+            raise IEFlowError(f"corpus {self.name!r} produced no sequence")
+        h = hashlib.sha256(b"ie-flow-corpus-v1\n")
+        h.update(json.dumps(self.settings, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.input_ids, dtype=np.int64).tobytes())
+        h.update(str(self.input_ids.shape).encode())
+        self.digest = h.hexdigest()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def dataset_id(self) -> str:
+        return f"{self.name}-{self.digest[:8]}"
+
+    def prefix_entropy_bits(self) -> list[float]:
+        """Plug-in entropy (bits) of the distinct prefixes x_1..x_t at each position t: for a
+        deterministic model this caps M_l(t), so IE has to be read next to it (IE_SPEC section 6)."""
+        out = []
+        for t in range(self.num_tokens):
+            _, counts = np.unique(self.input_ids[:, : t + 1], axis=0, return_counts=True)
+            p = counts / counts.sum()
+            out.append(float(-(p * np.log2(p)).sum()))
+        return out
+
+    def describe(self, tokenizer: Any = None, examples: int = 3) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": self.name,
+            "digest": self.digest,
+            "dataset_id": self.dataset_id,
+            "samples": self.num_samples,
+            "tokens": self.num_tokens,
+            "settings": self.settings,
+            "prefix_entropy_bits": [round(b, 3) for b in self.prefix_entropy_bits()],
+        }
+        if tokenizer is not None:
+            info["examples"] = [tokenizer.decode(row) for row in self.input_ids[:examples]]
+        return info
+
+
+def path_safe(name: str) -> str:
+    """A name usable as one path segment on local disks and S3."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--").replace(":", "-")).strip("-") or "x"
+
+
+def build_corpus(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:
+    """Build the corpus a CorpusSpec names: a built-in ICL generator or a text/JSONL/Parquet file."""
+    if spec.name in ICL_CORPORA:
+        from ie_flow.corpora.icl import icl_corpus
+
+        return icl_corpus(spec.name.removeprefix("icl-"), tokenizer, spec.shots, spec.samples, spec.seed, spec.names)
+    if spec.name.startswith("icl-"):
+        from difflib import get_close_matches
+
+        close = get_close_matches(spec.name, ICL_CORPORA, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise IEFlowError(f"unknown built-in corpus {spec.name!r}{hint}; built-ins: {', '.join(ICL_CORPORA)}")
+    from ie_flow.corpora.text import text_corpus
+
+    return text_corpus(
+        spec.name, tokenizer, tokens=spec.tokens or 8, samples=spec.samples, text_field=spec.text_field,
+        window=spec.window, endpoint_url=endpoint_url,
+    )

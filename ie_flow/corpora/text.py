@@ -1,0 +1,136 @@
+"""Text corpora (plain text, JSONL, Parquet; local or s3://) cut into N-token windows inside one
+sentence, skipping windows that contain `: ? - ;` or a newline (IE_SPEC section 3.2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ie_flow import IEFlowError
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+FORBIDDEN_IN_WINDOW = re.compile(r"[:?\-;\n]")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+def _files(uri: str, endpoint_url: str | None) -> tuple[Any, list[str]]:
+    from ie_flow.storage import filesystem_for
+
+    fs, path = filesystem_for(uri, endpoint_url)
+    try:
+        if fs.isdir(path):
+            files = sorted(p for p in fs.find(path) if p.endswith(TEXT_SUFFIXES))
+            if not files:
+                raise IEFlowError(f"corpus folder {uri} holds no {', '.join(TEXT_SUFFIXES)} file")
+            return fs, files
+        if not fs.exists(path):
+            raise IEFlowError(f"corpus not found: {uri} (not a built-in name, file or folder)")
+    except IEFlowError:
+        raise
+    except Exception as e:  # noqa: BLE001 - network and permission errors from any backend
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IEFlowError(f"cannot read corpus {uri}: {reason}") from None
+    return fs, [path]
+
+
+def _decode(raw: bytes, where: str) -> str:
+    if b"\x00" in raw:
+        raise IEFlowError(f"{where} contains NUL bytes: binary data, not a text corpus")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IEFlowError(f"{where} is not valid UTF-8 (byte {e.start}): {e.reason}") from None
+
+
+def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None = None) -> Iterator[str]:
+    """Yield documents one at a time (streaming: a large corpus is never held whole)."""
+    fs, files = _files(uri, endpoint_url)
+    for path in files:
+        name = os.path.basename(path)
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                if text_field not in pf.schema_arrow.names:
+                    raise IEFlowError(
+                        f"{name} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                        "set --text-field"
+                    )
+                for batch in pf.iter_batches(columns=[text_field]):
+                    yield from (t for t in batch.column(0).to_pylist() if t)
+            continue
+        jsonl = path.endswith((".jsonl", ".json"))
+        with fs.open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(raw, f"{name} line {lineno}").rstrip("\r\n")
+                if not line.strip():
+                    continue
+                if not jsonl:
+                    yield line
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise IEFlowError(f"{name} line {lineno} is not JSON: {e.msg}") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                    raise IEFlowError(
+                        f"{name} line {lineno} has no field {text_field!r} (has: {keys}); set --text-field"
+                    )
+                if isinstance(record[text_field], str):
+                    yield record[text_field]
+
+
+def sentences(document: str) -> Iterator[str]:
+    for s in SENTENCE_END.split(document):
+        s = s.strip()
+        if s:
+            yield s
+
+
+def sentence_window(ids: list[int], tokens: int, window: str) -> list[int] | None:
+    if len(ids) < tokens:
+        return None
+    return ids[:tokens] if window == "first" else ids[-tokens:]
+
+
+def text_corpus(
+    uri: str, tokenizer: Any, tokens: int, samples: int, text_field: str = "text", window: str = "first",
+    endpoint_url: str | None = None,
+) -> "Corpus":
+    """Up to `samples` windows, one per sentence, in corpus order (deterministic: same file, same ids)."""
+    from ie_flow.corpora import Corpus, path_safe
+
+    rows: list[list[int]] = []
+    documents = sentences_seen = 0
+    for doc in read_documents(uri, text_field, endpoint_url):
+        documents += 1
+        for sentence in sentences(doc):
+            sentences_seen += 1
+            ids = sentence_window(tokenizer(sentence, add_special_tokens=False).input_ids, tokens, window)
+            if ids is None or FORBIDDEN_IN_WINDOW.search(tokenizer.decode(ids)):
+                continue
+            rows.append(ids)
+            if len(rows) == samples:
+                break
+        if len(rows) == samples:
+            break
+    if documents == 0:
+        raise IEFlowError(f"corpus {uri} is empty (no non-blank document)")
+    if not rows:
+        raise IEFlowError(
+            f"no sentence in {uri} gives a {tokens}-token window without ': ? - ;' "
+            f"({documents} documents, {sentences_seen} sentences read); try fewer --tokens"
+        )
+    base = path_safe(os.path.splitext(os.path.basename(uri.rstrip("/")))[0])
+    settings = {
+        "kind": "text", "source": uri, "text_field": text_field, "tokens": tokens, "window": window,
+        "samples_requested": samples, "samples": len(rows),
+    }
+    return Corpus(f"{base}-{tokens}tok", np.array(rows, dtype=np.int64), settings)

@@ -1,0 +1,215 @@
+"""Shared pieces of every estimator: the result type, input validation, the seeded
+train/held-out split, train-split standardisation statistics and seed aggregation."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+LOG2E = 1.0 / math.log(2.0)  # nats -> bits
+SATURATION_MARGIN_BITS = 0.1  # IE_SPEC section 5: within 0.1 bit of the ceiling = lower bound only
+MIN_TRAIN = 64  # fewer training samples than this cannot fit any critic meaningfully
+MIN_EVAL = 32  # fewer held-out samples than this gives a meaningless held-out bound
+
+
+class EstimationDiverged(RuntimeError):
+    """A training run produced a non-finite loss; the estimate is not a number."""
+
+
+@dataclass(frozen=True)
+class MIEstimate:
+    """One mutual-information estimate, in bits, with everything needed to judge it."""
+
+    bits: float  # mean over seeds (nan when diverged)
+    ceiling_bits: float | None  # largest value this estimator could report (None: no ceiling)
+    saturated: bool  # True -> ``bits`` is a lower bound limited by the ceiling, not a measurement
+    n_train: int
+    n_eval: int
+    method: str
+    seconds: float
+    seeds: tuple[int, ...]
+    bits_per_seed: tuple[float, ...]
+    ci_low: float  # 95% t-interval of the mean across seeds (== bits for one seed)
+    ci_high: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False
+    # how much the held-out bound rose from a half-sized to the full candidate pool
+    # (~0 when the ceiling does not bind, up to ~1 bit when it does); None where not computed
+    pool_gain_bits: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["bits_per_seed"] = list(self.bits_per_seed)
+        return d
+
+
+# --------------------------------------------------------------------------- validation
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        bad = ~np.isfinite(a)
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(bad.sum()) - n_nan
+        first = np.argwhere(bad)[0].tolist()
+        raise ValueError(
+            f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf; first at index {first})"
+        )
+
+
+def constant_columns(a: np.ndarray) -> np.ndarray:
+    """Indices of columns of a (n, d) array (or (P, n, d): any pair) with zero variance."""
+    if a.ndim == 2:
+        return np.flatnonzero(np.ptp(a, axis=0) == 0)
+    return np.flatnonzero((np.ptp(a, axis=1) == 0).any(axis=0))
+
+
+def required_samples(eval_fraction: float) -> int:
+    """Smallest n whose split leaves MIN_TRAIN training and MIN_EVAL held-out samples."""
+    if eval_fraction <= 0:
+        return MIN_TRAIN
+    return max(math.ceil(MIN_EVAL / eval_fraction), math.ceil(MIN_TRAIN / (1.0 - eval_fraction)))
+
+
+def validate_pairs(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    *,
+    eval_fraction: float,
+    drop_constant: bool,
+    batched: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check (P, n, d) stacks (batched) or (n, d) pairs; return float arrays as given.
+
+    Raises ValueError naming the problem: wrong ndim, mismatched n, NaN/inf, too few samples,
+    constant columns (unless ``drop_constant``: then the trainer zeroes them, which is
+    equivalent to dropping them)."""
+    xs = np.asarray(xs)
+    ys = np.asarray(ys)
+    want = 3 if batched else 2
+    shape_hint = "(P, n, d)" if batched else "(n, d)"
+    for name, a in (("x", xs), ("y", ys)):
+        if a.ndim != want:
+            raise ValueError(f"{name} must be a {want}-D array {shape_hint}, got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+        if a.shape[-1] == 0:
+            raise ValueError(f"{name} has no columns (shape {a.shape})")
+    if batched and xs.shape[0] != ys.shape[0]:
+        raise ValueError(f"x and y hold different numbers of pairs: {xs.shape[0]} vs {ys.shape[0]}")
+    if xs.shape[-2] != ys.shape[-2]:
+        raise ValueError(
+            f"x and y have different numbers of samples (mismatched n): {xs.shape[-2]} vs {ys.shape[-2]}"
+        )
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    n = xs.shape[-2]
+    need = required_samples(eval_fraction)
+    if n < need:
+        raise ValueError(
+            f"too few samples for the train/held-out split: n={n}, need at least {need} "
+            f"(eval_fraction={eval_fraction}: >= {MIN_TRAIN} train and >= {MIN_EVAL} held-out)"
+        )
+    _check_finite(xs, "x")
+    _check_finite(ys, "y")
+    if not drop_constant:
+        for name, a in (("x", xs), ("y", ys)):
+            cols = constant_columns(a)
+            if cols.size:
+                shown = ", ".join(str(int(c)) for c in cols[:10]) + (" ..." if cols.size > 10 else "")
+                raise ValueError(
+                    f"{name} has {cols.size} constant column(s) (zero variance) at index {shown}; "
+                    "remove them or pass drop_constant=True"
+                )
+    return xs, ys
+
+
+# --------------------------------------------------------------------------- split / stats
+
+def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train / held-out split by sample (sorted indices: deterministic, cache friendly)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+    perm = rng.permutation(n)
+    n_eval = max(MIN_EVAL, int(round(n * eval_fraction)))
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+# --------------------------------------------------------------------------- aggregation
+
+# two-sided 97.5% Student-t quantiles for df = 1..30 (no scipy dependency)
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of the mean across seeds; (v, v, v) for one seed."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or not np.isfinite(v).all():
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size == 1:
+        return m, m, m
+    t = _T975[v.size - 2] if v.size - 1 <= len(_T975) else 1.96
+    half = t * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return m, m - half, m + half
+
+
+def is_saturated(bits: float, ceiling_bits: float | None) -> bool:
+    if ceiling_bits is None or not math.isfinite(ceiling_bits) or not math.isfinite(bits):
+        return False
+    return bits >= ceiling_bits - SATURATION_MARGIN_BITS
+
+
+# --------------------------------------------------------------------------- estimator base
+
+def close_match_hint(name: str, choices: Sequence[str]) -> str:
+    m = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {m[0]!r}?" if m else ""
+
+
+def resolve_device(device: Any) -> Any:
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Estimator:
+    """Base class: holds validated settings; subclasses implement ``estimate_many``."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **settings: Any) -> None:
+        unknown = [k for k in settings if k not in self.defaults]
+        if unknown:
+            k = unknown[0]
+            raise ValueError(
+                f"unknown setting {k!r} for estimator {self.name!r}{close_match_hint(k, list(self.defaults))} "
+                f"(known: {', '.join(sorted(self.defaults))})"
+            )
+        self.settings: dict[str, Any] = {**self.defaults, **settings}
+
+    def estimate_many(
+        self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
+    ) -> list[MIEstimate]:
+        raise NotImplementedError
+
+    # helpers shared by subclasses
+    @staticmethod
+    def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+        seeds = tuple(int(s) for s in (seeds if isinstance(seeds, (list, tuple, range, np.ndarray)) else (seeds,)))
+        if not seeds:
+            raise ValueError("seeds must name at least one seed")
+        return seeds
+
+    @staticmethod
+    def _clock() -> float:
+        return time.perf_counter()

@@ -1,0 +1,263 @@
+"""Batched training loop: P separable critics trained together, early-stopped per pair.
+
+Protocol (IE_SPEC section 5): standardise with train-split statistics, minibatch training on
+the train split, periodic evaluation of the bound on the held-out split, early stopping per
+pair on it (patience), then report the held-out bound of each pair's best checkpoint.
+
+Candidate pool of the reported value (setting ``negatives``):
+- ``"all"`` (default): each held-out x_r is scored against the y of EVERY sample (train and
+  held-out).  The train samples are independent draws from p(y) that are independent of the
+  held-out x_r, so this is still a valid InfoNCE lower bound, with ceiling log2(n) instead of
+  log2(n_eval).  It matters for discrete x (the LLM case: x is a token prefix): with K equally
+  likely values and C candidates the optimal critic reaches only ~log2(C / (1 + (C-1)/K)) because
+  same-value candidates cannot be told apart (K=256: 7.7 bits with C=1000, 7.93 with C=5000).
+  Early stopping uses the held-out-only pool, so the checkpoint is never chosen for how it
+  scores the training y's; the shuffle test guards against a critic that memorises them.
+- ``"heldout"``: candidates are the held-out samples only (ceiling log2(n_eval)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import bounds
+from .critics import Params, SeparableCritic
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    bound: str = "infonce"  # infonce | dv | nwj | smile
+    ema: float | None = None  # MINE moving-average rate for the partition-term gradient
+    clip: float = 5.0  # SMILE clip
+    hidden: int = 128
+    embed: int = 64
+    layers: int = 1
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_steps: int = 2000
+    eval_every: int = 25
+    patience: int = 8  # evaluations without improvement before a pair stops
+    min_delta: float = 1e-3  # nats; smaller held-out gains do not reset patience
+    negatives: str = "all"  # all | heldout (see module docstring)
+    pool_check: bool = True  # InfoNCE: also evaluate with half the pool (saturation test)
+    chunk_elems: int = 1 << 25  # memory cap (elements) of one evaluation chunk of pairs
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the matmuls; CPU AMX / GPU tensor cores)
+
+
+@dataclass
+class TrainResult:
+    nats: np.ndarray  # (P,) reported held-out bound of the best checkpoint
+    nats_half: np.ndarray | None  # (P,) same with half the candidate pool (InfoNCE only)
+    diverged: np.ndarray  # (P,) bool
+    best_step: np.ndarray  # (P,) int
+    steps: int  # optimisation steps actually run
+    n_candidates: int
+    n_candidates_half: int | None
+    history: list[tuple[int, np.ndarray]]  # (step, held-out-only bound per pair in nats) per evaluation
+
+
+def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair mean and 1/std over the rows ``idx``; zero-variance columns get 1/std = 0,
+    which removes them (the ``drop_constant`` behaviour; validation has already refused them
+    when dropping was not asked for)."""
+    P, _, d = t.shape
+    means, inv = [], []
+    for s in range(0, P, chunk):
+        blk = t[s : s + chunk].index_select(1, idx).to(torch.float64)
+        m = blk.mean(1, keepdim=True)
+        sd = blk.std(1, keepdim=True)
+        tiny = sd <= 1e-7 * (m.abs() + 1.0)
+        means.append(m.float())
+        inv.append(torch.where(tiny, torch.zeros_like(sd), 1.0 / sd.clamp_min(1e-300)).float())
+    return torch.cat(means), torch.cat(inv)
+
+
+class _Standardised:
+    """Rows of a (P, n, d) stack, standardised with train statistics on the fly (no full copy)."""
+
+    def __init__(self, t: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, device: torch.device):
+        self.t, self.mean, self.inv, self.device = t, mean.to(device), inv_std.to(device), device
+
+    def rows(self, idx: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
+        blk = self.t[sl].index_select(1, idx.to(self.t.device)).to(self.device, torch.float32, non_blocking=True)
+        return (blk - self.mean[sl]) * self.inv[sl]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def train_batched(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    train_idx: np.ndarray,
+    eval_idx: np.ndarray,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+) -> TrainResult:
+    """Train P critics on (P, n, dx) / (P, n, dy) stacks and return per-pair held-out bounds."""
+    P, n, dx = xs.shape
+    dy = ys.shape[2]
+    tr = torch.as_tensor(train_idx, dtype=torch.long)
+    ev = torch.as_tensor(eval_idx, dtype=torch.long)
+    n_tr, n_ev = tr.numel(), ev.numel()
+    stat_chunk = max(1, cfg.chunk_elems // max(1, n_tr * max(dx, dy)))
+    X = _Standardised(xs, *_train_stats(xs, tr, stat_chunk), device)
+    Y = _Standardised(ys, *_train_stats(ys, tr, stat_chunk), device)
+
+    critic = SeparableCritic(P, dx, dy, hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed, device=device)
+    params = critic.parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else torch.optim.Adam(params, lr=cfg.lr)
+    best: dict[str, Params] = {s: {k: v.detach().clone() for k, v in p.items()} for s, p in critic.state().items()}
+    best_val = torch.full((P,), -math.inf, dtype=torch.float64)
+    best_step = np.zeros(P, dtype=np.int64)
+    bad_evals = torch.zeros(P, dtype=torch.long)
+    diverged = torch.zeros(P, dtype=torch.bool)
+    active = torch.ones(P, dtype=torch.bool)
+    log_ema: torch.Tensor | None = None
+    history: list[tuple[int, np.ndarray]] = []
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBA7C]))
+    B = min(cfg.batch_size, n_tr)
+    diag = torch.arange(B, device=device)
+    order, cursor = rng.permutation(n_tr), 0
+    step = 0
+    for step in range(1, cfg.max_steps + 1):
+        if cursor + B > n_tr:  # new epoch: reshuffle (drop the ragged tail)
+            order, cursor = rng.permutation(n_tr), 0
+        bidx = tr[torch.as_tensor(order[cursor : cursor + B])]
+        cursor += B
+        with _autocast(device, cfg.precision):
+            fx = critic.side(critic.x, X.rows(bidx), cfg.layers)
+            gy = critic.side_y(critic.y, Y.rows(bidx), cfg.layers)
+            S = critic.scores(fx, gy).float()
+        if cfg.ema is not None:
+            pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
+            lme = bounds.neg_logmeanexp(S, diag)
+            value = pos_mean - lme
+            lme_d = lme.detach()
+            log_ema = lme_d.clone() if log_ema is None else torch.logaddexp(
+                log_ema + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema))
+            # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
+            # instead of the minibatch value, which removes most of the minibatch gradient bias.
+            objective = pos_mean - lme * torch.exp(lme_d - log_ema)
+        else:
+            value = bounds.bound(cfg.bound, S, diag, cfg.clip)
+            objective = value
+        finite = torch.isfinite(value.detach()).cpu()
+        newly = ~finite & ~diverged
+        if newly.any():
+            diverged |= newly
+            active &= ~diverged
+        ok = finite.to(device) & ~diverged.to(device)
+        loss = -torch.where(ok, objective, torch.zeros((), device=device)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if diverged.any():  # keep dead pairs' NaNs out of their optimiser state
+            dmask = diverged.to(device)
+            for p_ in params:
+                if p_.grad is not None:
+                    p_.grad[dmask] = 0.0
+        opt.step()
+
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device).double()
+            history.append((step, val.numpy().copy()))
+            with torch.no_grad():
+                bad = ~torch.isfinite(val)
+                diverged |= bad & active
+                improved = active & ~bad & (val > best_val + cfg.min_delta)
+                if improved.any():
+                    ii = improved.nonzero().squeeze(1).to(device)
+                    for side, p in critic.state().items():
+                        for k, v in p.items():
+                            best[side][k][ii] = v.detach()[ii]
+                    best_val[improved] = val[improved]
+                    best_step[improved.numpy()] = step
+                bad_evals = torch.where(improved, torch.zeros_like(bad_evals), bad_evals + 1)
+                active &= (bad_evals < cfg.patience) & ~diverged
+            if not active.any():
+                break
+
+    # report: best checkpoint, evaluated with the configured candidate pool
+    if cfg.negatives == "all":
+        cand = torch.arange(n)
+        pos = ev
+    elif cfg.negatives == "heldout":
+        cand = ev
+        pos = torch.arange(n_ev)
+    else:
+        raise ValueError(f"negatives must be 'all' or 'heldout', got {cfg.negatives!r}")
+    keep = None
+    if cfg.bound == "infonce" and cfg.ema is None and cfg.pool_check:
+        g = torch.Generator().manual_seed(int(seed) + 991)
+        keep = torch.zeros(cand.numel(), dtype=torch.bool)
+        keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
+    out = _evaluate(critic, best, X, Y, ev, cand, pos, cfg, device, keep=keep)
+    if keep is not None:
+        nats, nats_half = out
+        nats_half = nats_half.double().numpy()
+    else:
+        nats, nats_half = out, None
+    nats = nats.double().numpy()
+    div = diverged.numpy() | ~np.isfinite(nats)
+    nats = np.where(div, np.nan, nats)
+    if nats_half is not None:
+        nats_half = np.where(div, np.nan, nats_half)
+    return TrainResult(
+        nats=nats,
+        nats_half=nats_half,
+        diverged=div,
+        best_step=best_step,
+        steps=step,
+        n_candidates=int(cand.numel()),
+        n_candidates_half=None if keep is None else int(keep.sum()) + 1,
+        history=history,
+    )
+
+
+@torch.no_grad()
+def _evaluate(
+    critic: SeparableCritic,
+    state: dict[str, Params],
+    X: _Standardised,
+    Y: _Standardised,
+    rows: torch.Tensor,
+    cand: torch.Tensor,
+    pos: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+    keep: torch.Tensor | None = None,
+) -> Any:
+    """Bound (nats, (P,)) of x[rows] against candidates y[cand]; ``pos[r]`` is the column of
+    row r's own y.  Chunked over pairs so the (P, R, C) score tensor stays within memory."""
+    P = X.t.shape[0]
+    R, C = rows.numel(), cand.numel()
+    d = max(X.t.shape[2], Y.t.shape[2])
+    chunk = max(1, cfg.chunk_elems // max(1, R * C, C * d))
+    pos_d = pos.to(device)
+    keep_d = None if keep is None else keep.to(device)
+    full, half = [], []
+    for s in range(0, P, chunk):
+        sl = slice(s, min(P, s + chunk))
+        with _autocast(device, cfg.precision):
+            fx = critic.side(state["x"], X.rows(rows, sl), cfg.layers, sl)
+            gy = critic.side_y(state["y"], Y.rows(cand, sl), cfg.layers, sl)
+            S = critic.scores(fx, gy).float()
+        if cfg.ema is not None:
+            full.append(bounds.dv(S, pos_d).cpu())
+        else:
+            full.append(bounds.bound(cfg.bound, S, pos_d, cfg.clip).cpu())
+        if keep_d is not None:
+            half.append(bounds.infonce_subpool(S, pos_d, keep_d).cpu())
+    if keep is not None:
+        return torch.cat(full), torch.cat(half)
+    return torch.cat(full)

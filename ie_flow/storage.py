@@ -1,0 +1,169 @@
+"""One place that turns a storage URI (local folder or s3://bucket/prefix) into a filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+from functools import cached_property
+from typing import Any
+
+from ie_flow import IEFlowError
+
+
+def s3_endpoint(explicit: str | None = None) -> str | None:
+    """Endpoint for S3-compatible servers (MinIO, moto): explicit > IE_FLOW_S3_ENDPOINT > AWS_ENDPOINT_URL."""
+    return explicit or os.environ.get("IE_FLOW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for a URI. Credentials come only from the environment."""
+    if uri.startswith("s3://"):
+        import s3fs
+
+        endpoint = s3_endpoint(endpoint_url)
+        fs = s3fs.S3FileSystem(
+            endpoint_url=endpoint,
+            # fail fast on an unreachable endpoint instead of botocore's long retry loop
+            config_kwargs={"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}},
+        )
+        return fs, uri[len("s3://") :].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise IEFlowError(f"unsupported storage URI {uri!r}: use a local folder or s3://bucket/prefix")
+    from fsspec.implementations.local import LocalFileSystem
+
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Storage:
+    """A storage root. Picklable (Ray actors get a copy); the filesystem is built lazily per process."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        self.uri = uri.rstrip("/") if uri.startswith("s3://") else uri
+        self.endpoint_url = endpoint_url
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "endpoint_url": self.endpoint_url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @cached_property
+    def _fs_root(self) -> tuple[Any, str]:
+        return filesystem_for(self.uri, self.endpoint_url)
+
+    @property
+    def fs(self) -> Any:
+        return self._fs_root[0]
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem (what fsspec calls take)."""
+        return posixpath.join(self._fs_root[1], *parts)
+
+    def url(self, *parts: str) -> str:
+        """Full URI for humans, manifests and MLflow tags."""
+        p = self.path(*parts)
+        return f"s3://{p}" if self.is_s3 else p
+
+    def child(self, *parts: str) -> "Storage":
+        return Storage(self.url(*parts), self.endpoint_url)
+
+    # --- byte and JSON I/O --------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        path = self.path(rel)
+        if self.is_s3:
+            self.fs.pipe_file(path, data)  # an S3 PUT is atomic
+            return
+        # local: write then rename, so a killed job never leaves a half file under the real name
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def list(self, rel: str) -> list[str]:
+        """Names (not paths) directly under rel; empty when it does not exist."""
+        path = self.path(rel)
+        try:
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    # --- Parquet ------------------------------------------------------------------------------
+    def write_parquet(self, rel: str, table: Any) -> tuple[str, int]:
+        """Write a table as one large row group; returns (sha256, size in bytes)."""
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=max(1, table.num_rows), compression="zstd")
+        data = buf.getvalue()
+        self.write_bytes(rel, data)
+        return sha256(data), len(data)
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> Any:
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self.path(rel), "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    def check_writable(self) -> None:
+        """Fail early, with one clear line, when the root cannot be written."""
+        probe = f".ie-flow-write-probe-{os.getpid()}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.remove(probe)
+        except IEFlowError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise IEFlowError(f"storage {self.uri} is not writable: {reason}") from None
+
+
+# --- layout (DESIGN.md "Data on storage") -------------------------------------------------------
+MANIFEST = "manifest.json"
+JOB_SETTINGS = "_job.json"
+
+
+def activations_dir(model: str, dataset_id: str) -> str:
+    return posixpath.join("activations", model, dataset_id)
+
+
+def results_dir(model: str, dataset_id: str, run: str) -> str:
+    return posixpath.join("results", model, dataset_id, run)
+
+
+def boundary_file(boundary: int, shard: int, variant: str = "") -> str:
+    """variant "" = in-context activations; "isolated" = each token run alone (micro=isolated)."""
+    rel = f"boundary={boundary:03d}/part-{shard:05d}.parquet"
+    return posixpath.join(variant, rel) if variant else rel
+
+
+def done_marker(shard: int) -> str:
+    return f"_done/part-{shard:05d}"

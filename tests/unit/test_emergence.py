@@ -1,0 +1,69 @@
+"""IE from an MI table (IE_SPEC section 2), checked against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ie_flow.emergence import information_emergence
+
+
+def _rows(values: dict[tuple[int, int, int], float], ceiling: float = 10.0, micro: dict | None = None):
+    """values[(seed, layer, pos)] = bits; micro rows copy macro rows unless given (in-context)."""
+    rows = []
+    for (seed, layer, pos), bits in values.items():
+        for level, b in (("macro", bits), ("micro", (micro or values)[(seed, layer, pos)])):
+            rows.append({"layer": layer, "position": pos, "level": level, "method": "x", "seed": seed,
+                         "bits": b, "ceiling_bits": ceiling, "saturated": b >= ceiling - 0.1,
+                         "n_train": 80, "n_eval": 20})
+    return rows
+
+
+def test_ie_mean_and_sum_reduce():
+    # one layer, positions 0..2 with M = 1, 2, 6
+    rows = _rows({(0, 0, 0): 1.0, (0, 0, 1): 2.0, (0, 0, 2): 6.0})
+    em = information_emergence(rows, "mean")
+    assert em.layers[0].ie == pytest.approx(6 - 3)
+    assert em.layers[0].mi_macro == 6 and em.layers[0].mi_micro == pytest.approx(3)
+    # E_l(t) = M_l(t) - mean_{i<=t} M_l^mi_i
+    np.testing.assert_allclose(em.token_curves[0], [1 - 1, 2 - 1.5, 6 - 3])
+    assert information_emergence(rows, "sum").layers[0].ie == pytest.approx(6 - 9)
+
+
+def test_isolated_micro_rows_are_used():
+    macro = {(0, 0, 0): 1.0, (0, 0, 1): 5.0}
+    micro = {(0, 0, 0): 1.0, (0, 0, 1): 1.0}
+    em = information_emergence(_rows(macro, micro=micro))
+    assert em.layers[0].ie == pytest.approx(5 - 1)
+
+
+def test_seeds_give_spread_and_summary():
+    vals = {}
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        for layer in range(3):
+            vals[(seed, layer, 0)] = 1.0
+            vals[(seed, layer, 1)] = 3.0 + layer + shift
+    em = information_emergence(_rows(vals))
+    ie = [l.ie for l in em.layers]
+    # IE_l per seed = M(1) - (M(0)+M(1))/2 = (M(1)-1)/2
+    np.testing.assert_allclose(ie, [(3 + l + 0.5 - 1) / 2 for l in range(3)])
+    assert em.layers[0].ie_std_seeds == pytest.approx(np.std([1.0, 1.5], ddof=1))
+    assert em.layers[0].ie_ci_low < em.layers[0].ie < em.layers[0].ie_ci_high
+    s = em.summary
+    assert s["ie_mean"] == pytest.approx(np.mean(ie)) and s["ie_max"] == pytest.approx(max(ie))
+    assert s["ie_argmax_layer"] == 2 and s["ie_std_layers"] == pytest.approx(np.std(ie, ddof=1))
+    assert s["ie_std_seeds"] == pytest.approx(np.std([np.mean([1, 1.5, 2]), np.mean([1.5, 2, 2.5])], ddof=1))
+
+
+def test_saturation_is_reported():
+    em = information_emergence(_rows({(0, 0, 0): 2.0, (0, 0, 1): 9.95}, ceiling=10.0))
+    assert em.layers[0].macro_saturated and em.layers[0].micro_saturated == 1
+    assert em.summary["saturated_layers"] == 1
+    assert em.saturated[0].tolist() == [False, True]
+
+
+def test_bad_tables():
+    with pytest.raises(ValueError, match="empty"):
+        information_emergence([])
+    with pytest.raises(ValueError, match="micro_reduce"):
+        information_emergence(_rows({(0, 0, 0): 1.0}), "median")
