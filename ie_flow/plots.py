@@ -17,6 +17,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)  # figures are kept alive by pyplot until closed
+    return path
+
+
 def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
     plt = _pyplot()
     layers = [l.layer for l in em.layers]
@@ -32,10 +39,7 @@ def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="layer", ylabel="IE (bits)", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_mi_heatmap(em: Any, path: Path, title: str) -> Path:
@@ -48,10 +52,7 @@ def plot_mi_heatmap(em: Any, path: Path, title: str) -> Path:
     ax.set(xlabel="position t", ylabel="layer l", title=title)
     if len(rows):
         ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_token_curves(em: Any, path: Path, title: str) -> Path:
@@ -64,10 +65,7 @@ def plot_token_curves(em: Any, path: Path, title: str) -> Path:
     ax.set(xlabel="position t", ylabel="E_l(t) bits", title=title)
     if n <= 8:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per layer") -> Path:
@@ -81,7 +79,4 @@ def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per laye
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="layer", ylabel="IE (bits)", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

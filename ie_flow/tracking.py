@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,10 @@ def log_run(record: dict[str, Any], table: Any, em: Any, tracking_uri: str, expe
         for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
             client.log_batch(run.info.run_id, metrics=metrics[i : i + 900])
         if input_ids is not None:
-            ds = mlflow.data.from_numpy(input_ids, source=record["manifest_uri"], name=dataset["id"],
-                                        digest=dataset["digest"][:16])
+            with warnings.catch_warnings():  # MLflow warns that a local path could be two source kinds
+                warnings.simplefilter("ignore", UserWarning)
+                ds = mlflow.data.from_numpy(input_ids, source=record["manifest_uri"], name=dataset["id"],
+                                            digest=dataset["digest"][:16])
             mlflow.log_input(ds, context="corpus")
         if len(em.seeds) > 1:
             _log_seed_children(run.info.run_id, em, tags)

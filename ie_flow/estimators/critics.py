@@ -19,7 +19,8 @@ Params = dict[str, torch.Tensor]
 
 
 def _init_side(
-    d: int, hidden: int, embed: int, layers: int, P: int, gen: torch.Generator, dtype: torch.dtype
+    d: int, hidden: int, embed: int, layers: int, P: int, gen: torch.Generator, dtype: torch.dtype,
+    zero_out: bool = False,
 ) -> Params:
     # Every pair starts from the same draw (generated once, expanded over P): a pair's
     # trajectory then does not depend on which other pairs share the batch, so
@@ -28,10 +29,11 @@ def _init_side(
         w = torch.randn(fan_in, fan_out, generator=gen, dtype=torch.float64) * (gain / math.sqrt(fan_in))
         return w.to(dtype).expand(P, fan_in, fan_out).clone()
 
+    out_gain = 0.0 if zero_out else 1.0
     if hidden <= 0:  # purely linear side: d -> k + 1 directly (cheapest; no MLP possible)
         if layers:
             raise ValueError("layers > 0 needs hidden > 0")
-        return {"w_out": lecun(d, embed + 1), "b_out": torch.zeros(P, 1, embed + 1, dtype=dtype)}
+        return {"w_out": lecun(d, embed + 1, out_gain), "b_out": torch.zeros(P, 1, embed + 1, dtype=dtype)}
     p: Params = {
         "w_in": lecun(d, hidden),
         "b_in": torch.zeros(P, 1, hidden, dtype=dtype),
@@ -42,7 +44,7 @@ def _init_side(
         # residual branch starts small so the critic starts near its linear part
         p[f"w{i}b"] = lecun(hidden, hidden, 0.1)
         p[f"b{i}b"] = torch.zeros(P, 1, hidden, dtype=dtype)
-    p["w_out"] = lecun(hidden, embed + 1)
+    p["w_out"] = lecun(hidden, embed + 1, out_gain)
     p["b_out"] = torch.zeros(P, 1, embed + 1, dtype=dtype)
     return p
 
@@ -67,7 +69,10 @@ class SeparableCritic:
         self.layers = layers
         self.embed = embed
         self.x = {k: v.to(device).requires_grad_(True) for k, v in _init_side(dx, hidden, embed, layers, P, gen, dtype).items()}
-        y = _init_side(dy, hidden, embed, layers, P, gen, dtype)
+        # y head starts at zero: T == 0 at step 0, so every bound starts at exactly 0 bits (the
+        # right answer for independent data) instead of at a random negative value; the x side
+        # is random, so the y head still gets gradient
+        y = _init_side(dy, hidden, embed, layers, P, gen, dtype, zero_out=True)
         # per-embedding-coordinate weight of a -v_k^2/2 term: gives b(y) the quadratic part a
         # Gaussian log density ratio has (a bilinear critic alone cannot represent it)
         y["gamma"] = torch.zeros(P, 1, embed, dtype=dtype)

@@ -33,9 +33,13 @@ class TrainConfig:
     bound: str = "infonce"  # infonce | dv | nwj | smile
     ema: float | None = None  # MINE moving-average rate for the partition-term gradient
     clip: float = 5.0  # SMILE clip
-    hidden: int = 128
+    # Default critic is linear (+ the quadratic y term): on the ground-truth suite an MLP
+    # (hidden=128, layers=1) overfitted 4,000 training samples long before its linear part
+    # converged (d=50 Gaussian: 2.65 vs 3.51 bits of 4) and the linear critic already reaches
+    # log2 K on discrete K-valued inputs through a nonlinear injective map.
+    hidden: int = 0  # 0: linear d -> embed + 1; > 0: linear d -> hidden, residual MLP, head
     embed: int = 64
-    layers: int = 1
+    layers: int = 0
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -130,43 +134,46 @@ def train_batched(
     diag = torch.arange(B, device=device)
     order, cursor = rng.permutation(n_tr), 0
     step = 0
-    for step in range(1, cfg.max_steps + 1):
-        if cursor + B > n_tr:  # new epoch: reshuffle (drop the ragged tail)
-            order, cursor = rng.permutation(n_tr), 0
-        bidx = tr[torch.as_tensor(order[cursor : cursor + B])]
-        cursor += B
-        with _autocast(device, cfg.precision):
-            fx = critic.side(critic.x, X.rows(bidx), cfg.layers)
-            gy = critic.side_y(critic.y, Y.rows(bidx), cfg.layers)
-            S = critic.scores(fx, gy).float()
-        if cfg.ema is not None:
-            pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
-            lme = bounds.neg_logmeanexp(S, diag)
-            value = pos_mean - lme
-            lme_d = lme.detach()
-            log_ema = lme_d.clone() if log_ema is None else torch.logaddexp(
-                log_ema + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema))
-            # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
-            # instead of the minibatch value, which removes most of the minibatch gradient bias.
-            objective = pos_mean - lme * torch.exp(lme_d - log_ema)
-        else:
-            value = bounds.bound(cfg.bound, S, diag, cfg.clip)
-            objective = value
-        finite = torch.isfinite(value.detach()).cpu()
-        newly = ~finite & ~diverged
-        if newly.any():
-            diverged |= newly
-            active &= ~diverged
-        ok = finite.to(device) & ~diverged.to(device)
-        loss = -torch.where(ok, objective, torch.zeros((), device=device)).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if diverged.any():  # keep dead pairs' NaNs out of their optimiser state
-            dmask = diverged.to(device)
-            for p_ in params:
-                if p_.grad is not None:
-                    p_.grad[dmask] = 0.0
-        opt.step()
+    # step 0 only evaluates the initial critic (T == 0: bound exactly 0), so a pair that never
+    # beats "no information" reports ~0 instead of a worse training state
+    for step in range(0, cfg.max_steps + 1):
+        if step > 0:
+            if cursor + B > n_tr:  # new epoch: reshuffle (drop the ragged tail)
+                order, cursor = rng.permutation(n_tr), 0
+            bidx = tr[torch.as_tensor(order[cursor : cursor + B])]
+            cursor += B
+            with _autocast(device, cfg.precision):
+                fx = critic.side(critic.x, X.rows(bidx), cfg.layers)
+                gy = critic.side_y(critic.y, Y.rows(bidx), cfg.layers)
+                S = critic.scores(fx, gy).float()
+            if cfg.ema is not None:
+                pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
+                lme = bounds.neg_logmeanexp(S, diag)
+                value = pos_mean - lme
+                lme_d = lme.detach()
+                log_ema = lme_d.clone() if log_ema is None else torch.logaddexp(
+                    log_ema + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema))
+                # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
+                # instead of the minibatch value, which removes most of the minibatch gradient bias.
+                objective = pos_mean - lme * torch.exp(lme_d - log_ema)
+            else:
+                value = bounds.bound(cfg.bound, S, diag, cfg.clip)
+                objective = value
+            finite = torch.isfinite(value.detach()).cpu()
+            newly = ~finite & ~diverged
+            if newly.any():
+                diverged |= newly
+                active &= ~diverged
+            ok = finite.to(device) & ~diverged.to(device)
+            loss = -torch.where(ok, objective, torch.zeros((), device=device)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if diverged.any():  # keep dead pairs' NaNs out of their optimiser state
+                dmask = diverged.to(device)
+                for p_ in params:
+                    if p_.grad is not None:
+                        p_.grad[dmask] = 0.0
+            opt.step()
 
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device).double()

@@ -183,6 +183,12 @@ def base_env_fixture() -> Callable[..., dict[str, str]]:
     return base_env
 
 
+@pytest.fixture(scope="session")
+def ie_flow_bin() -> str:
+    """The `ie-flow` executable of this environment."""
+    return IE_FLOW
+
+
 @pytest.fixture(scope="session", name="free_port")
 def free_port_fixture() -> Callable[[], int]:
     """free_port(): a TCP port on loopback that nothing listens on (also: a closed port for 'down')."""

@@ -1,0 +1,148 @@
+"""A killed extraction resumes: finished shards are kept (completion markers), the rest are
+extracted, and the result is byte-for-byte the result of an uninterrupted run - same manifest, same
+Parquet bytes, every (sample_id, pos) row exactly once. A rerun of a finished job reuses it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = 3072
+SHARD = 64
+SHARDS = SAMPLES // SHARD  # 48
+TOKENS = 8  # icl-countries, 4 shots
+KILL_AFTER = 6  # markers seen before the SIGKILL
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Relative path -> file, leaving out a killed writer's temporary files (never read by anyone)."""
+    return {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file() and ".tmp-" not in p.name}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dataset_folder(root: Path) -> Path:
+    found = list(root.glob("activations/*/*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_killed_extraction_resumes_to_identical_bytes(tiny_llama, cli, base_env, ie_flow_bin, tmp_path):
+    import psutil
+
+    workflow = tmp_path / "resume.yaml"
+    workflow.write_text(f"extract:\n  shard_size: {SHARD}\n  batch_size: 16\n  storage_dtype: float16\n")
+    args = ["extract", str(workflow), "--model", str(tiny_llama), "--corpus", "icl-countries",
+            "--samples", str(SAMPLES), "--json"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    # 1. start, wait for some (not all) completion markers, SIGKILL the whole process group
+    proc = subprocess.Popen([ie_flow_bin, *args, "--storage", str(killed)], env=base_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        done: list[Path] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = list(killed.glob("activations/*/*/_done/part-*"))
+            if len(done) >= KILL_AFTER:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"extraction ended before it could be killed:\n{proc.communicate()[1][-3000:]}"
+        assert len(done) >= KILL_AFTER, "no completion marker appeared within 240 s"
+        family = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and workers
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    _reap(family)
+
+    folder = _dataset_folder(killed)
+    markers_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (folder / "_done").iterdir()}
+    assert KILL_AFTER <= len(markers_before) < SHARDS, f"{len(markers_before)} of {SHARDS} shards were done"
+    assert not (folder / "manifest.json").exists(), "a killed job must not leave a manifest claiming completeness"
+    finished_parts = {rel: p.stat().st_mtime_ns for rel, p in _files(folder).items()
+                      if rel.endswith(".parquet") and f"part-{rel.rsplit('part-', 1)[1][:5]}" in markers_before}
+    assert len(finished_parts) == 3 * len(markers_before)  # boundaries 0, 1, 2 of every finished shard
+
+    # an incomplete extraction is refused by stage 2 with a clear message
+    refused = cli("estimate", str(folder / "manifest.json"), "--estimator", "gaussian", "--no-tracking")
+    assert refused.returncode == 2, refused.describe()
+    assert len(refused.error_lines()) == 1 and "incomplete" in refused.error_lines()[0], refused.describe()
+
+    # 2. rerun: it finishes, and the shards that were done are not redone
+    resumed = cli(*args, "--storage", str(killed), timeout=400).json()
+    assert resumed["reused"] is False and resumed["samples"] == SAMPLES
+    for name, (mtime, data) in markers_before.items():
+        marker = folder / "_done" / name
+        assert marker.stat().st_mtime_ns == mtime and marker.read_bytes() == data, f"shard {name} was redone"
+    for rel, mtime in finished_parts.items():
+        assert (folder / rel).stat().st_mtime_ns == mtime, f"{rel} of a finished shard was rewritten"
+
+    # 3. an uninterrupted run elsewhere gives the same bytes
+    reference = cli(*args, "--storage", str(clean), timeout=400).json()
+    assert reference["corpus_digest"] == resumed["corpus_digest"]
+    clean_folder = _dataset_folder(clean)
+    assert clean_folder.relative_to(clean) == folder.relative_to(killed)
+    assert (folder / "manifest.json").read_bytes() == (clean_folder / "manifest.json").read_bytes()
+    ours, theirs = _files(folder), _files(clean_folder)
+    assert sorted(ours) == sorted(theirs)
+    parquet = [rel for rel in ours if rel.endswith(".parquet")]
+    assert len(parquet) == 3 * SHARDS
+    for rel in sorted(ours):
+        assert _sha(ours[rel]) == _sha(theirs[rel]), f"{rel} differs from the uninterrupted run"
+
+    # the manifest's sha256 are those of the files; shards cover the samples once, in order
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["complete"] is True and len(manifest["shards"]) == SHARDS
+    assert [s["sample_ids"] for s in manifest["shards"]] == [[i, i + SHARD] for i in range(0, SAMPLES, SHARD)]
+    for shard in manifest["shards"]:
+        for rel, meta in shard["files"].items():
+            assert _sha(folder / rel) == meta["sha256"], rel
+
+    # 4. no duplicate and no missing (sample_id, pos) row in any boundary
+    for boundary in manifest["boundaries"]:
+        parts = sorted(folder.glob(f"boundary={boundary:03d}/part-*.parquet"))
+        assert len(parts) == SHARDS
+        sample_id = np.concatenate([pq.read_table(p, columns=["sample_id"]).column(0).to_numpy() for p in parts])
+        pos = np.concatenate([pq.read_table(p, columns=["pos"]).column(0).to_numpy() for p in parts])
+        keys = sample_id.astype(np.int64) * TOKENS + pos
+        assert len(keys) == SAMPLES * TOKENS, f"boundary {boundary}: {len(keys)} rows"
+        np.testing.assert_array_equal(np.sort(keys), np.arange(SAMPLES * TOKENS))
+
+    # 5. a rerun of the finished job reuses it: quick, nothing rewritten
+    before = {rel: (p.stat().st_mtime_ns, p.stat().st_size) for rel, p in _files(folder).items()}
+    again = cli(*args, "--storage", str(killed), timeout=120)
+    info = again.json()
+    assert info["reused"] is True and info["manifest"] == resumed["manifest"]
+    assert info["seconds"] < 20 and again.seconds < 60, again.describe()
+    assert {rel: (p.stat().st_mtime_ns, p.stat().st_size) for rel, p in _files(folder).items()} == before
+
+
+def _reap(family) -> None:
+    """Ray's processes die with their driver (fate sharing); make sure, by id."""
+    import psutil
+
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
