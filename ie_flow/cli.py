@@ -223,8 +223,9 @@ def report(
 
         if result.results is None:
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
-        error = log_to_tracking(JobOutcome(result.record, result.table, result.emergence), result.results,
-                                tracking, experiment or result.record["job"]["tracking"]["experiment"])
+        with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
+            error = log_to_tracking(JobOutcome(result.record, result.table, result.emergence), result.results,
+                                    tracking, experiment or result.record["job"]["tracking"]["experiment"])
         if error:
             raise RuntimeError(error)
     if out:

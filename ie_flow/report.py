@@ -25,7 +25,7 @@ class LoadedResult:
     @property
     def label(self) -> str:
         m = self.record["manifest"]
-        return f"{m['model']['name']} / {m['dataset']['id']}"
+        return f"{m['model'].get('key', m['model']['name'])} / {m['dataset']['id']}"
 
 
 def _from_storage(results: Storage) -> LoadedResult:

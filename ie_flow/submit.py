@@ -39,7 +39,9 @@ def submit_job(job: Any, address: str | None, submission_id: str | None = None) 
     client = _client(address)
     work = Path(tempfile.mkdtemp(prefix="ie-flow-submit-"))
     (work / "job.yaml").write_text(job.to_yaml())
-    env_vars = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # not TOKENIZERS_PARALLELISM: the driver's init_ray sets it, and Ray refuses a driver runtime_env
+    # that repeats a key of the job's ("Failed to merge the Job's runtime env")
+    env_vars = {"PYTHONUNBUFFERED": "1"}
     return client.submit_job(
         entrypoint="python -m ie_flow.cli run job.yaml --json",
         submission_id=submission_id,

@@ -4,6 +4,7 @@ the corpus as a dataset input, and artifacts (MI table, plots, job spec)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -54,7 +55,7 @@ def log_run(record: dict[str, Any], table: Any, em: Any, tracking_uri: str, expe
     mlflow.set_experiment(experiment)
     job, manifest = record["job"], record["manifest"]
     model, dataset = manifest["model"], manifest["dataset"]
-    title = f"{model['name']} on {dataset['id']}"
+    title = f"{model.get('key', model['name'])} on {dataset['id']}"
     tags = {
         "model": model["name"], "model.kind": model["kind"], "model.revision": str(model["revision"]),
         "model.fingerprint": str(model["fingerprint"]), "corpus.digest": dataset["digest"],
@@ -75,7 +76,8 @@ def log_run(record: dict[str, Any], table: Any, em: Any, tracking_uri: str, expe
         metrics = []
         for row in em.layer_rows():
             for key in ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits"):
-                metrics.append(Metric(key, float(row[key]), now, row["layer"]))
+                if math.isfinite(row[key]):  # closed-form estimators have no ceiling (inf)
+                    metrics.append(Metric(key, float(row[key]), now, row["layer"]))
         for key, value in {**em.summary, **{f"seconds_{k}": v for k, v in record["seconds"].items()}}.items():
             metrics.append(Metric(key, float(value), now, 0))
         for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics

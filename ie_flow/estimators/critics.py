@@ -77,12 +77,16 @@ class SeparableCritic:
         # Gaussian log density ratio has (a bilinear critic alone cannot represent it)
         y["gamma"] = torch.zeros(P, 1, embed, dtype=dtype)
         self.y = {k: v.to(device).requires_grad_(True) for k, v in y.items()}
+        # log of a per-pair scale on all scores: Adam moves each weight by ~lr per step, so
+        # reaching the large scores of a high-MI pair (rho=0.99: ~50 x.y) through the weights
+        # alone takes thousands of steps; one scalar with its own larger lr gets there fast
+        self.log_scale = torch.zeros(P, 1, 1, dtype=dtype, device=device, requires_grad=True)
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.x.values()) + list(self.y.values())
 
     def state(self) -> dict[str, Params]:
-        return {"x": self.x, "y": self.y}
+        return {"x": self.x, "y": self.y, "s": {"log_scale": self.log_scale}}
 
     @staticmethod
     def side(p: Params, z: torch.Tensor, layers: int, sl: slice | None = None) -> torch.Tensor:
@@ -108,9 +112,10 @@ class SeparableCritic:
         quad = -0.5 * (v * v * gamma).sum(-1, keepdim=True) / math.sqrt(k)
         return torch.cat([v, gy[..., k:] + quad], dim=-1)
 
-    def scores(self, fx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    def scores(self, fx: torch.Tensor, gy: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         """(P, R, k+1) x-features and (P, C, k+1) y-features -> (P, R, C) critic values."""
         k = self.embed
         u, a = fx[..., :k], fx[..., k:]
         v, b = gy[..., :k], gy[..., k:]
-        return torch.baddbmm(a + b.transpose(1, 2), u, v.transpose(1, 2), alpha=1.0 / math.sqrt(k))
+        raw = torch.baddbmm(a + b.transpose(1, 2), u, v.transpose(1, 2), alpha=1.0 / math.sqrt(k))
+        return raw * log_scale.exp()

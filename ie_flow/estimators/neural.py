@@ -9,7 +9,16 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .base import LOG2E, Estimator, MIEstimate, is_saturated, seed_interval, split_indices, validate_pairs
+from .base import (
+    LOG2E,
+    Estimator,
+    MIEstimate,
+    is_saturated,
+    resolve_device,
+    seed_interval,
+    split_indices,
+    validate_pairs,
+)
 from .trainer import TrainConfig, train_batched
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"bound", "ema"}
@@ -19,6 +28,9 @@ _COMMON: dict[str, Any] = {
     # InfoNCE: the estimate also counts as saturated when halving the candidate pool lowers
     # it by at least this much (the pool, not the data, is limiting it); see MIEstimate.pool_gain_bits
     "saturation_pool_gain": 0.3,
+    # CPU threads for this call (None: leave torch's setting).  On a busy 2-core machine two
+    # OpenMP threads fighting other processes ran 5-10x slower than one thread.
+    "threads": None,
     **{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _TRAIN_FIELDS},
 }
 
@@ -48,8 +60,6 @@ class NeuralEstimator(Estimator):
     ) -> list[MIEstimate]:
         import torch
 
-        from .base import resolve_device
-
         t0 = self._clock()
         seeds = self._check_seeds(seeds)
         s = self.settings
@@ -58,8 +68,21 @@ class NeuralEstimator(Estimator):
         dev = resolve_device(device)
         P, n = xs.shape[0], xs.shape[1]
         X, Y = _as_float_tensor(xs), _as_float_tensor(ys)
+        prev_threads = torch.get_num_threads()
+        if s["threads"] and dev.type == "cpu":
+            torch.set_num_threads(int(s["threads"]))
+        try:
+            per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev = self._run_seeds(X, Y, n, seeds, cfg, dev)
+        finally:
+            torch.set_num_threads(prev_threads)
+        return self._aggregate(per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev, seeds, cfg, dev, P, t0)
+
+    def _run_seeds(self, X: Any, Y: Any, n: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any) -> tuple:
+        import torch
+
+        s = self.settings
         per_seed, half_seed, div_seed, steps = [], [], [], []
-        n_cand = n_cand_half = n_tr = n_ev = 0
+        n_cand = n_tr = n_ev = 0
         for seed in seeds:
             tr, ev = split_indices(n, s["eval_fraction"], seed)
             torch.manual_seed(seed)  # nothing should draw from the global RNG, but be safe
@@ -68,7 +91,12 @@ class NeuralEstimator(Estimator):
             half_seed.append(None if res.nats_half is None else res.nats_half * LOG2E)
             div_seed.append(res.diverged)
             steps.append(res.steps)
-            n_cand, n_cand_half, n_tr, n_ev = res.n_candidates, res.n_candidates_half, len(tr), len(ev)
+            n_cand, n_tr, n_ev = res.n_candidates, len(tr), len(ev)
+        return per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev
+
+    def _aggregate(self, per_seed: list, half_seed: list, div_seed: list, steps: list, n_cand: int, n_tr: int,
+                   n_ev: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any, P: int, t0: float) -> list[MIEstimate]:
+        s = self.settings
         elapsed = self._clock() - t0
         ceiling = math.log2(n_cand)
         settings = {

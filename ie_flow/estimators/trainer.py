@@ -40,17 +40,35 @@ class TrainConfig:
     hidden: int = 0  # 0: linear d -> embed + 1; > 0: linear d -> hidden, residual MLP, head
     embed: int = 64
     layers: int = 0
-    batch_size: int = 512
-    lr: float = 1e-3
+    batch_size: int = 256
+    lr: float = 3e-3
+    scale_lr: float = 0.02  # lr of the per-pair log score scale (see critics.SeparableCritic)
     weight_decay: float = 0.0
-    max_steps: int = 2000
+    max_steps: int = 1000
     eval_every: int = 25
-    patience: int = 8  # evaluations without improvement before a pair stops
-    min_delta: float = 1e-3  # nats; smaller held-out gains do not reset patience
+    patience: int = 5  # evaluations without improvement before a pair stops
+    # nats (0.01 bit); smaller held-out gains do not reset patience, so pairs that only creep
+    # towards their ceiling stop instead of running to max_steps
+    min_delta: float = 0.007
     negatives: str = "all"  # all | heldout (see module docstring)
     pool_check: bool = True  # InfoNCE: also evaluate with half the pool (saturation test)
     chunk_elems: int = 1 << 25  # memory cap (elements) of one evaluation chunk of pairs
     precision: str = "fp32"  # fp32 | bf16 (autocast of the matmuls; CPU AMX / GPU tensor cores)
+
+    def __post_init__(self) -> None:  # fail before any training, naming the setting
+        if self.bound not in bounds.BOUNDS:
+            raise ValueError(f"bound must be one of {bounds.BOUNDS}, got {self.bound!r}")
+        if self.negatives not in ("all", "heldout"):
+            raise ValueError(f"negatives must be 'all' or 'heldout', got {self.negatives!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema must be in (0, 1), got {self.ema}")
+        for name in ("embed", "batch_size", "max_steps", "eval_every", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.scale_lr < 0:
+            raise ValueError("lr must be > 0 and scale_lr >= 0")
 
 
 @dataclass
@@ -87,8 +105,16 @@ class _Standardised:
     def __init__(self, t: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, device: torch.device):
         self.t, self.mean, self.inv, self.device = t, mean.to(device), inv_std.to(device), device
 
-    def rows(self, idx: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
-        blk = self.t[sl].index_select(1, idx.to(self.t.device)).to(self.device, torch.float32, non_blocking=True)
+    def rows(self, idx: torch.Tensor, sl: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Standardised rows ``idx`` of the pairs ``sl`` (a slice, or a LongTensor of pair ids)."""
+        idx = idx.to(self.t.device)
+        if isinstance(sl, torch.Tensor):  # gather (pairs, rows) at once: no copy of whole pairs
+            pairs = sl.to(self.t.device)
+            blk = self.t[pairs[:, None], idx[None, :]]
+            sl = sl.to(self.device)
+        else:
+            blk = self.t[sl].index_select(1, idx)
+        blk = blk.to(self.device, torch.float32, non_blocking=True)
         return (blk - self.mean[sl]) * self.inv[sl]
 
 
@@ -119,14 +145,16 @@ def train_batched(
 
     critic = SeparableCritic(P, dx, dy, hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed, device=device)
     params = critic.parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else torch.optim.Adam(params, lr=cfg.lr)
+    groups = [{"params": params}, {"params": [critic.log_scale], "lr": cfg.scale_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = params + [critic.log_scale]
     best: dict[str, Params] = {s: {k: v.detach().clone() for k, v in p.items()} for s, p in critic.state().items()}
     best_val = torch.full((P,), -math.inf, dtype=torch.float64)
     best_step = np.zeros(P, dtype=np.int64)
     bad_evals = torch.zeros(P, dtype=torch.long)
     diverged = torch.zeros(P, dtype=torch.bool)
     active = torch.ones(P, dtype=torch.bool)
-    log_ema: torch.Tensor | None = None
+    log_ema = torch.full((P,), math.nan, dtype=torch.float32)  # MINE: per-pair log moving average
     history: list[tuple[int, np.ndarray]] = []
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBA7C]))
@@ -142,30 +170,40 @@ def train_batched(
                 order, cursor = rng.permutation(n_tr), 0
             bidx = tr[torch.as_tensor(order[cursor : cursor + B])]
             cursor += B
+            # pairs that stopped early drop out of the batch (their best checkpoint is kept);
+            # the others' trajectories do not change, since no pair's update depends on another
+            act_idx = active.nonzero().squeeze(1)
+            sel = None if act_idx.numel() == P else act_idx.to(device)
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t if sel is None else t.index_select(0, sel)
+
+            xp = {k: pick(v) for k, v in critic.x.items()}
+            yp = {k: pick(v) for k, v in critic.y.items()}
             with _autocast(device, cfg.precision):
-                fx = critic.side(critic.x, X.rows(bidx), cfg.layers)
-                gy = critic.side_y(critic.y, Y.rows(bidx), cfg.layers)
-                S = critic.scores(fx, gy).float()
+                fx = critic.side(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+                gy = critic.side_y(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+                S = critic.scores(fx, gy, pick(critic.log_scale)).float()
             if cfg.ema is not None:
                 pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
                 lme = bounds.neg_logmeanexp(S, diag)
                 value = pos_mean - lme
                 lme_d = lme.detach()
-                log_ema = lme_d.clone() if log_ema is None else torch.logaddexp(
-                    log_ema + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema))
+                prev = log_ema[act_idx].to(device)
+                new_ema = torch.where(torch.isnan(prev), lme_d, torch.logaddexp(
+                    prev + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema)))
+                log_ema[act_idx] = new_ema.cpu()
                 # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
                 # instead of the minibatch value, which removes most of the minibatch gradient bias.
-                objective = pos_mean - lme * torch.exp(lme_d - log_ema)
+                objective = pos_mean - lme * torch.exp(lme_d - new_ema)
             else:
                 value = bounds.bound(cfg.bound, S, diag, cfg.clip)
                 objective = value
             finite = torch.isfinite(value.detach()).cpu()
-            newly = ~finite & ~diverged
-            if newly.any():
-                diverged |= newly
+            if not finite.all():
+                diverged[act_idx[~finite]] = True
                 active &= ~diverged
-            ok = finite.to(device) & ~diverged.to(device)
-            loss = -torch.where(ok, objective, torch.zeros((), device=device)).sum()
+            loss = -torch.where(finite.to(device), objective, torch.zeros((), device=device)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if diverged.any():  # keep dead pairs' NaNs out of their optimiser state
@@ -176,7 +214,8 @@ def train_batched(
             opt.step()
 
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device).double()
+            val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device,
+                            pairs=active.nonzero().squeeze(1)).double()
             history.append((step, val.numpy().copy()))
             with torch.no_grad():
                 bad = ~torch.isfinite(val)
@@ -198,11 +237,9 @@ def train_batched(
     if cfg.negatives == "all":
         cand = torch.arange(n)
         pos = ev
-    elif cfg.negatives == "heldout":
+    else:  # "heldout"
         cand = ev
         pos = torch.arange(n_ev)
-    else:
-        raise ValueError(f"negatives must be 'all' or 'heldout', got {cfg.negatives!r}")
     keep = None
     if cfg.bound == "infonce" and cfg.ema is None and cfg.pool_check:
         g = torch.Generator().manual_seed(int(seed) + 991)
@@ -243,6 +280,7 @@ def _evaluate(
     cfg: TrainConfig,
     device: torch.device,
     keep: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
 ) -> Any:
     """Bound (nats, (P,)) of x[rows] against candidates y[cand]; ``pos[r]`` is the column of
     row r's own y.  Chunked over pairs so the (P, R, C) score tensor stays within memory."""
@@ -253,18 +291,26 @@ def _evaluate(
     pos_d = pos.to(device)
     keep_d = None if keep is None else keep.to(device)
     full, half = [], []
-    for s in range(0, P, chunk):
-        sl = slice(s, min(P, s + chunk))
+    subset = pairs is not None and pairs.numel() < P
+    todo = pairs if subset else None
+    n_todo = todo.numel() if subset else P
+    for s in range(0, n_todo, chunk):
+        sl: slice | torch.Tensor = todo[s : s + chunk].to(device) if subset else slice(s, min(P, s + chunk))
         with _autocast(device, cfg.precision):
             fx = critic.side(state["x"], X.rows(rows, sl), cfg.layers, sl)
             gy = critic.side_y(state["y"], Y.rows(cand, sl), cfg.layers, sl)
-            S = critic.scores(fx, gy).float()
+            S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
         if cfg.ema is not None:
             full.append(bounds.dv(S, pos_d).cpu())
         else:
             full.append(bounds.bound(cfg.bound, S, pos_d, cfg.clip).cpu())
         if keep_d is not None:
             half.append(bounds.infonce_subpool(S, pos_d, keep_d).cpu())
+    if subset:  # pairs not evaluated (stopped) read as NaN; callers only look at evaluated ones
+        out = torch.full((P,), math.nan, dtype=torch.float32)
+        if n_todo:
+            out[todo] = torch.cat(full).float()
+        return out
     if keep is not None:
         return torch.cat(full), torch.cat(half)
     return torch.cat(full)

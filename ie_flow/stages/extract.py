@@ -214,15 +214,18 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
     if problem:  # a text corpus can give fewer windows than asked for
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     store = root.child(activations_dir(source.key, corpus.dataset_id))
+    settings = _job_settings(job, corpus)
+    if store.exists(JOB_SETTINGS) and not force:
+        differ = {k: v for k, v in store.read_json(JOB_SETTINGS).items() if settings.get(k) != v}
+        if differ:  # same model and corpus, other extraction settings: never mix or silently reuse
+            raise IEFlowError(
+                f"{store.url()} holds activations extracted with other settings "
+                f"({', '.join(f'{k}={v}' for k, v in differ.items())}); use another --storage or --force to replace them"
+            )
     if store.exists(MANIFEST) and not force:
         manifest = store.read_json(MANIFEST)
         log.info("stage 1: reusing complete activations at %s", store.url(MANIFEST))
         return ExtractResult(store.url(MANIFEST), manifest, store, time.perf_counter() - t0, True, corpus.input_ids)
-    settings = _job_settings(job, corpus)
-    if store.exists(JOB_SETTINGS) and store.read_json(JOB_SETTINGS) != settings and not force:
-        raise IEFlowError(
-            f"{store.url()} holds a partial extraction with other settings; rerun with --force to replace it"
-        )
     if force:
         store.remove("")
     store.write_json(JOB_SETTINGS, settings)

@@ -10,6 +10,7 @@ credentials only where a test asks for them, no inherited RAY_ADDRESS / endpoint
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -95,9 +96,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def kill_tree(pids: list[int], match: tuple[str, ...] = (), grace: float = 10.0) -> None:
-    """Stop processes by id, with their descendants, plus (with `match`) every process whose command
-    line names one of the strings (Ray daemons re-parent to init). SIGTERM, then SIGKILL."""
+def kill_tree(pids: list[int], match: Callable[[str], bool] | None = None, grace: float = 5.0) -> None:
+    """Stop processes by id, with their descendants, plus (with `match`) every process with a command
+    line argument that `match` accepts (Ray's daemons re-parent to init). SIGTERM, then SIGKILL."""
     import psutil
 
     me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
@@ -111,7 +112,7 @@ def kill_tree(pids: list[int], match: tuple[str, ...] = (), grace: float = 10.0)
     if match:
         for p in psutil.process_iter(["pid", "cmdline"]):
             try:
-                if p.pid not in me and any(m in arg for m in match for arg in (p.info["cmdline"] or ())):
+                if p.pid not in me and any(match(arg) for arg in (p.info["cmdline"] or ())):
                     roots.append(p)
             except psutil.Error:
                 pass
@@ -160,20 +161,22 @@ class Service:
             return ""
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_tree([self.popen.pid])  # workers a server forked into other groups, and the group leader
+        """SIGTERM the process group, then SIGKILL whatever of the server's process tree is left
+        (children that moved to another group included: they were listed before the signal)."""
+        import psutil
+
         try:
+            family = [psutil.Process(self.popen.pid), *psutil.Process(self.popen.pid).children(recursive=True)]
+        except psutil.Error:
+            family = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(family, timeout=15)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.popen.wait(timeout=15)
 
 
@@ -181,6 +184,13 @@ class Service:
 def base_env_fixture() -> Callable[..., dict[str, str]]:
     """base_env(**extra): a clean subprocess environment (see base_env)."""
     return base_env
+
+
+@pytest.fixture(scope="session")
+def test_artifacts() -> Path:
+    """test-artifacts/ at the repository root: files a test keeps for people (screenshots)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
 
 
 @pytest.fixture(scope="session")
@@ -317,7 +327,9 @@ def mlflow_server(s3_server: S3Server, service_dir: Path) -> Iterator[MlflowServ
     folder = service_dir / "mlflow"
     folder.mkdir()
     artifacts = f"s3://{s3_server.bucket}/mlflow-artifacts"
-    env = base_env(**s3_server.env, MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint)
+    # no background job runner (GenAI evaluation jobs; eight extra processes on a 2-core machine)
+    env = base_env(**s3_server.env, MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint,
+                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     svc = Service.start("mlflow", [
         str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts,
@@ -380,13 +392,11 @@ def ray_cluster(s3_server: S3Server, service_dir: Path) -> Iterator[RayCluster]:
     and endpoint, the virtualenv on PATH, and the cluster token. Ray writes its session under a
     private --temp-dir, so a plain `ray.init()` elsewhere never attaches to this cluster, and
     teardown stops exactly these processes (found by that folder and the GCS port)."""
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
     temp_dir = Path(tempfile.mkdtemp(prefix="rit-", dir="/tmp"))  # short: Ray's unix socket paths
     cwd = service_dir / "ray-cwd"  # not /tmp: a `ray` folder in a driver's cwd shadows the package
     cwd.mkdir(exist_ok=True)
     log = service_dir / "ray-start.log"
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": generate_new_authentication_token()}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this cluster's own token
     env = base_env(**s3_server.env, **auth)
     gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp_dir}",
@@ -412,7 +422,8 @@ def ray_cluster(s3_server: S3Server, service_dir: Path) -> Iterator[RayCluster]:
         wait_until(two_nodes_alive, 120, "two-node Ray cluster (dashboard)", interval=1)
         yield RayCluster(address, gcs, base_env(**auth), temp_dir, log.parent)
     finally:
-        kill_tree([], match=(str(temp_dir), f":{gcs_port}"))
+        # this cluster's processes: they name its session folder or its GCS address (host:port)
+        kill_tree([], match=lambda arg: str(temp_dir) in arg or arg.endswith(f":{gcs_port}"))
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -4,12 +4,14 @@ Parquet bytes, every (sample_id, pos) row exactly once. A rerun of a finished jo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,37 @@ SHARD = 64
 SHARDS = SAMPLES // SHARD  # 48
 TOKENS = 8  # icl-countries, 4 shots
 KILL_AFTER = 6  # markers seen before the SIGKILL
+
+
+@contextlib.contextmanager
+def _background(cmd: list[str], env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """A process in its own process group (and so its own local Ray runtime); SIGKILLed as a
+    group if still running at exit, Ray's daemons included (they die with their driver)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            family = psutil.Process(proc.pid).children(recursive=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+            _reap(family)
+
+
+def _reap(family: list) -> None:
+    """Ray's processes die with their driver (fate sharing); make sure, by process id."""
+    import psutil
+
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -49,62 +82,61 @@ def test_killed_extraction_resumes_to_identical_bytes(tiny_llama, cli, base_env,
             "--samples", str(SAMPLES), "--json"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    # 1. start, wait for some (not all) completion markers, SIGKILL the whole process group
-    proc = subprocess.Popen([ie_flow_bin, *args, "--storage", str(killed)], env=base_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        done: list[Path] = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = list(killed.glob("activations/*/*/_done/part-*"))
-            if len(done) >= KILL_AFTER:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"extraction ended before it could be killed:\n{proc.communicate()[1][-3000:]}"
-        assert len(done) >= KILL_AFTER, "no completion marker appeared within 240 s"
-        family = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and workers
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
+    # the uninterrupted reference run goes on meanwhile, into another storage root
+    with _background([ie_flow_bin, *args, "--storage", str(clean)], base_env(), tmp_path) as reference_proc:
+        # 1. start, wait for some (not all) completion markers, SIGKILL the whole process group
+        with _background([ie_flow_bin, *args, "--storage", str(killed)], base_env(), tmp_path) as proc:
+            deadline = time.monotonic() + 300
+            done: list[Path] = []
+            while time.monotonic() < deadline and proc.poll() is None:
+                done = list(killed.glob("activations/*/*/_done/part-*"))
+                if len(done) >= KILL_AFTER:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, f"extraction ended before it could be killed:\n{proc.communicate()[1][-3000:]}"
+            assert len(done) >= KILL_AFTER, "no completion marker appeared within 300 s"
+            family = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and workers
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
-    _reap(family)
+            proc.communicate(timeout=30)
+            _reap(family)
 
-    folder = _dataset_folder(killed)
-    markers_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (folder / "_done").iterdir()}
-    assert KILL_AFTER <= len(markers_before) < SHARDS, f"{len(markers_before)} of {SHARDS} shards were done"
-    assert not (folder / "manifest.json").exists(), "a killed job must not leave a manifest claiming completeness"
-    finished_parts = {rel: p.stat().st_mtime_ns for rel, p in _files(folder).items()
-                      if rel.endswith(".parquet") and f"part-{rel.rsplit('part-', 1)[1][:5]}" in markers_before}
-    assert len(finished_parts) == 3 * len(markers_before)  # boundaries 0, 1, 2 of every finished shard
+        folder = _dataset_folder(killed)
+        markers_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (folder / "_done").iterdir()}
+        assert KILL_AFTER <= len(markers_before) < SHARDS, f"{len(markers_before)} of {SHARDS} shards were done"
+        assert not (folder / "manifest.json").exists(), "a killed job must not leave a manifest claiming completeness"
+        finished_parts = {rel: p.stat().st_mtime_ns for rel, p in _files(folder).items()
+                          if rel.endswith(".parquet") and f"part-{rel.rsplit('part-', 1)[1][:5]}" in markers_before}
+        assert len(finished_parts) == 3 * len(markers_before)  # boundaries 0, 1, 2 of every finished shard
 
-    # an incomplete extraction is refused by stage 2 with a clear message
-    refused = cli("estimate", str(folder / "manifest.json"), "--estimator", "gaussian", "--no-tracking")
-    assert refused.returncode == 2, refused.describe()
-    assert len(refused.error_lines()) == 1 and "incomplete" in refused.error_lines()[0], refused.describe()
+        # an incomplete extraction is refused by stage 2 with a clear message
+        refused = cli("estimate", str(folder / "manifest.json"), "--estimator", "gaussian", "--no-tracking")
+        assert refused.returncode == 2, refused.describe()
+        assert len(refused.error_lines()) == 1 and "incomplete" in refused.error_lines()[0], refused.describe()
 
-    # 2. rerun: it finishes, and the shards that were done are not redone
-    resumed = cli(*args, "--storage", str(killed), timeout=400).json()
-    assert resumed["reused"] is False and resumed["samples"] == SAMPLES
-    for name, (mtime, data) in markers_before.items():
-        marker = folder / "_done" / name
-        assert marker.stat().st_mtime_ns == mtime and marker.read_bytes() == data, f"shard {name} was redone"
-    for rel, mtime in finished_parts.items():
-        assert (folder / rel).stat().st_mtime_ns == mtime, f"{rel} of a finished shard was rewritten"
+        # 2. rerun: it finishes, and the shards that were done are not redone
+        resumed = cli(*args, "--storage", str(killed), timeout=400).json()
+        assert resumed["reused"] is False and resumed["samples"] == SAMPLES
+        for name, (mtime, data) in markers_before.items():
+            marker = folder / "_done" / name
+            assert marker.stat().st_mtime_ns == mtime and marker.read_bytes() == data, f"shard {name} was redone"
+        for rel, mtime in finished_parts.items():
+            assert (folder / rel).stat().st_mtime_ns == mtime, f"{rel} of a finished shard was rewritten"
 
-    # 3. an uninterrupted run elsewhere gives the same bytes
-    reference = cli(*args, "--storage", str(clean), timeout=400).json()
+        try:
+            out, err = reference_proc.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the uninterrupted reference extraction ran past 400 s")
+        assert reference_proc.returncode == 0, err[-4000:]
+        reference = json.loads(out)
+
+    # 3. the uninterrupted run gave the same bytes
     assert reference["corpus_digest"] == resumed["corpus_digest"]
     clean_folder = _dataset_folder(clean)
     assert clean_folder.relative_to(clean) == folder.relative_to(killed)
     assert (folder / "manifest.json").read_bytes() == (clean_folder / "manifest.json").read_bytes()
     ours, theirs = _files(folder), _files(clean_folder)
     assert sorted(ours) == sorted(theirs)
-    parquet = [rel for rel in ours if rel.endswith(".parquet")]
-    assert len(parquet) == 3 * SHARDS
+    assert len([rel for rel in ours if rel.endswith(".parquet")]) == 3 * SHARDS
     for rel in sorted(ours):
         assert _sha(ours[rel]) == _sha(theirs[rel]), f"{rel} differs from the uninterrupted run"
 
@@ -120,8 +152,9 @@ def test_killed_extraction_resumes_to_identical_bytes(tiny_llama, cli, base_env,
     for boundary in manifest["boundaries"]:
         parts = sorted(folder.glob(f"boundary={boundary:03d}/part-*.parquet"))
         assert len(parts) == SHARDS
-        sample_id = np.concatenate([pq.read_table(p, columns=["sample_id"]).column(0).to_numpy() for p in parts])
-        pos = np.concatenate([pq.read_table(p, columns=["pos"]).column(0).to_numpy() for p in parts])
+        tables = [pq.read_table(p, columns=["sample_id", "pos"]) for p in parts]
+        sample_id = np.concatenate([t.column("sample_id").to_numpy() for t in tables])
+        pos = np.concatenate([t.column("pos").to_numpy() for t in tables])
         keys = sample_id.astype(np.int64) * TOKENS + pos
         assert len(keys) == SAMPLES * TOKENS, f"boundary {boundary}: {len(keys)} rows"
         np.testing.assert_array_equal(np.sort(keys), np.arange(SAMPLES * TOKENS))
@@ -133,16 +166,3 @@ def test_killed_extraction_resumes_to_identical_bytes(tiny_llama, cli, base_env,
     assert info["reused"] is True and info["manifest"] == resumed["manifest"]
     assert info["seconds"] < 20 and again.seconds < 60, again.describe()
     assert {rel: (p.stat().st_mtime_ns, p.stat().st_size) for rel, p in _files(folder).items()} == before
-
-
-def _reap(family) -> None:
-    """Ray's processes die with their driver (fate sharing); make sure, by id."""
-    import psutil
-
-    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)

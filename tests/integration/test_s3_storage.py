@@ -50,28 +50,32 @@ def _expected_ids(tokenizer, lines: list[str]) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-@pytest.mark.parametrize("storage_dtype", ["float32", "float16"])
-def test_corpus_and_activations_on_s3_equal_direct_model_call(storage_dtype, s3_credentials, s3_corpus, tiny_llama,
-                                                              cli, base_env, tmp_path):
-    s3_server = s3_credentials
-    from ie_flow.corpora import build_corpus
+# float32 through `ie-flow extract` (stage 1 alone); float16 through `ie-flow run` (stage 2 then
+# reads the activations back from S3 and writes its results and summary there)
+@pytest.mark.parametrize("storage_dtype,command", [("float32", "extract"), ("float16", "run")])
+def test_corpus_and_activations_on_s3_equal_direct_model_call(storage_dtype, command, s3_credentials, s3_corpus,
+                                                              tiny_llama, cli, base_env, tmp_path):
     from ie_flow.config import CorpusSpec
+    from ie_flow.corpora import build_corpus
     from ie_flow.models import load_model
     from ie_flow.stages.estimate import read_boundary
     from ie_flow.stages.extract import capture_boundaries
     from ie_flow.storage import Storage
 
+    s3_server = s3_credentials
     corpus_uri, lines = s3_corpus
-    workflow = tmp_path / "extract.yaml"
+    workflow = tmp_path / "job.yaml"
     workflow.write_text(f"extract:\n  shard_size: {SHARD}\n")
     prefix = f"acts-{storage_dtype}"
     env = base_env(**s3_server.credentials)  # the endpoint: --s3-endpoint
-    res = cli("extract", str(workflow), "--model", str(tiny_llama), "--corpus", corpus_uri, "--text-field", "body",
+    extra = ["--estimator", "gaussian", "--no-tracking"] if command == "run" else []
+    res = cli(command, str(workflow), "--model", str(tiny_llama), "--corpus", corpus_uri, "--text-field", "body",
               "--tokens", str(TOKENS), "--samples", str(SAMPLES), "--batch-size", str(BATCH),
               "--storage-dtype", storage_dtype, "--storage", f"s3://{s3_server.bucket}/{prefix}",
-              "--s3-endpoint", s3_server.endpoint, "--json", env=env, timeout=300)
+              "--s3-endpoint", s3_server.endpoint, *extra, "--json", env=env, timeout=300)
     info = res.json()
-    assert info["reused"] is False and info["samples"] == SAMPLES and info["tokens"] == TOKENS
+    if command == "extract":
+        assert info["reused"] is False and info["samples"] == SAMPLES and info["tokens"] == TOKENS
     manifest_uri = info["manifest"]
     assert manifest_uri.startswith(f"s3://{s3_server.bucket}/{prefix}/activations/tiny-llama/")
     assert manifest_uri.endswith("/manifest.json")
@@ -136,19 +140,17 @@ def test_corpus_and_activations_on_s3_equal_direct_model_call(storage_dtype, s3_
             assert s3_server.key_id not in text and s3_server.secret not in text, key
     assert s3_server.key_id not in res.stderr + res.stdout and s3_server.secret not in res.stderr + res.stdout
 
-    if storage_dtype == "float32":
-        # stage 2 from the S3 manifest: the results and their summary land on S3, credential-free too
-        est = cli("estimate", manifest_uri, "--estimator", "gaussian", "--s3-endpoint", s3_server.endpoint,
-                  "--no-tracking", "--json", env=env, timeout=300)
-        out = est.json()
-        assert out["manifest"] == manifest_uri
-        assert out["results"].startswith(f"s3://{s3_server.bucket}/{prefix}/results/tiny-llama/")
-        results_key = out["results"][len(f"s3://{s3_server.bucket}/"):-len("/mi.parquet")]
+    if command == "run":
+        # stage 2 read the activations back from S3; results and summary are there, credential-free too
+        assert info["results"].startswith(f"s3://{s3_server.bucket}/{prefix}/results/tiny-llama/")
+        results_key = info["results"][len(f"s3://{s3_server.bucket}/"):-len("/mi.parquet")]
+        assert f"{results_key}/mi.parquet" in s3_server.keys(results_key + "/")
         summary_text = s3_server.get(f"{results_key}/summary.json").decode()
         summary = json.loads(summary_text)
         assert summary["manifest_uri"] == manifest_uri and summary["job"]["storage"]["endpoint_url"]
+        assert [l["layer"] for l in info["layers"]] == [0, 1]
+        assert [l["ie"] for l in summary["layers"]] == [l["ie"] for l in info["layers"]]
         assert s3_server.key_id not in summary_text and s3_server.secret not in summary_text
-        assert [l["layer"] for l in out["layers"]] == [0, 1]
 
 
 def _unreachable_extract(cli, env, tiny_llama: Path, storage: str, corpus: str, endpoint: str):

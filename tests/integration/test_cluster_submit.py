@@ -1,0 +1,124 @@
+"""ie-flow on a real Ray cluster: a head and a worker node (`ray start`, two processes trees on
+loopback, token authentication), the S3 server and the MLflow server. `ie-flow submit` sends a
+workflow through the Ray Jobs API and waits; the results are found in S3 and in MLflow. The same
+workflow file run locally (`ie-flow run`, only the storage URI changed) gives the same MI table."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = 256
+SHARD = 64  # 4 shards: work for both nodes' actors
+
+
+def _workflow(path, tiny_llama, storage: str, endpoint: str, tracking: str) -> None:
+    path.write_text(
+        "# ie-flow submit THIS --address http://HEAD:8265   |   ie-flow run THIS\n" + yaml.safe_dump({
+            "name": "cluster-it",
+            "model": {"name": str(tiny_llama)},
+            "corpus": {"name": "icl-countries", "shots": 4, "samples": SAMPLES, "seed": 0},
+            "extract": {"shard_size": SHARD, "batch_size": 64, "storage_dtype": "float16"},
+            "estimate": {"method": "gaussian", "seeds": [0]},
+            "storage": {"uri": storage, "endpoint_url": endpoint},
+            "tracking": {"uri": tracking, "experiment": "ie-flow-cluster"},
+        }, sort_keys=False))
+
+
+def _s3_table(s3_server, uri: str):
+    assert uri.startswith(f"s3://{s3_server.bucket}/"), uri
+    return pq.read_table(io.BytesIO(s3_server.get(uri[len(f"s3://{s3_server.bucket}/"):])))
+
+
+def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_server, tiny_llama, cli, base_env,
+                                             tmp_path):
+    from mlflow import MlflowClient
+
+    storage = f"s3://{s3_server.bucket}/cluster-run"
+    workflow = tmp_path / "cluster.yaml"
+    _workflow(workflow, tiny_llama, storage, s3_server.endpoint, mlflow_server.uri)
+
+    # the same workflow file on this machine, only the storage URI changed: runs meanwhile, compared below
+    pool = ThreadPoolExecutor(max_workers=1)
+    local_future = pool.submit(cli, "run", str(workflow), "--storage", str(tmp_path / "local"), "--json",
+                               env=base_env(), timeout=500)
+    pool.shutdown(wait=False)
+
+    # -- submit and wait; the client needs only the Jobs API address and the cluster token
+    sub = cli("submit", str(workflow), "--address", ray_cluster.address, "--wait", "--timeout", "480", "--json",
+              env=ray_cluster.env, timeout=540)
+    out = json.loads(sub.stdout.strip().splitlines()[-1]) if sub.stdout.strip() else {}
+    job_id = out.get("job_id")
+    if sub.returncode != 0 or out.get("status") != "SUCCEEDED":
+        job_logs = cli("logs", job_id, "--address", ray_cluster.address, env=ray_cluster.env).stdout if job_id else ""
+        pytest.fail(f"{sub.describe()}\n--- job logs ---\n{job_logs[-8000:]}")
+    out = sub.json()
+    result = out["result"]
+    assert result, f"the job printed no --json result:\n{sub.describe()}"
+
+    # -- the results are in S3
+    assert result["manifest"].startswith(f"{storage}/activations/tiny-llama/")
+    assert result["results"].startswith(f"{storage}/results/tiny-llama/") and result["results"].endswith("/mi.parquet")
+    cluster_table = _s3_table(s3_server, result["results"])
+    assert cluster_table.num_rows == 2 * 8 * 2  # layers x positions x (macro, micro), one seed
+    manifest_key = result["manifest"][len(f"s3://{s3_server.bucket}/"):]
+    cluster_manifest = json.loads(s3_server.get(manifest_key))
+    assert cluster_manifest["complete"] and len(cluster_manifest["shards"]) == SAMPLES // SHARD
+    summary_key = result["results"][len(f"s3://{s3_server.bucket}/"):].replace("mi.parquet", "summary.json")
+    assert json.loads(s3_server.get(summary_key))["mlflow_run_id"] == result["mlflow_run_id"]
+
+    # -- and in MLflow
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "ie-flow-cluster"
+    assert run.data.tags["storage_uri"] == storage and run.data.tags["results_uri"] == result["results"]
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "ie")) == \
+        [(l["layer"], l["ie"]) for l in result["layers"]]
+
+    # -- the job ran on the cluster: its extraction actors were placed on both nodes
+    nodes = _extractor_nodes(ray_cluster)
+    assert len(nodes) == 2, f"extraction actors ran on {len(nodes)} node(s): {nodes}"
+
+    # -- status and logs of the job
+    status = cli("status", job_id, "--address", ray_cluster.address, env=ray_cluster.env, timeout=60)
+    assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED"), status.describe()
+    logs = cli("logs", job_id, "--address", ray_cluster.address, env=ray_cluster.env, timeout=60)
+    assert logs.returncode == 0 and "stage 1" in logs.stdout and "stage 2" in logs.stdout, logs.describe()
+    json_lines = [json.loads(l) for l in logs.stdout.splitlines() if l.startswith("{") and l.endswith("}")]
+    assert json_lines and json_lines[-1] == result
+    assert s3_server.secret not in logs.stdout  # the cluster's credentials stay out of the job's logs
+
+    # -- the same workflow file run locally gave the same MI table
+    local_result = local_future.result(timeout=600).json()
+    assert local_result["corpus_digest"] == result["corpus_digest"]
+    local_table = pq.read_table(local_result["results"])
+    assert local_table.schema == cluster_table.schema
+    assert local_table.equals(cluster_table), (
+        f"cluster and local MI tables differ:\n{cluster_table.to_pandas()}\n{local_table.to_pandas()}")
+    assert local_result["layers"] == result["layers"]
+    # the activations behind them are the same bytes
+    local_manifest = json.loads(open(local_result["manifest"]).read())
+    assert local_manifest["shards"] == cluster_manifest["shards"]
+
+
+def _extractor_nodes(ray_cluster) -> set[str]:
+    """Node ids of the Ray Data actors that ran ActivationExtractor (Ray's state API, via the CLI)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.run([ray_bin, "list", "actors", "--address", ray_cluster.address, "--format", "json",
+                           "--detail", "--limit", "1000"], env=ray_cluster.env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    actors = json.loads(proc.stdout)
+    return {a["node_id"] for a in actors if "ActivationExtractor" in a.get("class_name", "")}
