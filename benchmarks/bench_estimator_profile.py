@@ -8,8 +8,8 @@ Data: synthetic activations shaped like a deterministic residual stream over dis
 prefixes: position t has K_t distinct prefixes (like the ICL task, 16 names per slot), boundary 0
 is a random embedding of the prefix, boundary l+1 = boundary l + 0.5 * tanh(boundary l @ W_l).
 
-    .venv/bin/python benchmarks/bench_estimator_profile.py            # 240 pairs, loop on 6
-    .venv/bin/python benchmarks/bench_estimator_profile.py --quick    # 3 layers x 8 positions, loop on 2
+    .venv/bin/python benchmarks/bench_estimator_profile.py            # 240 pairs, loop on 8 (one per position)
+    .venv/bin/python benchmarks/bench_estimator_profile.py --quick    # 3 layers x 8 positions
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def synthetic_profile(layers: int, positions: int, n: int, d: int, seed: int = 0
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 layers x 8 positions; loop on 2 pairs")
+    ap.add_argument("--quick", action="store_true", help="3 layers x 8 positions")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--positions", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4096)
@@ -60,31 +60,35 @@ def main() -> None:
     ap.add_argument("--loop-pairs", type=int, default=None, help="pairs measured one at a time")
     ap.add_argument("--method", default="infonce")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = args.layers or (3 if args.quick else 30)
-    loop_pairs = args.loop_pairs or (2 if args.quick else 6)
+    loop_pairs = args.loop_pairs or 8
     t0 = time.perf_counter()
     acts = synthetic_profile(layers, args.positions, args.samples, args.dim)
     xs = acts[:-1].reshape(-1, args.samples, args.dim)  # views: boundary l  -> x of pair (l, t)
     ys = acts[1:].reshape(-1, args.samples, args.dim)  #        boundary l+1 -> y of pair (l, t)
     P = xs.shape[0]
     print(f"data: {layers} layers x {args.positions} positions = {P} pairs, n={args.samples}, d={args.dim} "
-          f"({xs.nbytes * 2 / 2**30:.2f} GiB as pairs) generated in {time.perf_counter() - t0:.1f}s; "
+          f"({acts.nbytes / 2**30:.2f} GiB of boundaries; x/y stacks are views) generated in {time.perf_counter() - t0:.1f}s; "
           f"torch threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, load avg={os.getloadavg()[0]:.2f}")
 
     t = time.perf_counter()
-    batched = estimate_mi_many(xs, ys, method=args.method, seeds=(0,), drop_constant=True)
+    batched = estimate_mi_many(xs, ys, method=args.method, seeds=(0,), drop_constant=True, precision=args.precision)
     t_batched = time.perf_counter() - t
     print(f"batched: {P} estimates in {t_batched:.1f}s ({t_batched / P:.2f}s per estimate), "
           f"steps run {batched[0].settings['steps_run']}")
 
-    idx = np.linspace(0, P - 1, loop_pairs).round().astype(int)
+    # one pair per position (layers spread out): positions differ in how long they train
+    layer_of = np.linspace(0, layers - 1, loop_pairs).round().astype(int)
+    idx = np.array([layer_of[i] * args.positions + i % args.positions for i in range(loop_pairs)])
     t = time.perf_counter()
-    singles = [estimate_mi(xs[i], ys[i], method=args.method, seed=0, drop_constant=True) for i in idx]
+    singles = [estimate_mi(xs[i], ys[i], method=args.method, seed=0, drop_constant=True, precision=args.precision)
+               for i in idx]
     t_loop_sub = time.perf_counter() - t
     t_loop = t_loop_sub / loop_pairs * P
     print(f"one-at-a-time loop: measured {loop_pairs} pairs in {t_loop_sub:.1f}s "

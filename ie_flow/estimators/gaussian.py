@@ -3,7 +3,9 @@
 Exact for jointly Gaussian data and a lower-bound-like "linear information" otherwise; the
 Gaussian-copula variant (``transform="copula"``) first maps every column to normal scores of its
 ranks, which makes it invariant to monotone per-coordinate distortions (e.g. outlier features).
-Costs milliseconds for small d.  Guards for high dimensions versus few samples:
+Costs milliseconds for small d.  It measures linear (Gaussian) information only: for a
+deterministic map of a discrete x (the LLM case) the joint covariance is singular, the value is
+set by ``ridge`` and comes back ``saturated=True`` (settings["ridge_limited"]).  Guards for high dimensions versus few samples:
 - ``max_dims``: each side is cut to its top principal components when wider (PCA on the data);
 - ``ridge``: added to the diagonal of the correlation matrices (keeps det > 0 for collinear or
   dropped constant columns);
@@ -94,11 +96,15 @@ class GaussianMI(Estimator):
             if s["bias_correction"]:
                 nats -= 0.5 * (_logdet_bias(dx, n) + _logdet_bias(dy, n) - _logdet_bias(dx + dy, n))
             bits = float(nats * LOG2E)
+            # an exact (numerically) linear relation, e.g. y = f(x) on a few discrete x values,
+            # has infinite Gaussian MI; the ridge then decides the number, so flag it as a
+            # lower-bound-style, ceiling-limited value rather than a measurement
+            ridge_limited = bool(np.linalg.eigvalsh(C)[0] < 10.0 * s["ridge"])
             out.append(
                 MIEstimate(
                     bits=bits,
                     ceiling_bits=None,
-                    saturated=False,
+                    saturated=ridge_limited,
                     n_train=n,
                     n_eval=0,
                     method=self.name,
@@ -107,7 +113,7 @@ class GaussianMI(Estimator):
                     bits_per_seed=tuple(bits for _ in seeds),  # deterministic: seeds change nothing
                     ci_low=bits,
                     ci_high=bits,
-                    settings={**s, "dims_used": (dx, dy), "batch_pairs": P},
+                    settings={**s, "dims_used": (dx, dy), "batch_pairs": P, "ridge_limited": ridge_limited},
                     diverged=False,
                 )
             )

@@ -18,6 +18,19 @@ from ie_flow.estimators import (
 )
 from ie_flow.estimators.mine_paper import poly_warmup_lr
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small problems: one torch thread is as fast, and far faster when other test processes
+    share this 2-core machine (two OpenMP threads there ran 5-10x slower)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 FAST = dict(max_steps=60, eval_every=20, batch_size=256, hidden=32, embed=16)
 
 
@@ -147,6 +160,14 @@ def test_gaussian_closed_form(d: int, rho: float, transform: str) -> None:
     assert est.ceiling_bits is None and not est.saturated and est.seconds < 5
 
 
+def test_gaussian_flags_deterministic_relations() -> None:
+    from ie_flow.estimators.synthetic import discrete_injective
+
+    x, y, _ = discrete_injective(16, seed=1, n=2000)
+    est = estimate_mi(x, y, method="gaussian")
+    assert est.saturated and est.settings["ridge_limited"]
+
+
 def test_gaussian_high_dims_are_cut() -> None:
     r = np.random.default_rng(0)
     x = r.standard_normal((300, 200))
@@ -177,19 +198,6 @@ def test_mine_paper_reports_max_training_estimate() -> None:
 
 def test_mine_paper_critic_architecture() -> None:
     from ie_flow.estimators.mine_paper import WIDTHS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one torch thread is as fast, and far faster when other test processes
-    share this 2-core machine (two OpenMP threads there ran 5-10x slower)."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
     assert WIDTHS == (768, 384, 192, 96, 48, 24, 12, 6, 3, 1)
 
