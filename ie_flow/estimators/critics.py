@@ -68,7 +68,11 @@ class SeparableCritic:
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
         self.layers = layers
         self.embed = embed
-        self.x = {k: v.to(device).requires_grad_(True) for k, v in _init_side(dx, hidden, embed, layers, P, gen, dtype).items()}
+        x = _init_side(dx, hidden, embed, layers, P, gen, dtype)
+        # the x side gets the same quadratic term: InfoNCE ignores x-only terms, but the DV/NWJ
+        # critics must represent log p(x, y) / p(x)p(y) whole, whose x-only part is quadratic
+        x["gamma"] = torch.zeros(P, 1, embed, dtype=dtype)
+        self.x = {k: v.to(device).requires_grad_(True) for k, v in x.items()}
         # y head starts at zero: T == 0 at step 0, so every bound starts at exactly 0 bits (the
         # right answer for independent data) instead of at a random negative value; the x side
         # is random, so the y head still gets gradient
@@ -103,8 +107,9 @@ class SeparableCritic:
         return torch.baddbmm(g(p["b_out"]), h, g(p["w_out"]))
 
     @staticmethod
-    def side_y(p: Params, z: torch.Tensor, layers: int, sl: slice | None = None) -> torch.Tensor:
-        """y side: like ``side`` but with the quadratic term folded into b(y)."""
+    def side_q(p: Params, z: torch.Tensor, layers: int, sl: slice | None = None) -> torch.Tensor:
+        """``side`` plus the quadratic term -sum_k gamma_k v_k^2 / (2 sqrt k) folded into the
+        one-sided output (a(x) or b(y))."""
         gy = SeparableCritic.side(p, z, layers, sl)
         gamma = p["gamma"] if sl is None else p["gamma"][sl]
         k = gy.shape[-1] - 1

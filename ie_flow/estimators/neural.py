@@ -19,7 +19,7 @@ from .base import (
     split_indices,
     validate_pairs,
 )
-from .trainer import TrainConfig, train_batched
+from .trainer import TrainConfig, resolve_precision, train_batched
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"bound", "ema"}
 _COMMON: dict[str, Any] = {
@@ -104,6 +104,7 @@ class NeuralEstimator(Estimator):
             "bound": self.bound,
             "ema": cfg.ema,
             "device": str(dev),
+            "precision": resolve_precision(cfg.precision, dev),
             "n_candidates": n_cand,
             "ceiling": f"log2(n_candidates) with negatives={cfg.negatives!r}",
             "steps_run": steps,

@@ -17,6 +17,8 @@ Candidate pool of the reported value (setting ``negatives``):
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -53,15 +55,18 @@ class TrainConfig:
     negatives: str = "all"  # all | heldout (see module docstring)
     pool_check: bool = True  # InfoNCE: also evaluate with half the pool (saturation test)
     chunk_elems: int = 1 << 25  # memory cap (elements) of one evaluation chunk of pairs
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the matmuls; CPU AMX / GPU tensor cores)
+    # auto | fp32 | bf16 (autocast of the matmuls).  auto = bf16 on CPUs with native bf16
+    # (AMX / AVX512-BF16: the 240-pair profile ran in 189 s instead of 300 s with the same
+    # estimates to 3 decimals and the same ground-truth results), fp32 elsewhere
+    precision: str = "auto"
 
     def __post_init__(self) -> None:  # fail before any training, naming the setting
         if self.bound not in bounds.BOUNDS:
             raise ValueError(f"bound must be one of {bounds.BOUNDS}, got {self.bound!r}")
         if self.negatives not in ("all", "heldout"):
             raise ValueError(f"negatives must be 'all' or 'heldout', got {self.negatives!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be in (0, 1), got {self.ema}")
         for name in ("embed", "batch_size", "max_steps", "eval_every", "patience"):
@@ -124,6 +129,22 @@ class _Standardised:
         return torch.addcmul(self.shift[sl], blk, self.inv[sl])
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -142,6 +163,7 @@ def train_batched(
     """Train P critics on (P, n, dx) / (P, n, dy) stacks and return per-pair held-out bounds."""
     P, n, dx = xs.shape
     dy = ys.shape[2]
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     tr = torch.as_tensor(train_idx, dtype=torch.long)
     ev = torch.as_tensor(eval_idx, dtype=torch.long)
     n_tr, n_ev = tr.numel(), ev.numel()
@@ -188,8 +210,8 @@ def train_batched(
             xp = {k: pick(v) for k, v in critic.x.items()}
             yp = {k: pick(v) for k, v in critic.y.items()}
             with _autocast(device, cfg.precision):
-                fx = critic.side(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
-                gy = critic.side_y(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+                fx = critic.side_q(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+                gy = critic.side_q(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
                 S = critic.scores(fx, gy, pick(critic.log_scale)).float()
             if cfg.ema is not None:
                 pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
@@ -203,6 +225,12 @@ def train_batched(
                 # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
                 # instead of the minibatch value, which removes most of the minibatch gradient bias.
                 objective = pos_mean - lme * torch.exp(lme_d - new_ema)
+            elif cfg.bound == "smile":
+                # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV,
+                # the gradient comes from the Jensen-Shannon f-GAN bound.  Training on the
+                # clipped DV itself is unbounded (E_p[T] is not clipped) and blew up to 1e21 bits.
+                value = bounds.smile(S, diag, cfg.clip)
+                objective = bounds.js_fgan(S, diag)
             else:
                 value = bounds.bound(cfg.bound, S, diag, cfg.clip)
                 objective = value
@@ -304,8 +332,8 @@ def _evaluate(
     for s in range(0, n_todo, chunk):
         sl: slice | torch.Tensor = todo[s : s + chunk].to(device) if subset else slice(s, min(P, s + chunk))
         with _autocast(device, cfg.precision):
-            fx = critic.side(state["x"], X.rows(rows, sl), cfg.layers, sl)
-            gy = critic.side_y(state["y"], Y.rows(cand, sl), cfg.layers, sl)
+            fx = critic.side_q(state["x"], X.rows(rows, sl), cfg.layers, sl)
+            gy = critic.side_q(state["y"], Y.rows(cand, sl), cfg.layers, sl)
             S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
         if cfg.ema is not None:
             full.append(bounds.dv(S, pos_d).cpu())

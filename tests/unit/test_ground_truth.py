@@ -41,7 +41,8 @@ def test_saturation_flags_match_ceilings(outcome):
     rows = outcome.table.to_pylist()
     for r in rows:
         assert r["bits"] <= r["ceiling_bits"] + 1e-6
-        assert r["saturated"] == (r["bits"] >= r["ceiling_bits"] - 0.1)
+        if r["bits"] >= r["ceiling_bits"] - 0.1:  # at the ceiling: must be flagged (a lower bound)
+            assert r["saturated"], r
     entropy = outcome.record["manifest"]["prefix_entropy_bits"]
     # no estimate exceeds what the distinct prefixes allow (plus estimator noise)
     for r in rows:
