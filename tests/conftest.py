@@ -59,3 +59,15 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", "gpt2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small estimator problems: one torch thread is as fast, and far faster when other test
+    processes share this 2-core machine (two OpenMP threads there ran 5-10x slower)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -18,16 +18,7 @@ from ie_flow.estimators import estimate_mi, independence_check
 from ie_flow.estimators.synthetic import correlated_gaussian, discrete_injective, rotated_gaussian, sparse_gaussian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one torch thread is as fast, and far faster when other test processes
-    share this 2-core machine (two OpenMP threads there ran 5-10x slower)."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N = 5000

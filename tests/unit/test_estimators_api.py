@@ -19,16 +19,7 @@ from ie_flow.estimators import (
 from ie_flow.estimators.mine_paper import poly_warmup_lr
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one torch thread is as fast, and far faster when other test processes
-    share this 2-core machine (two OpenMP threads there ran 5-10x slower)."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = dict(max_steps=60, eval_every=20, batch_size=256, hidden=32, embed=16)
