@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--method", default="infonce")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     args = ap.parse_args()
     import torch
 
@@ -78,17 +79,19 @@ def main() -> None:
           f"torch threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, load avg={os.getloadavg()[0]:.2f}")
 
     t = time.perf_counter()
-    batched = estimate_mi_many(xs, ys, method=args.method, seeds=(0,), drop_constant=True, precision=args.precision)
+    batched = estimate_mi_many(xs, ys, method=args.method, seeds=(0,), drop_constant=True,
+                               precision=args.precision, device=args.device)
     t_batched = time.perf_counter() - t
     print(f"batched: {P} estimates in {t_batched:.1f}s ({t_batched / P:.2f}s per estimate), "
-          f"steps run {batched[0].settings['steps_run']}, precision {batched[0].settings['precision']}")
+          f"steps run {batched[0].settings['steps_run']}, precision {batched[0].settings['precision']}, "
+          f"device {batched[0].settings['device']}")
 
     # one pair per position (layers spread out): positions differ in how long they train
     layer_of = np.linspace(0, layers - 1, loop_pairs).round().astype(int)
     idx = np.array([layer_of[i] * args.positions + i % args.positions for i in range(loop_pairs)])
     t = time.perf_counter()
-    singles = [estimate_mi(xs[i], ys[i], method=args.method, seed=0, drop_constant=True, precision=args.precision)
-               for i in idx]
+    singles = [estimate_mi(xs[i], ys[i], method=args.method, seed=0, drop_constant=True,
+                           precision=args.precision, device=args.device) for i in idx]
     t_loop_sub = time.perf_counter() - t
     t_loop = t_loop_sub / loop_pairs * P
     print(f"one-at-a-time loop: measured {loop_pairs} pairs in {t_loop_sub:.1f}s "

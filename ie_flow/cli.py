@@ -43,6 +43,8 @@ RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cl
 Seed = Annotated[Optional[int], typer.Option(help="Corpus seed (sampling of sequences).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")]
 StorageDtype = Annotated[Optional[str], typer.Option(help="Activation storage dtype: float16 (default) or float32.")]
+Layers = Annotated[Optional[str], typer.Option(help="Blocks to capture, comma separated, e.g. 0,1,2 (default all).")]
+Positions = Annotated[Optional[str], typer.Option(help="Token positions to keep, comma separated (default all; the last is always kept).")]
 NoTracking = Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (logs go to stderr).")]
 
@@ -57,11 +59,13 @@ def _overrides(**kw: Any) -> dict[str, Any]:
         "tracking_uri": "tracking.uri", "experiment": "tracking.experiment", "ray_address": "runtime.ray_address",
     }
     out = {fields[k]: v for k, v in kw.items() if k in fields}
-    if kw.get("seeds"):
-        try:
-            out["estimate.seeds"] = [int(s) for s in str(kw["seeds"]).split(",") if s.strip()]
-        except ValueError:
-            raise IEFlowError(f"--seeds must be integers separated by commas, got {kw['seeds']!r}") from None
+    lists = {"seeds": "estimate.seeds", "layers": "extract.layers", "positions": "extract.positions"}
+    for option, dotted in lists.items():
+        if kw.get(option):
+            try:
+                out[dotted] = [int(s) for s in str(kw[option]).split(",") if s.strip()]
+            except ValueError:
+                raise IEFlowError(f"--{option} must be integers separated by commas, got {kw[option]!r}") from None
     if kw.get("no_tracking"):
         out["tracking.enabled"] = False
     return out
@@ -114,7 +118,7 @@ def run(
     seeds: Seeds = None, micro: Micro = None, storage: Storage_ = None, s3_endpoint: Endpoint = None,
     tracking_uri: TrackingUri = None, experiment: Experiment = None, ray_address: RayAddress = None,
     seed: Seed = None, batch_size: BatchSize = None, storage_dtype: StorageDtype = None,
-    no_tracking: NoTracking = False, as_json: AsJson = False,
+    layers: Layers = None, positions: Positions = None, no_tracking: NoTracking = False, as_json: AsJson = False,
 ) -> None:
     """Run the whole job: extract activations, estimate MI, compute IE, log to MLflow."""
     from ie_flow.pipeline import run_job
@@ -141,7 +145,8 @@ def extract(
     workflow: Workflow = None, model: Model = None, corpus: Corpus = None, shots: Shots = None,
     tokens: Tokens = None, samples: Samples = None, text_field: TextField = None, micro: Micro = None,
     storage: Storage_ = None, s3_endpoint: Endpoint = None, ray_address: RayAddress = None, seed: Seed = None,
-    batch_size: BatchSize = None, storage_dtype: StorageDtype = None,
+    batch_size: BatchSize = None, storage_dtype: StorageDtype = None, layers: Layers = None,
+    positions: Positions = None,
     force: Annotated[bool, typer.Option(help="Discard existing activations for this job and extract again.")] = False,
     as_json: AsJson = False,
 ) -> None:

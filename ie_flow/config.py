@@ -51,6 +51,9 @@ class ExtractSpec(_Section):
     num_cpus_per_actor: float | None = Field(None, gt=0)
     # block indices to capture (None = all); boundaries b and b+1 are kept for each
     layers: list[int] | None = None
+    # token positions to keep, 0-based (None = all); the last position, the macro variable, is
+    # always kept, and micro MI is reduced over the kept positions only
+    positions: list[int] | None = None
 
 
 class EstimateSpec(_Section):

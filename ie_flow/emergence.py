@@ -107,7 +107,9 @@ def information_emergence(table: Any, micro_reduce: str = "mean") -> Emergence:
             micro_saturated=int(micro_sat[i].sum()),
         ))
     macro_mean, micro_mean = macro.mean(axis=0), micro.mean(axis=0)
-    running_micro = np.cumsum(micro_mean, axis=1) / np.arange(1, positions + 1)
+    # mean of the micro values so far; positions not stored (extract.positions) are left out
+    seen = np.cumsum(~np.isnan(micro_mean), axis=1)
+    running_micro = np.nancumsum(micro_mean, axis=1) / np.maximum(seen, 1)
     return Emergence(
         layers=out_layers, macro=macro_mean, micro=micro_mean, token_curves=macro_mean - running_micro,
         saturated=sat.any(axis=0), ceilings=ceil, ie_per_seed=ie_seed_layer, seeds=seeds,

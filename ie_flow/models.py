@@ -196,7 +196,7 @@ def load_model(
         if source.random_init:
             config = transformers.AutoConfig.from_pretrained(location, **kwargs)
             torch.manual_seed(seed)
-            model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch_dtype)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError) as e:

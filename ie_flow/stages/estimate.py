@@ -23,16 +23,17 @@ def read_boundary(store: Storage, manifest: dict[str, Any], boundary: int, varia
     """All shards of one boundary as (samples, positions, d) float32, in sample order."""
     import pyarrow as pa
 
-    from ie_flow.stages.extract import table_vectors
+    from ie_flow.stages.extract import manifest_positions, table_vectors
 
     tables = [store.read_parquet(boundary_file(boundary, s["shard"], variant)) for s in manifest["shards"]]
     table = pa.concat_tables(tables)
-    if table.num_rows != manifest["samples"] * manifest["tokens"]:
+    positions = len(manifest_positions(manifest))
+    if table.num_rows != manifest["samples"] * positions:
         raise IEFlowError(
             f"boundary {boundary} has {table.num_rows} rows, manifest says "
-            f"{manifest['samples']} x {manifest['tokens']}: the activations are damaged; rerun extract --force"
+            f"{manifest['samples']} x {positions} positions: the activations are damaged; rerun extract --force"
         )
-    return table_vectors(table, manifest["tokens"])
+    return table_vectors(table, positions)
 
 
 def load_manifest(store: Storage) -> dict[str, Any]:
@@ -97,9 +98,11 @@ def estimate_layer_group(
     """Estimate M_l(t) for `layers` (all positions) as one batched model; write one file per layer.
     Returns {layer: seconds}."""
     from ie_flow.estimators import apply_dims, estimate_mi_many
+    from ie_flow.stages.extract import manifest_positions
 
     t0 = time.perf_counter()
-    positions = manifest["tokens"]
+    labels = manifest_positions(manifest)  # stored column t holds token position labels[t]
+    positions = len(labels)
     variants = [("", ("macro", "micro") if manifest["micro"] == "in_context" else ("macro",))]
     if manifest["micro"] == "isolated":
         variants.append(("isolated", ("micro",)))
@@ -115,7 +118,7 @@ def estimate_layer_group(
             eval_fraction=spec.eval_fraction, drop_constant=True, **spec.settings,
         )
         for k, est in enumerate(estimates):
-            layer, position = layers[k // positions], k % positions
+            layer, position = layers[k // positions], labels[k % positions]
             if est.diverged:
                 raise RuntimeError(f"estimator diverged at layer {layer}, position {position}: {est.settings}")
             for level in levels:
@@ -146,6 +149,7 @@ def run_estimate(job: Any, manifest_store: Storage) -> EstimateResult:
 
     from ie_flow.estimators import ESTIMATORS  # noqa: F401  (fail on an unknown name before Ray starts)
     from ie_flow.runtime import cluster_resources, init_ray
+    from ie_flow.stages.extract import manifest_positions
 
     t0 = time.perf_counter()
     manifest = load_manifest(manifest_store)
@@ -157,7 +161,7 @@ def run_estimate(job: Any, manifest_store: Storage) -> EstimateResult:
     layers = [l for l in range(manifest["num_blocks"]) if l in boundaries and l + 1 in boundaries]
     todo = [l for l in layers if not out.exists(layer_file(l))]
     log.info("stage 2: %s, %d layers x %d positions, %d to estimate -> %s",
-             spec.method, len(layers), manifest["tokens"], len(todo), out.url())
+             spec.method, len(layers), len(manifest_positions(manifest)), len(todo), out.url())
     if todo:
         init_ray(job.runtime.ray_address)
         res = cluster_resources()

@@ -26,16 +26,33 @@ def activation_schema(d: int, storage_dtype: str) -> Any:
     return pa.schema([("sample_id", pa.int64()), ("pos", pa.int16()), ("vec", pa.list_(value, d))])
 
 
-def activation_table(vectors: np.ndarray, sample_id_start: int, storage_dtype: str) -> Any:
-    """(m, N, d) array -> rows (sample_id, pos, vec), sample-major."""
+def activation_table(vectors: np.ndarray, sample_id_start: int, storage_dtype: str,
+                     positions: list[int] | None = None) -> Any:
+    """(m, P, d) array -> rows (sample_id, pos, vec), sample-major; `positions` labels the P
+    columns (default 0..P-1)."""
     import pyarrow as pa
 
     m, n, d = vectors.shape
     flat = np.ascontiguousarray(vectors, dtype=np.float16 if storage_dtype == "float16" else np.float32)
     vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), d)
     sample_id = np.repeat(np.arange(sample_id_start, sample_id_start + m, dtype=np.int64), n)
-    pos = np.tile(np.arange(n, dtype=np.int16), m)
+    pos = np.tile(np.asarray(range(n) if positions is None else positions, dtype=np.int16), m)
     return pa.Table.from_arrays([pa.array(sample_id), pa.array(pos), vec], schema=activation_schema(d, storage_dtype))
+
+
+def kept_positions(selected: list[int] | None, tokens: int) -> list[int]:
+    """The positions stage 1 stores: `selected` plus the last one (the macro variable), sorted."""
+    if selected is None:
+        return list(range(tokens))
+    bad = [t for t in selected if not 0 <= t < tokens]
+    if bad:
+        raise IEFlowError(f"positions must be in 0..{tokens - 1} for {tokens}-token windows, got {bad}")
+    return sorted(set(selected) | {tokens - 1})
+
+
+def manifest_positions(manifest: dict[str, Any]) -> list[int]:
+    """Stored positions of a manifest (manifests from before position selection stored all)."""
+    return manifest.get("positions") or list(range(manifest["tokens"]))
 
 
 def table_vectors(table: Any, positions: int) -> np.ndarray:
@@ -78,7 +95,7 @@ def capture_boundaries(
 
 def extract_shard(
     loaded: Any, storage: Storage, shard: int, sample_id_start: int, input_ids: np.ndarray,
-    batch_size: int, boundaries: list[int], storage_dtype: str, micro: str,
+    batch_size: int, boundaries: list[int], storage_dtype: str, micro: str, positions: list[int] | None = None,
 ) -> dict[str, Any]:
     """Capture and write one shard, then its completion marker (written last: a shard without a
     marker is redone on rerun, so a killed job never leaves a half shard that counts)."""
@@ -89,7 +106,8 @@ def extract_shard(
         vectors = capture_boundaries(loaded, input_ids, batch_size, boundaries, isolated)
         for b in boundaries:
             rel = boundary_file(b, shard, variant)
-            table = activation_table(vectors[b], sample_id_start, storage_dtype)
+            kept = vectors[b] if positions is None else vectors[b][:, positions]
+            table = activation_table(kept, sample_id_start, storage_dtype, positions)
             digest, size = storage.write_parquet(rel, table)
             files[rel] = {"sha256": digest, "bytes": size, "rows": table.num_rows}
     marker = {
@@ -109,7 +127,7 @@ class ActivationExtractor:
     def __init__(
         self, model: str, revision: str | None, dtype: str, storage: Storage, input_ids: np.ndarray,
         batch_size: int, boundaries: list[int] | None, storage_dtype: str, micro: str, torch_threads: int,
-        seed: int = 0,
+        seed: int = 0, positions: list[int] | None = None,
     ) -> None:
         import torch
 
@@ -120,6 +138,7 @@ class ActivationExtractor:
         self.loaded = load_model(model, revision, device=device, dtype=dtype, seed=seed)
         self.storage, self.input_ids = storage, input_ids
         self.batch_size, self.storage_dtype, self.micro = batch_size, storage_dtype, micro
+        self.positions = positions
         self.boundaries = boundaries or list(range(self.loaded.num_blocks + 1))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,7 +146,7 @@ class ActivationExtractor:
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             marker = extract_shard(
                 self.loaded, self.storage, int(shard), int(start), self.input_ids[start:stop],
-                self.batch_size, self.boundaries, self.storage_dtype, self.micro,
+                self.batch_size, self.boundaries, self.storage_dtype, self.micro, self.positions,
             )
             seconds.append(marker["seconds"])
             sequences.append(marker["sequences"])
@@ -178,6 +197,7 @@ def build_manifest(job: Any, corpus: Any, source: Any, tokenizer: Any, markers: 
         "num_blocks": first["num_blocks"],
         "hidden_size": first["hidden_size"],
         "boundaries": boundaries,
+        "positions": kept_positions(job.extract.positions, corpus.num_tokens),
         "storage_dtype": job.extract.storage_dtype,
         "micro": job.extract.micro,
         "prefix_entropy_bits": corpus.prefix_entropy_bits(),
@@ -193,7 +213,8 @@ def _job_settings(job: Any, corpus: Any) -> dict[str, Any]:
     return {
         "model": job.model.name, "revision": job.model.revision, "dtype": job.model.dtype,
         "corpus_digest": corpus.digest, "storage_dtype": job.extract.storage_dtype,
-        "micro": job.extract.micro, "layers": job.extract.layers, "shard_size": job.extract.shard_size,
+        "micro": job.extract.micro, "layers": job.extract.layers, "positions": job.extract.positions,
+        "shard_size": job.extract.shard_size,
         "seed": job.corpus.seed,
     }
 
@@ -213,6 +234,7 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
     problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
     if problem:  # a text corpus can give fewer windows than asked for
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
+    positions = kept_positions(job.extract.positions, corpus.num_tokens)  # bad positions fail before any work
     store = root.child(activations_dir(source.key, corpus.dataset_id))
     settings = _job_settings(job, corpus)
     if store.exists(JOB_SETTINGS) and not force:
@@ -238,7 +260,8 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
         "stage 1: %s on %s (%d sequences x %d tokens): %d of %d shards to extract -> %s",
         job.model.name, corpus.dataset_id, n, corpus.num_tokens, len(pending), len(shards), store.url(),
     )
-    stats = _run_actor_pool(job, store, corpus.input_ids, pending, boundaries) if pending else []
+    stored = None if job.extract.positions is None else positions
+    stats = _run_actor_pool(job, store, corpus.input_ids, pending, boundaries, stored) if pending else []
     markers = [store.read_json(done_marker(i)) for i, _, _ in shards]
     num_blocks = markers[0]["num_blocks"]
     boundaries = boundaries_for_layers(job.extract.layers, num_blocks) or list(range(num_blocks + 1))
@@ -250,7 +273,7 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
 
 
 def _run_actor_pool(job: Any, store: Storage, input_ids: np.ndarray, pending: list[tuple[int, int, int]],
-                    boundaries: list[int] | None) -> list[dict[str, Any]]:
+                    boundaries: list[int] | None, positions: list[int] | None) -> list[dict[str, Any]]:
     """Extract the pending shards on an actor pool; returns one metadata row per shard."""
     import ray
     from tqdm import tqdm
@@ -274,7 +297,7 @@ def _run_actor_pool(job: Any, store: Storage, input_ids: np.ndarray, pending: li
             "model": job.model.name, "revision": job.model.revision, "dtype": job.model.dtype,
             "storage": store, "input_ids": input_ids, "batch_size": job.extract.batch_size,
             "boundaries": boundaries, "storage_dtype": job.extract.storage_dtype, "micro": job.extract.micro,
-            "torch_threads": plan.torch_threads, "seed": job.corpus.seed,
+            "torch_threads": plan.torch_threads, "seed": job.corpus.seed, "positions": positions,
         },
     )
     total = sum(e - s for _, s, e in pending)

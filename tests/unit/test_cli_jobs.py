@@ -80,3 +80,24 @@ def test_estimate_on_an_incomplete_extraction(tmp_path):
     (folder / "_done" / "part-00000").write_text("{}")
     proc = ie_flow("estimate", str(folder), "--storage", str(tmp_path), "--no-tracking")
     assert proc.returncode == 2 and "incomplete extraction (1 shard(s) finished" in proc.stderr
+
+
+def test_layer_and_position_selection(tiny_llama, tmp_path):
+    """--layers/--positions store and estimate only those; IE uses the last position as macro
+    and the kept positions as micro."""
+    proc = ie_flow("run", "--model", str(tiny_llama), "--samples", "256", "--estimator", "gaussian",
+                   "--layers", "1", "--positions", "0,2", "--storage", str(tmp_path / "data"),
+                   "--no-tracking", "--json", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    manifest = json.loads((tmp_path / "data" / out["manifest"].split("/data/", 1)[1]).read_text())
+    assert manifest["boundaries"] == [1, 2] and manifest["positions"] == [0, 2, 7]
+    table = pq.read_table(out["results"]).to_pylist()
+    assert {(r["layer"], r["position"]) for r in table} == {(1, 0), (1, 2), (1, 7)}
+    (layer,) = out["layers"]
+    micro = [r["bits"] for r in table if r["level"] == "micro"]
+    macro = [r["bits"] for r in table if r["level"] == "macro" and r["position"] == 7]
+    assert layer["layer"] == 1 and layer["ie"] == pytest.approx(macro[0] - sum(micro) / 3)
+    bad = ie_flow("run", "--model", str(tiny_llama), "--samples", "256", "--positions", "9",
+                  "--storage", str(tmp_path / "data2"), "--no-tracking", cwd=tmp_path)
+    assert bad.returncode == 2 and "positions must be in 0..7" in bad.stderr

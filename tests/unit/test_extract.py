@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ie_flow import IEFlowError
 from ie_flow.models import BlockCapture, load_model
-from ie_flow.stages.extract import capture_boundaries, extract_shard, table_vectors
+from ie_flow.stages.extract import capture_boundaries, extract_shard, kept_positions, table_vectors
 from ie_flow.storage import Storage, boundary_file, done_marker
 
 
@@ -72,3 +73,18 @@ def test_isolated_micro_runs_each_token_alone(tiny_llama):
     ctx = capture_boundaries(loaded, ids, batch_size=2, boundaries=[2])[2]
     np.testing.assert_allclose(iso[:, 0], ctx[:, 0], rtol=0, atol=1e-5)
     assert not np.allclose(iso[:, 3], ctx[:, 3])
+
+
+def test_position_selection_stores_only_those_positions(tiny_llama, tmp_path):
+    loaded = load_model(str(tiny_llama))
+    ids = _ids(loaded, n=5)
+    direct = capture_boundaries(loaded, ids, batch_size=5, boundaries=[1])[1]
+    kept = kept_positions([3, 1], tokens=8)
+    assert kept == [1, 3, 7]  # sorted, and the last position (the macro variable) always kept
+    extract_shard(loaded, Storage(str(tmp_path)), 0, 0, ids, 5, [1], "float32", "in_context", kept)
+    table = Storage(str(tmp_path)).read_parquet(boundary_file(1, 0))
+    assert table.num_rows == 5 * 3
+    assert table.column("pos").to_pylist()[:4] == [1, 3, 7, 1]
+    np.testing.assert_array_equal(table_vectors(table, 3), direct[:, [1, 3, 7]])
+    with pytest.raises(IEFlowError, match=r"positions must be in 0\.\.7 .* got \[8\]"):
+        kept_positions([0, 8], tokens=8)
