@@ -176,11 +176,16 @@ def run_estimate(job: Any, manifest_store: Storage) -> EstimateResult:
         refs = {task.remote(manifest_store, manifest, group, spec, out, int(cpus)): group
                 for group in layer_groups(todo, per_task)}
         with tqdm(total=len(todo), unit="layer", desc="stage 2 estimate", disable=None) as bar:
-            pending = list(refs)
+            pending, finished = list(refs), 0
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 ray.get(ready[0])  # re-raises a task's error here
-                bar.update(len(refs[ready[0]]))
+                group = refs[ready[0]]
+                finished += len(group)
+                bar.update(len(group))
+                if bar.disable:  # no terminal (logs, CI): a line per finished group instead of the bar
+                    log.info("stage 2: layers %d-%d done (%d of %d) after %.0f s",
+                             group[0], group[-1], finished, len(todo), time.perf_counter() - t0)
     import pyarrow as pa
 
     table = pa.concat_tables([out.read_parquet(layer_file(l)) for l in layers])

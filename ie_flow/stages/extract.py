@@ -242,7 +242,8 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
         if differ:  # same model and corpus, other extraction settings: never mix or silently reuse
             raise IEFlowError(
                 f"{store.url()} holds activations extracted with other settings "
-                f"({', '.join(f'{k}={v}' for k, v in differ.items())}); use another --storage or --force to replace them"
+                f"({', '.join(f'{k}={v}' for k, v in differ.items())}); "
+                "use another --storage, or `ie-flow extract --force` to replace them"
             )
     if store.exists(MANIFEST) and not force:
         manifest = store.read_json(MANIFEST)

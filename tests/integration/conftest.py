@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from processes import stop_processes
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 IE_FLOW = str(VENV_BIN / "ie-flow") if (VENV_BIN / "ie-flow").exists() else shutil.which("ie-flow") or "ie-flow"
@@ -124,18 +126,7 @@ def kill_tree(pids: list[int], match: Callable[[str], bool] | None = None, grace
             pass
     for pid in me:
         procs.pop(pid, None)
-    for p in procs.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    stop_processes(list(procs.values()), grace)
 
 
 @dataclass

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from processes import stop_processes
+
 pytestmark = pytest.mark.integration
 
 SAMPLES = 3072
@@ -42,20 +44,7 @@ def _background(cmd: list[str], env: dict[str, str], cwd: Path) -> Iterator[subp
             family = psutil.Process(proc.pid).children(recursive=True)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
-            _reap(family)
-
-
-def _reap(family: list) -> None:
-    """Ray's processes die with their driver (fate sharing); make sure, by process id."""
-    import psutil
-
-    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+            stop_processes(family, grace=0)  # Ray's processes die with their driver; make sure
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -98,7 +87,7 @@ def test_killed_extraction_resumes_to_identical_bytes(tiny_llama, cli, base_env,
             family = psutil.Process(proc.pid).children(recursive=True)  # Ray's daemons and workers
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
-            _reap(family)
+            stop_processes(family, grace=0)
 
         folder = _dataset_folder(killed)
         markers_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (folder / "_done").iterdir()}
