@@ -273,15 +273,17 @@ def compare(
     for lab in labels:
         typer.echo(lab)
     layers = sorted({l.layer for r in results for l in r.emergence.layers})
-    typer.echo("layer  " + "  ".join(f"{'IE ' + str(i + 1):>9}" for i in range(len(results))))
+    typer.echo("layer  " + " ".join(f"{'IE ' + str(i + 1):>9} " for i in range(len(results))))
     for layer in layers:
         cells = []
         for r in results:
             match = [l for l in r.emergence.layers if l.layer == layer]
-            cells.append(f"{match[0].ie:>9.3f}" if match else f"{'-':>9}")
-        typer.echo(f"{layer:>5}  " + "  ".join(cells))
-    typer.echo("mean   " + "  ".join(f"{r.emergence.summary['ie_mean']:>9.3f}" for r in results))
-    typer.echo("max    " + "  ".join(f"{r.emergence.summary['ie_max']:>9.3f}" for r in results))
+            cells.append(f"{match[0].ie:>9.3f}{'*' if match[0].saturated else ' '}" if match else f"{'-':>9} ")
+        typer.echo(f"{layer:>5}  " + " ".join(cells))
+    typer.echo("mean   " + " ".join(f"{r.emergence.summary['ie_mean']:>9.3f} " for r in results))
+    typer.echo("max    " + " ".join(f"{r.emergence.summary['ie_max']:>9.3f} " for r in results))
+    if any(l.saturated for r in results for l in r.emergence.layers):
+        typer.echo("* layer with saturated estimates: its IE is a difference of lower bounds")
     typer.echo(f"plot: {out}")
 
 

@@ -72,11 +72,17 @@ def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per laye
     """Several models / corpora on one plot: IE per layer with intervals."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
+    any_saturated = False
     for label, em in profiles.items():
         layers = [l.layer for l in em.layers]
-        ax.plot(layers, [l.ie for l in em.layers], marker="o", ms=3, label=label)
+        (line,) = ax.plot(layers, [l.ie for l in em.layers], marker="o", ms=3, label=label)
         ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.2)
+        sat = [l for l in em.layers if l.saturated]
+        if sat:  # a ring around layers whose IE is a difference of lower bounds
+            any_saturated = True
+            ax.plot([l.layer for l in sat], [l.ie for l in sat], ls="none", marker="o", ms=8, mfc="none",
+                    mec=line.get_color(), mew=0.8)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="layer", ylabel="IE (bits)", title=title)
+    ax.set(xlabel="layer", ylabel="IE (bits)", title=title + (" (ringed: saturated estimates)" if any_saturated else ""))
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
