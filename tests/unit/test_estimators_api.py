@@ -223,3 +223,16 @@ def test_divergence_is_reported_not_returned(xy) -> None:
 def test_independence_check_is_near_zero(xy) -> None:
     est = independence_check(*xy, **FAST)
     assert abs(est.bits) < 0.1
+
+
+def test_pairs_near_the_ceiling_stop_early_and_stay_flagged() -> None:
+    """stop_near_ceiling: a pair whose held-out bound reaches log2(n_eval) - 0.3 bit stops
+    training; it still reports a lower bound flagged saturated, and it ran fewer steps."""
+    from ie_flow.estimators.synthetic import correlated_gaussian
+
+    x, y, truth = correlated_gaussian(5, 0.99, seed=99, n=2000)  # 14.1 bits, ceiling log2 2000 = 11
+    early = estimate_mi(x, y, seed=0)
+    full = estimate_mi(x, y, seed=0, stop_near_ceiling=0)
+    assert early.saturated and full.saturated
+    assert early.settings["steps_run"][0] < full.settings["steps_run"][0]
+    assert early.bits <= early.ceiling_bits < truth
