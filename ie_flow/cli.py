@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
 
@@ -347,38 +347,56 @@ def main() -> None:
     for noisy in ("httpx", "urllib3", "botocore", "s3fs", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        code = app(standalone_mode=False)  # returns the code of typer.Exit / --help
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        result = app(standalone_mode=False)  # returns the code of typer.Exit / --help
+        code = result if isinstance(result, int) else 0
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        code = 130
     except IEFlowError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        code = 2
     except Exception as e:  # a Ray task's error arrives wrapped; unwrap user errors
         cause = getattr(e, "cause", None)
         if isinstance(cause, IEFlowError):
             typer.echo(f"error: {cause}", err=True)
-            sys.exit(2)
-        _fail(e, debug)
+            code = 2
+        else:
+            code = _failure_code(e, debug)
+    _exit(code)
 
 
-def _fail(e: Exception, debug: bool) -> None:
+def _failure_code(e: Exception, debug: bool) -> int:
     """Usage errors exit 2 with click's message; anything else is a failure while running: exit 1."""
     import click
 
     if isinstance(e, click.ClickException):
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     if isinstance(e, click.exceptions.Exit):
-        sys.exit(e.exit_code)
+        return e.exit_code
     if debug:
         raise e
     e = getattr(e, "cause", None) or e  # a Ray task's error: report what went wrong inside it
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     typer.echo(f"error: {type(e).__name__}: {first}  (set IE_FLOW_DEBUG=1 for the traceback)", err=True)
-    sys.exit(1)
+    return 1
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with `code`, skipping native libraries' teardown. After all work was done and printed,
+    Arrow's thread pools sometimes abort the process while static destructors run (SIGABRT,
+    "terminate called without an active exception": apache/arrow#34314), which turned a
+    successful `ie-flow report --json` into exit -6 in CI. Ray is shut down and output flushed
+    first; ie-flow registers nothing else to run at exit."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
