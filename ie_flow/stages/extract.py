@@ -180,7 +180,7 @@ def boundaries_for_layers(layers: list[int] | None, num_blocks: int | None) -> l
 
 
 def build_manifest(job: Any, corpus: Any, source: Any, tokenizer: Any, markers: list[dict[str, Any]],
-                   boundaries: list[int]) -> dict[str, Any]:
+                   boundaries: list[int], positions: list[int]) -> dict[str, Any]:
     """Deterministic (no timestamps): a resumed job writes the same manifest as an uninterrupted one."""
     first = markers[0]
     return {
@@ -200,7 +200,7 @@ def build_manifest(job: Any, corpus: Any, source: Any, tokenizer: Any, markers: 
         "num_blocks": first["num_blocks"],
         "hidden_size": first["hidden_size"],
         "boundaries": boundaries,
-        "positions": kept_positions(job.extract.positions, corpus.num_tokens),
+        "positions": positions,
         "storage_dtype": job.extract.storage_dtype,
         "micro": job.extract.micro,
         "prefix_entropy_bits": corpus.prefix_entropy_bits(),
@@ -269,7 +269,7 @@ def run_extract(job: Any, force: bool = False) -> ExtractResult:
     markers = [store.read_json(done_marker(i)) for i, _, _ in shards]
     num_blocks = markers[0]["num_blocks"]
     boundaries = boundaries_for_layers(job.extract.layers, num_blocks) or list(range(num_blocks + 1))
-    manifest = build_manifest(job, corpus, source, tokenizer, markers, boundaries)
+    manifest = build_manifest(job, corpus, source, tokenizer, markers, boundaries, positions)
     store.write_json(MANIFEST, manifest)
     seconds = time.perf_counter() - t0
     log.info("stage 1: done in %.1f s: %s", seconds, store.url(MANIFEST))
