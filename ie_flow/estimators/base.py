@@ -41,6 +41,11 @@ class MIEstimate:
     # how much the held-out bound rose from a half-sized to the full candidate pool
     # (~0 when the ceiling does not bind, up to ~1 bit when it does); None where not computed
     pool_gain_bits: float | None = None
+    # a cell that failed its estimator's checks is kept (with its reason) but never averaged into IE
+    valid: bool = True
+    invalid_reason: str | None = None
+    # estimator-specific per-cell figures (e.g. the smoothed estimator's null, MC error, LOO value)
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
