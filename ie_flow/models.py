@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ie_flow import IEFlowError
+from ie_flow import IEFlowError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -200,7 +200,7 @@ def load_model(
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise IEFlowError(f"cannot load model {name!r} ({source.kind} {location}): {first}") from None
     model.to(device).eval()
     return LoadedModel(source, model, tokenizer, find_blocks(model), _fingerprint(model, source))
@@ -264,5 +264,5 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None

@@ -10,7 +10,7 @@ import posixpath
 from functools import cached_property
 from typing import Any
 
-from ie_flow import IEFlowError
+from ie_flow import IEFlowError, first_line
 
 
 def s3_endpoint(explicit: str | None = None) -> str | None:
@@ -155,7 +155,7 @@ class Storage:
         except IEFlowError:
             raise
         except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise IEFlowError(f"storage {self.uri} is not writable: {reason}") from None
 
 

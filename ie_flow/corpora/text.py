@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow import IEFlowError
+from ie_flow import IEFlowError, first_line
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 FORBIDDEN_IN_WINDOW = re.compile(r"[:?\-;\n]")
@@ -33,7 +33,7 @@ def _files(uri: str, endpoint_url: str | None) -> tuple[Any, list[str]]:
     except IEFlowError:
         raise
     except Exception as e:  # noqa: BLE001 - network and permission errors from any backend
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise IEFlowError(f"cannot read corpus {uri}: {reason}") from None
     return fs, [path]
 
