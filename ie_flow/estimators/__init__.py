@@ -83,6 +83,7 @@ ESTIMATORS = EstimatorRegistry(
         "smile": ".neural:SMILE",
         "nwj": ".neural:NWJ",
         "gaussian": ".gaussian:GaussianMI",
+        "smoothed": ".smoothed:SmoothedMI",
         "mine-paper": ".mine_paper:MinePaper",
     }
 )

@@ -50,3 +50,27 @@ def discrete_injective(K: int, seed: int, n: int = 5000, d: int = 64) -> tuple[n
 def shuffled(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Break the pairing: I = 0."""
     return x, y[np.random.default_rng(seed).permutation(len(y))], 0.0
+
+
+def smoothed_gaussian_bits(cov_x: np.ndarray, cov_y: np.ndarray, cross: np.ndarray, sigma_x: float, sigma_y: float) -> float:
+    """I(X + σx Z1; Y + σy Z2) in bits for jointly Gaussian (X, Y) with Cov X, Cov Y and
+    cross = Cov(X, Y): the smoothed pair is Gaussian with σ² added to each side's diagonal."""
+    sx = cov_x + sigma_x**2 * np.eye(len(cov_x))
+    sy = cov_y + sigma_y**2 * np.eye(len(cov_y))
+    joint = np.block([[sx, cross], [cross.T, sy]])
+    ld = lambda m: np.linalg.slogdet(m)[1]  # noqa: E731
+    return float(0.5 * (ld(sx) + ld(sy) - ld(joint)) / math.log(2.0))
+
+
+def linear_gaussian_smoothed(d: int, beta: float, seed: int, n: int = 4000) -> tuple[np.ndarray, np.ndarray, float]:
+    """X ~ N(0, I_d), Y = A X with A a random rotation times gains in [0.5, 2] (invertible), and
+    the exact smoothed MI at resolution β (σ = β·sqrt(tr Cov) per side, population covariances):
+    Cov X = I, Cov Y = A Aᵀ, Cov(X, Y) = Aᵀ."""
+    r = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(r.standard_normal((d, d)))
+    a = q * np.exp(r.uniform(math.log(0.5), math.log(2.0), d))  # columns scaled: A = Q diag(g)
+    x = r.standard_normal((n, d))
+    y = x @ a.T
+    cov_y = a @ a.T
+    bits = smoothed_gaussian_bits(np.eye(d), cov_y, a.T, beta * math.sqrt(d), beta * math.sqrt(np.trace(cov_y)))
+    return x.astype(np.float32), y.astype(np.float32), bits

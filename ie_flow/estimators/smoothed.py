@@ -1,0 +1,660 @@
+"""Resolution-aware MI (docs/METHOD.md section 7): ``M^β = I(X + σx Z1 ; Y + σy Z2)``.
+
+σ = β · sqrt(tr Cov) of that side (its RMS radius about the mean), Z1, Z2 independent standard
+normals.  Invariant to scaling and rotating either side; falls as β grows; between 0 and the
+entropy of the (distinct) samples.  Option ``standardise`` first scales every coordinate of
+each side to unit variance (so a few massive activation dimensions do not set σ alone); it
+is labelled in ``settings["mode"]`` ("standardised" vs "raw").
+
+Public entry point (the one stage 2 calls for all (layer, position) cells of a layer group)::
+
+    SmoothedMI(queries=512, bootstrap=200, standardise=False).estimate_grid(
+        xs,            # (P, n, dx) array: the X side of every cell
+        ys,            # (P, n, dy) array: the Y side of every cell
+        betas=(0.3, 0.4, 0.6),   # None -> the ``betas`` setting, else [``beta``]
+        seeds=(0,),
+        device=None,   # "cpu" / "cuda" / None (CUDA when available)
+    ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
+
+``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.4)`` are the one-β case.
+
+Plug-in estimator (the empirical distribution smoothed by Gaussian kernels):
+draw m query samples (setting ``queries``; m > n is an error), set x̃ = x_q + σx z, ỹ = y_q + σy z',
+and average over queries ``log p(x̃,ỹ) − log p(x̃) − log p(ỹ)``, each density the mean of the
+Gaussian kernels of all n samples (the kernels' normalising constants cancel).  Two variants:
+- resubstitution (``resub_bits``): all n samples; exact in expectation for the *empirical*
+  distribution, so it tends to log2 n when β is too small for n (every query finds itself);
+- leave-one-out (``loo_bits``): the query's own sample is dropped from all three densities:
+  an estimate of the *population* quantity.  This is the headline ``bits`` (HEADLINE_VARIANT):
+  on Gaussian ground truth it was the closer one, and on discrete data (the LLM case, every
+  value repeated) the two agree; see the measurements in HEADLINE_VARIANT's comment.
+
+How the work is shared (why a β grid, the null, n/2 and the bootstrap cost little extra):
+- ||x̃_q − x_i||² = ||x_q − x_i||² + 2σ z_q·(x_q − x_i) + σ²||z_q||²; terms constant in i cancel
+  between the three log-densities, so every kernel logit comes from two Gram matrices per side,
+  G = X_q Xᵀ and W = Z Xᵀ (one batched matmul), computed once for all β (common random numbers).
+- Sides are deduplicated by content: in a layer chain Y of cell (l, t) is X of cell (l+1, t), so
+  its matrices and kernel sums are computed once (and it gets the same noise in both roles).
+- Kernels are stored as exp(logit − row max) in float32; the joint is the product of the two
+  sides' kernels (no exp per cell).  Columns are streamed in chunks (setting ``chunk``, picked from
+  free memory on CUDA) and reduced per column block, so memory stays bounded at any n.
+- The n columns are cut into ``blocks`` random groups.  The shuffled-pair null uses a pairing
+  permuted inside each block (query rows map to query rows), the n/2 value uses the first half
+  of the blocks, and the bootstrap resamples blocks (with their queries) with multiplicities:
+  all from the same per-block log-sums.
+Precision: Gram matrices and kernels in float32 (logits are O(1/β²), the float32 error is
+~1e-4 nat); per-block log-sums, per-query values and everything after them in float64.
+
+Diagnostics (``MIEstimate.diagnostics``, bits unless named otherwise; means over seeds):
+``beta``, ``sigma_x``, ``sigma_y`` (noise scales, in the units of the data or of the standardised
+data), ``resub_bits``, ``loo_bits``, ``resub_loo_gap_bits`` (resub − LOO; large when β is too small
+for n), ``mc_se_bits`` (Monte-Carlo standard error over queries), ``null_bits`` (the headline
+estimator on shuffled pairs: the plug-in's bias at this n and β; reported, never subtracted:
+on discrete data it is a finite-sample table effect and subtracting it made exact values wrong),
+``half_n_bits`` (the value at n/2, paired with the full one: same queries and noise) and
+``stability_bits`` (value at n minus value at n/2), ``boot_ci_low``/``boot_ci_high`` (95% block
+bootstrap over samples; also ``ci_low``/``ci_high``), ``underflow_frac`` (queries whose joint
+kernel sum underflowed float32: β far too small), ``queries``, ``blocks``.
+Validity (``valid=False`` keeps the number, with ``invalid_reason``): null above
+max(NULL_LIMIT_BITS, NULL_FRACTION · value), or |stability| above
+max(STABILITY_LIMIT_BITS, STABILITY_FRACTION · value), or any underflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .base import LOG2E, Estimator, MIEstimate, _check_finite, resolve_device
+
+# Headline: leave-one-out (see module docstring; measured in tests/unit/test_smoothed.py and
+# benchmarks/bench_smoothed.py --truth).
+HEADLINE_VARIANT = "loo"
+# Validity thresholds (bits); see the measurements quoted next to each.
+NULL_LIMIT_BITS = 0.1
+NULL_FRACTION = 0.1
+STABILITY_LIMIT_BITS = 0.1
+STABILITY_FRACTION = 0.05
+# exp(logit - row max + OFFSET): kernels up to e^36 so that a product of two sides reaches
+# e^72 (< float32 max / 3e5 columns) and underflows only 159 nats below both maxima
+_OFFSET = 36.0
+_CPU_KERNEL_BYTES = 1 << 30  # kernel store per column chunk on CPU (1 GiB)
+_CUDA_FREE_FRACTION = 0.5  # share of free GPU memory the column chunk may use
+UNIT_MAX = 2048  # columns per unit at most (a chunk holds at least one unit, whatever the budget)
+
+
+# --------------------------------------------------------------------------- input preparation
+
+def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    for name, a in (("x", xs), ("y", ys)):
+        if a.ndim != 3:
+            raise ValueError(f"{name} must be a 3-D array (P, n, d), got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+        if a.shape[-1] == 0:
+            raise ValueError(f"{name} has no columns (shape {a.shape})")
+    if xs.shape[0] != ys.shape[0]:
+        raise ValueError(f"x and y hold different numbers of pairs: {xs.shape[0]} vs {ys.shape[0]}")
+    if xs.shape[1] != ys.shape[1]:
+        raise ValueError(f"x and y have different numbers of samples (mismatched n): {xs.shape[1]} vs {ys.shape[1]}")
+    n = xs.shape[1]
+    if n < 8:
+        raise ValueError(f"smoothed needs at least 8 samples, got n={n}")
+    if m > n:
+        raise ValueError(f"queries={m} exceeds the number of samples n={n}: lower queries to at most n")
+    if m < 2:
+        raise ValueError(f"queries must be at least 2, got {m}")
+    bad = [b for b in betas if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0)]
+    if bad or not betas:
+        raise ValueError(f"beta must be a finite number > 0 (the noise scale relative to the data's RMS radius), got {bad or list(betas)}")
+    _check_finite(xs, "x")
+    _check_finite(ys, "y")
+    return xs, ys
+
+
+def _fingerprint(a: np.ndarray) -> tuple:
+    flat = a.reshape(-1)
+    sample = np.ascontiguousarray(flat[:: max(1, flat.size // 4096)])
+    return a.shape, a.dtype.str, hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+
+
+def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Distinct side arrays and, per cell, the index of its X and Y side.
+
+    Equal content -> one side (a layer chain shares Y of (l, t) with X of (l+1, t)).  A cell whose
+    two sides are equal still gets two entries: X and Y noise must be independent."""
+    sides: list[np.ndarray] = []
+    by_key: dict[tuple, list[int]] = {}
+
+    def index_of(a: np.ndarray, avoid: int = -1) -> int:
+        key = _fingerprint(a)
+        for i in by_key.get(key, []):
+            if i != avoid and np.array_equal(sides[i], a):
+                return i
+        sides.append(a)
+        by_key.setdefault(key, []).append(len(sides) - 1)
+        return len(sides) - 1
+
+    sx = np.array([index_of(xs[p]) for p in range(xs.shape[0])], dtype=np.int64)
+    sy = np.array([index_of(ys[p], avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
+    return sides, sx, sy
+
+
+@dataclass
+class _Side:
+    data: Any  # (n, d) float32 tensor on the device
+    mean: Any  # (d,)
+    scale: Any  # (d,) 1 (raw) or 1/sd (standardised; 0 for constant coordinates)
+    radius: float  # sqrt(tr Cov) after scaling; sigma = beta * radius
+
+
+def _side(a: np.ndarray, standardise: bool, device: Any) -> _Side:
+    import torch
+
+    arr = a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
+    t = torch.from_numpy(arr).to(device)
+    mean = t.mean(0, dtype=torch.float64)
+    var = (t - mean.float()).square().mean(0, dtype=torch.float64)
+    if standardise:
+        sd = var.sqrt()
+        scale = torch.where(sd > 0, 1.0 / sd.clamp_min(1e-300), torch.zeros_like(sd))
+        tr = float((sd > 0).sum())  # unit variance per kept coordinate
+    else:
+        scale = torch.ones_like(var)
+        tr = float(var.sum())
+    return _Side(t, mean.float(), scale.float(), math.sqrt(max(tr, 0.0)))
+
+
+# --------------------------------------------------------------------------- layout and draws
+
+@dataclass
+class _Layout:
+    """Seed-independent column layout: the n samples in random blocks (bootstrap groups), each
+    block cut into units of at most UNIT_MAX columns (padded); depends on n and blocks only."""
+
+    n: int
+    blocks: int  # bootstrap groups (even: the first half is the n/2 subset)
+    per_block: int  # units per block
+    unit: int  # columns per unit
+    pos_sample: np.ndarray  # (n_pad,) sample id at each column position, -1 = padding
+    block_counts: np.ndarray  # (blocks,) real samples per block
+    chunk_units: int = 1  # units per column chunk (a multiple of per_block, or 1)
+
+    @property
+    def n_pad(self) -> int:
+        return self.pos_sample.size
+
+    @property
+    def block_width(self) -> int:
+        return self.per_block * self.unit
+
+
+def _layout(n: int, blocks: int, rng: np.random.Generator) -> _Layout:
+    k = max(2, min(int(blocks), n // 4) // 2 * 2)
+    groups = np.array_split(rng.permutation(n), k)
+    per_block = math.ceil(math.ceil(n / k) / UNIT_MAX)
+    unit = math.ceil(math.ceil(n / k) / per_block)
+    pos = np.full((k * per_block, unit), -1, dtype=np.int64)
+    for b, g in enumerate(groups):
+        for i, part in enumerate(np.array_split(g, per_block)):
+            pos[b * per_block + i, : part.size] = part
+    return _Layout(n, k, per_block, unit, pos.reshape(-1), np.array([g.size for g in groups]))
+
+
+def _with_chunk(layout: _Layout, budget_cols: int) -> _Layout:
+    """Units per chunk: whole blocks when the budget allows, else one unit (never less)."""
+    blocks = budget_cols // layout.block_width
+    layout.chunk_units = layout.per_block * min(blocks, layout.blocks) if blocks else 1
+    return layout
+
+
+@dataclass
+class _Draw:
+    """One seed's random choices: queries, null pairing, noise per side."""
+
+    qpos: np.ndarray  # (m,) sorted column positions of the queries
+    null_pos: np.ndarray  # (n_pad,) the null partner (Y side) of each column position
+    null_row: np.ndarray  # (m,) query row whose Y the null pairs with query j's X
+    noise: list  # per side: (m, d) float32 tensor
+
+
+def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], device: Any) -> _Draw:
+    import torch
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5300]))
+    where = np.empty(layout.n, dtype=np.int64)
+    valid = np.flatnonzero(layout.pos_sample >= 0)
+    where[layout.pos_sample[valid]] = valid
+    qpos = np.sort(where[rng.choice(layout.n, size=m, replace=False)])
+    # null pairing: roll by one inside (unit, query / other / padding) segments, so the null's
+    # queries are queries and each column chunk maps onto itself
+    cls = np.where(layout.pos_sample < 0, 2, 1)
+    cls[qpos] = 0
+    label = (np.arange(layout.n_pad) // layout.unit) * 3 + cls
+    order = np.lexsort((np.arange(layout.n_pad), label))
+    lab = label[order]
+    start = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    seg_start = np.repeat(start, np.diff(np.r_[start, lab.size]))
+    is_end = np.r_[lab[1:] != lab[:-1], True]
+    nxt = np.where(is_end, order[seg_start], np.roll(order, -1))
+    null_pos = np.empty(layout.n_pad, dtype=np.int64)
+    null_pos[order] = nxt
+    qindex = np.full(layout.n_pad, -1, dtype=np.int64)
+    qindex[qpos] = np.arange(m)
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 0x5301)  # on CPU: same noise on any device
+    noise = [torch.randn((m, s.data.shape[1]), generator=gen).to(device) for s in sides]
+    return _Draw(qpos, null_pos, qindex[null_pos[qpos]], noise)
+
+
+# --------------------------------------------------------------------------- kernel sums per column chunk
+
+@dataclass
+class _Sums:
+    """Per-block log kernel sums of one seed (float64), the query's own sample left out."""
+
+    marg: Any  # (sides, betas, m, blocks)
+    self_logit: Any  # (sides, betas, m): log kernel of each query against its own sample
+    joint: Any  # (cells, betas, m, blocks)
+    null: Any  # (cells, betas, m, blocks)
+
+
+def _accumulate(acc: Any, unit_logs: Any, layout: _Layout, u0: int) -> None:
+    """Put the chunk's per-unit log-sums (…, units) into the per-block accumulator."""
+    import torch
+
+    k = layout.per_block
+    if unit_logs.shape[-1] >= k:  # whole blocks
+        b0 = u0 // k
+        per_block = unit_logs.reshape(*unit_logs.shape[:-1], -1, k)
+        acc[..., b0:b0 + per_block.shape[-2]] = torch.logsumexp(per_block, -1) if k > 1 else per_block[..., 0]
+    else:  # one unit of a block
+        acc[..., u0 // k] = torch.logaddexp(acc[..., u0 // k], unit_logs[..., 0])
+
+
+def _side_kernels(side: _Side, rows: Any, noise: Any, cols: Any, pad: Any, own: tuple, sigmas: list[float]) -> tuple:
+    """exp(logit - row max + OFFSET) of every query against a column chunk, for each β.
+
+    Logit of query j, column i (terms constant in i dropped; they cancel between the densities):
+    (x_q·x_i − ||x_i||²/2)/σ² + z_j·x_i/σ.  The own column is masked; its logit is returned."""
+    import torch
+
+    m = rows.shape[0]
+    chunk = (side.data.index_select(0, cols) - side.mean) * side.scale
+    gram = torch.cat([(rows - side.mean) * side.scale, noise]) @ chunk.T  # (2m, c)
+    half_sq = 0.5 * chunk.square().sum(1)
+    half_sq[pad] = math.inf  # padding columns: kernel 0
+    own_rows, own_cols = own
+    kernels, row_max, selfs = [], [], []
+    for sigma in sigmas:
+        logit = (gram[:m] - half_sq) * (1.0 / sigma**2) + gram[m:] * (1.0 / sigma)
+        selfs.append(logit[own_rows, own_cols].clone())
+        logit[own_rows, own_cols] = -math.inf
+        rmax = logit.amax(1)
+        rmax = torch.where(torch.isfinite(rmax), rmax, torch.zeros_like(rmax))
+        kernels.append(torch.exp(logit - (rmax[:, None] - _OFFSET)))
+        row_max.append(rmax)
+    return torch.stack(kernels), torch.stack(row_max), torch.stack(selfs)
+
+
+def _unit_logs(kernel: Any, shift: Any, unit: int) -> Any:
+    """log of the kernel sums per unit of columns, back on the logit scale, in float64."""
+    sums = kernel.reshape(*kernel.shape[:-1], kernel.shape[-1] // unit, unit).sum(-1)
+    return sums.log().double() + shift.double()[..., None]
+
+
+def _cell_kernels(store: Any, row_max: Any, cells: Any, sx: Any, sy: Any, draw_t: tuple, unit: int) -> tuple:
+    """Per-unit log-sums of the joint and of the shuffled-pair joint for a batch of cells."""
+    null_row, null_cols = draw_t
+    ex, ey = store[sx[cells]], store[sy[cells]]  # (p, betas, m, c)
+    rx, ry = row_max[sx[cells]], row_max[sy[cells]]  # (p, betas, m)
+    joint = _unit_logs(ex * ey, rx + ry - 2 * _OFFSET, unit)
+    ey_null = ey[:, :, null_row][..., null_cols]
+    null = _unit_logs(ex * ey_null, rx + ry[:, :, null_row] - 2 * _OFFSET, unit)
+    return joint, null
+
+
+def _sums_for_seed(sides: list[_Side], sx: Any, sy: Any, layout: _Layout, draw: _Draw, betas: list[float],
+                   cell_batch: int, device: Any) -> _Sums:
+    import torch
+
+    m, nb, P, S, K = draw.qpos.size, len(betas), sx.numel(), len(sides), layout.blocks
+    acc = lambda lead: torch.full((lead, nb, m, K), -math.inf, dtype=torch.float64, device=device)  # noqa: E731
+    sums = _Sums(acc(S), torch.zeros((S, nb, m), dtype=torch.float64, device=device), acc(P), acc(P))
+    pos = torch.as_tensor(layout.pos_sample, device=device)
+    qrows = torch.as_tensor(layout.pos_sample[draw.qpos], device=device)
+    qpos = torch.as_tensor(draw.qpos, device=device)
+    null_row = torch.as_tensor(draw.null_row, device=device)
+    width = layout.chunk_units * layout.unit
+    sigmas = [[b * s.radius if s.radius > 0 else 1.0 for b in betas] for s in sides]
+    for u0 in range(0, layout.n_pad // layout.unit, layout.chunk_units):
+        c0 = u0 * layout.unit
+        ids = pos[c0:c0 + width]
+        pad, cols = ids < 0, ids.clamp_min(0)
+        inside = (qpos >= c0) & (qpos < c0 + width)
+        own = (torch.nonzero(inside).flatten(), qpos[inside] - c0)
+        store = torch.empty((S, nb, m, ids.numel()), dtype=torch.float32, device=device)
+        row_max = torch.empty((S, nb, m), dtype=torch.float32, device=device)
+        for i, side in enumerate(sides):
+            rows = side.data.index_select(0, qrows)
+            store[i], row_max[i], selfs = _side_kernels(side, rows, draw.noise[i], cols, pad, own, sigmas[i])
+            sums.self_logit[i][:, own[0]] = selfs.double()
+            _accumulate(sums.marg[i], _unit_logs(store[i], row_max[i] - _OFFSET, layout.unit), layout, u0)
+        null_cols = torch.as_tensor(draw.null_pos[c0:c0 + width] - c0, device=device)
+        for start in range(0, P, cell_batch):
+            cells = torch.arange(start, min(P, start + cell_batch), device=device)
+            joint, null = _cell_kernels(store, row_max, cells, sx, sy, (null_row, null_cols), layout.unit)
+            _accumulate(sums.joint[start:start + cells.numel()], joint, layout, u0)
+            _accumulate(sums.null[start:start + cells.numel()], null, layout, u0)
+        del store
+    return sums
+
+
+# --------------------------------------------------------------------------- per-query values, null, n/2, bootstrap
+
+def _per_query(l_j: Any, l_a: Any, l_b: Any, s_a: Any, s_b: Any, count: Any, loo: bool) -> Any:
+    """log p(x̃,ỹ) − log p(x̃) − log p(ỹ) per query (nats) from the left-out log kernel sums
+    (l_*) and the query's own log kernels (s_*), over ``count`` samples."""
+    import torch
+
+    if loo:
+        return l_j - l_a - l_b + torch.log(count - 1.0)
+    add = torch.logaddexp
+    return add(l_j, s_a + s_b) - add(l_a, s_a) - add(l_b, s_b) + torch.log(count)
+
+
+def _weighted_logsum(t: Any, weights: Any) -> Any:
+    """log Σ_k w_bk exp(t_…k) for every bootstrap row b: (…, m, K) x (B, K) -> (…, m, B)."""
+    import torch
+
+    top = t.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return ((t - top).exp() @ weights.T).log() + top
+
+
+def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
+    """Block-bootstrap replicates of the mean per-query value (cells, B): blocks resampled with
+    multiplicities; a query counts as often as its block."""
+    import torch
+
+    w, qblock = layout_t["weights"], layout_t["qblock"]
+    wq = w[:, qblock].T  # (m, B)
+    total = w @ layout_t["counts"]  # (B,)
+    lj, la, lb = (_weighted_logsum(parts[k], w) for k in ("J", "A", "B"))
+    if loo:
+        v = lj - la - lb + torch.log((total - wq).clamp_min(1.0))
+    else:
+        lw = torch.log(wq)
+        add = torch.logaddexp
+        sa, sb = parts["sA"][..., None], parts["sB"][..., None]
+        v = add(lj, lw + sa + sb) - add(la, lw + sa) - add(lb, lw + sb) + torch.log(total)
+    v = torch.where(wq > 0, v, torch.zeros_like(v))
+    return (v * wq).sum(-2) / wq.sum(0).clamp_min(1.0)
+
+
+def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict[str, Any]:
+    """Per-cell figures (nats) for one seed and one β, for a batch of cells."""
+    import torch
+
+    lse = torch.logsumexp
+    n, half = layout_t["n"], layout_t["half_blocks"]
+    J, A, B, N, sA, sB = (parts[k] for k in ("J", "A", "B", "N", "sA", "sB"))
+    lj, la, lb = lse(J, -1), lse(A, -1), lse(B, -1)
+    v_loo = _per_query(lj, la, lb, sA, sB, n, True)
+    v_res = _per_query(lj, la, lb, sA, sB, n, False)
+    v = v_loo if loo else v_res
+    lbr, sbr = lb[:, null_row], sB[:, null_row]
+    v_null = _per_query(lse(N, -1), la, lbr, sA, sbr, n, loo)
+    hq = layout_t["half_queries"]
+    lh = [lse(T[:, hq, :half], -1) for T in (J, A, B)]
+    v_half = _per_query(*lh, sA[:, hq], sB[:, hq], layout_t["n_half"], loo)
+    finite = torch.isfinite(v)
+    m = v.shape[-1]
+    return {
+        "head": torch.where(finite, v, torch.zeros_like(v)).sum(-1) / finite.sum(-1).clamp_min(1),
+        "loo": v_loo.mean(-1),
+        "resub": v_res.mean(-1),
+        "null": v_null.mean(-1),
+        "stability": (v[:, hq] - v_half).mean(-1),
+        "mc_se": v.std(-1) / math.sqrt(m),
+        "underflow": 1.0 - finite.double().mean(-1),
+        "boot": _bootstrap(parts, layout_t, loo),
+    }
+
+
+# --------------------------------------------------------------------------- validity and results
+
+def validity(bits: float, null_bits: float, stability_bits: float, underflow: float) -> tuple[bool, str | None]:
+    """The validity rule of the module docstring: (valid, reason)."""
+    if not math.isfinite(bits) or underflow > 0:
+        return False, f"joint kernel underflow in {underflow:.0%} of queries: beta too small"
+    null_limit = max(NULL_LIMIT_BITS, NULL_FRACTION * bits)
+    if abs(null_bits) > null_limit:
+        return False, f"null {null_bits:+.2f} bit, |null| > limit {null_limit:.2f}: beta too small for n"
+    stab_limit = max(STABILITY_LIMIT_BITS, STABILITY_FRACTION * bits)
+    if abs(stability_bits) > stab_limit:
+        return False, f"unstable: n/2->n changed {stability_bits:+.2f} bit (limit {stab_limit:.2f})"
+    return True, None
+
+
+def _chunk_budget(setting: int | None, per_col_bytes: float, device: Any) -> int:
+    """Columns per chunk: the setting, else what fits 1 GiB on CPU / half the free GPU memory."""
+    import torch
+
+    if setting:
+        return int(setting)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, int(free * _CUDA_FREE_FRACTION // per_col_bytes))
+    return max(1, int(_CPU_KERNEL_BYTES // per_col_bytes))
+
+
+def _layout_tensors(layout: _Layout, draw: _Draw, weights: Any, device: Any) -> dict[str, Any]:
+    import torch
+
+    qblock = draw.qpos // layout.block_width
+    half = layout.blocks // 2
+    return {
+        "n": torch.tensor(float(layout.n), dtype=torch.float64, device=device),
+        "n_half": torch.tensor(float(layout.block_counts[:half].sum()), dtype=torch.float64, device=device),
+        "half_blocks": half,
+        "half_queries": torch.as_tensor(np.flatnonzero(qblock < half), device=device),
+        "qblock": torch.as_tensor(qblock, device=device),
+        "counts": torch.as_tensor(layout.block_counts, dtype=torch.float64, device=device),
+        "weights": weights,
+    }
+
+
+def _figures_for_seed(sums: _Sums, sx: Any, sy: Any, layout_t: dict, null_row: Any, n_betas: int,
+                      cell_batch: int) -> dict[str, np.ndarray]:
+    """Figures of every cell and β (nats): key -> (cells, betas) or (cells, betas, B)."""
+    P = sx.numel()
+    out: dict[str, list] = {}
+    for start in range(0, P, cell_batch):
+        cells = slice(start, min(P, start + cell_batch))
+        cols: dict[str, list] = {}
+        for b in range(n_betas):
+            parts = {
+                "J": sums.joint[cells, b], "N": sums.null[cells, b],
+                "A": sums.marg[sx[cells], b], "B": sums.marg[sy[cells], b],
+                "sA": sums.self_logit[sx[cells], b], "sB": sums.self_logit[sy[cells], b],
+            }
+            for k, v in _cell_figures(parts, layout_t, null_row, HEADLINE_VARIANT == "loo").items():
+                cols.setdefault(k, []).append(v.cpu().numpy())
+        for k, v in cols.items():
+            out.setdefault(k, []).append(np.stack(v, axis=1))
+    return {k: np.concatenate(v, axis=0) for k, v in out.items()}
+
+
+class SmoothedMI(Estimator):
+    """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring)."""
+
+    name = "smoothed"
+    defaults: ClassVar[dict[str, Any]] = {
+        "beta": 0.4,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
+        "betas": None,  # default grid of estimate_grid (None: [beta])
+        "queries": 512,  # m query samples (m <= n)
+        "standardise": False,  # per-coordinate unit variance on each side before smoothing
+        "bootstrap": 200,  # block-bootstrap replicates for the 95% interval (0: none)
+        "blocks": 64,  # bootstrap groups of samples (capped at n/4; even: the first half is n/2)
+        "chunk": None,  # columns per chunk (None: from memory, 1 GiB on CPU, half the free GPU memory)
+        "cell_batch": 16,  # cells whose joint kernels are formed at once
+        "threads": None,  # CPU threads for this call (None: leave torch's setting)
+    }
+
+    def estimate_many(
+        self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
+    ) -> list[MIEstimate]:
+        """One estimate per cell at ``beta`` (or at the single value of ``betas``)."""
+        betas = self.settings["betas"]
+        if betas is not None and len(betas) != 1:
+            raise ValueError(
+                f"estimate_many returns one estimate per cell but betas has {len(betas)} values; "
+                "call SmoothedMI.estimate_grid for a beta grid"
+            )
+        grid = self.estimate_grid(xs, ys, betas=betas or [self.settings["beta"]], seeds=seeds, device=device)
+        return [row[0] for row in grid]
+
+    def estimate_grid(
+        self,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        betas: Sequence[float] | None = None,
+        seeds: Sequence[int] = (0,),
+        device: Any = None,
+    ) -> list[list[MIEstimate]]:
+        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta]."""
+        import torch
+
+        t0 = self._clock()
+        seeds = self._check_seeds(seeds)
+        s = self.settings
+        betas = [float(b) if isinstance(b, (int, float)) else b
+                 for b in (betas if betas is not None else (s["betas"] or [s["beta"]]))]
+        if int(s["bootstrap"]) < 0 or int(s["blocks"]) < 2:
+            raise ValueError(f"bootstrap must be >= 0 and blocks >= 2, got {s['bootstrap']} and {s['blocks']}")
+        xs, ys = _check_inputs(xs, ys, int(s["queries"]), betas)
+        dev = resolve_device(device)
+        prev_threads = torch.get_num_threads()
+        if s["threads"] and dev.type == "cpu":
+            torch.set_num_threads(int(s["threads"]))
+        try:
+            with torch.no_grad():
+                figs, radii, layout = self._run(xs, ys, betas, seeds, dev)
+        finally:
+            torch.set_num_threads(prev_threads)
+        return self._estimates(figs, radii, layout, betas, seeds, dev, self._clock() - t0)
+
+    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any) -> tuple:
+        import torch
+
+        s = self.settings
+        m, n = int(s["queries"]), xs.shape[1]
+        side_arrays, sx_np, sy_np = dedup_sides(xs, ys)
+        sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
+        per_col = 4.0 * m * len(betas) * (len(sides) + 4 * int(s["cell_batch"]))  # store + cell temporaries
+        rng = np.random.default_rng(np.random.SeedSequence([seeds[0], 0xB10C]))
+        layout = _with_chunk(_layout(n, int(s["blocks"]), rng), _chunk_budget(s["chunk"], per_col, dev))
+        weights = torch.as_tensor(
+            rng.multinomial(layout.blocks, np.full(layout.blocks, 1.0 / layout.blocks), size=int(s["bootstrap"])),
+            dtype=torch.float64, device=dev,
+        )
+        sx, sy = torch.as_tensor(sx_np, device=dev), torch.as_tensor(sy_np, device=dev)
+        per_seed = []
+        for seed in seeds:
+            draw = _draw(layout, m, seed, sides, dev)
+            sums = _sums_for_seed(sides, sx, sy, layout, draw, betas, int(s["cell_batch"]), dev)
+            layout_t = _layout_tensors(layout, draw, weights, dev)
+            null_row = torch.as_tensor(draw.null_row, device=dev)
+            per_seed.append(_figures_for_seed(sums, sx, sy, layout_t, null_row, len(betas), int(s["cell_batch"])))
+            del sums
+        figs = {k: np.stack([f[k] for f in per_seed]) for k in per_seed[0]}  # (seeds, cells, betas[, B])
+        radii = np.array([[sides[i].radius for i in sx_np], [sides[i].radius for i in sy_np]])
+        return figs, radii, layout
+
+    def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, betas: list[float],
+                   seeds: tuple[int, ...], dev: Any, elapsed: float) -> list[list[MIEstimate]]:
+        s = self.settings
+        P = radii.shape[1]
+        bits = {k: v * LOG2E for k, v in figs.items() if k != "underflow"}
+        settings = {
+            **s, "betas": list(betas), "mode": "standardised" if s["standardise"] else "raw",
+            "headline": HEADLINE_VARIANT, "blocks_used": layout.blocks, "device": str(dev),
+            "batch_pairs": P, "batch_seconds": elapsed,
+        }
+        out = []
+        for p in range(P):
+            constant = bool((radii[:, p] == 0).any())  # a constant side carries no information
+            row = []
+            for b, beta in enumerate(betas):
+                per_seed = np.zeros(len(seeds)) if constant else bits["head"][:, p, b]
+                value = float(per_seed.mean())
+                boot = bits["boot"][:, p, b].mean(0) if bits["boot"].shape[-1] and not constant else np.array([value])
+                lo, hi = (float(q) for q in np.percentile(boot, [2.5, 97.5]))
+                diag = self._diagnostics(bits, figs["underflow"], p, b, constant, len(seeds))
+                diag.update(beta=beta, sigma_x=float(beta * radii[0, p]), sigma_y=float(beta * radii[1, p]), boot_ci_low=lo,
+                            boot_ci_high=hi, half_n_bits=value - diag["stability_bits"], queries=float(s["queries"]),
+                            blocks=float(layout.blocks))
+                valid, reason = validity(value, diag["null_bits"], diag["stability_bits"], diag["underflow_frac"])
+                row.append(MIEstimate(
+                    bits=value, ceiling_bits=math.log2(layout.n), saturated=value >= math.log2(layout.n) - 0.1,
+                    n_train=layout.n, n_eval=int(s["queries"]), method=self.name, seconds=elapsed / (P * len(betas)),
+                    seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
+                    settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
+                ))
+            out.append(row)
+        return out
+
+    @staticmethod
+    def _diagnostics(bits: dict, underflow: np.ndarray, p: int, b: int, constant: bool, n_seeds: int) -> dict[str, float]:
+        if constant:
+            names = ("resub_bits", "loo_bits", "resub_loo_gap_bits", "mc_se_bits", "null_bits", "stability_bits")
+            return {**dict.fromkeys(names, 0.0), "underflow_frac": 0.0}
+        se = bits["mc_se"][:, p, b]
+        return {
+            "resub_bits": float(bits["resub"][:, p, b].mean()),
+            "loo_bits": float(bits["loo"][:, p, b].mean()),
+            "resub_loo_gap_bits": float((bits["resub"][:, p, b] - bits["loo"][:, p, b]).mean()),
+            "mc_se_bits": float(math.sqrt(float((se**2).mean()) / n_seeds)),
+            "null_bits": float(bits["null"][:, p, b].mean()),
+            "stability_bits": float(bits["stability"][:, p, b].mean()),
+            "underflow_frac": float(underflow[:, p, b].mean()),
+        }
+
+
+def direct_estimate(x: np.ndarray, y: np.ndarray, beta: float, query_ids: np.ndarray, zx: np.ndarray,
+                    zy: np.ndarray, standardise: bool = False) -> tuple[float, float]:
+    """(resub, LOO) bits of one cell at one β from explicit distances, in float64: the
+    straightforward one-cell-one-β computation (reference for tests and the benchmark baseline)."""
+    import torch
+
+    def prep(a: np.ndarray) -> tuple[Any, float]:
+        t = torch.as_tensor(np.asarray(a, dtype=np.float64))
+        t = t - t.mean(0)
+        sd = t.std(0, unbiased=False)
+        if standardise:
+            t = torch.where(sd > 0, t / sd.clamp_min(1e-300), torch.zeros_like(t))
+            return t, math.sqrt(float((sd > 0).sum()))
+        return t, math.sqrt(float(sd.square().sum()))
+
+    (tx, rx), (ty, ry) = prep(x), prep(y)
+    q = torch.as_tensor(query_ids)
+    n = tx.shape[0]
+    logits = []
+    for t, r, z in ((tx, rx, zx), (ty, ry, zy)):
+        sigma = beta * r
+        noisy = t[q] + sigma * torch.as_tensor(np.asarray(z, dtype=np.float64))
+        logits.append(-torch.cdist(noisy, t).square() / (2 * sigma**2))
+    a, b = logits
+    own = torch.zeros_like(a, dtype=torch.bool)
+    own[torch.arange(q.numel()), q] = True
+    out = []
+    for loo in (False, True):
+        mask = (lambda t: t.masked_fill(own, -math.inf)) if loo else (lambda t: t)
+        lse = lambda t: torch.logsumexp(mask(t), 1)  # noqa: E731
+        v = lse(a + b) - lse(a) - lse(b) + math.log(n - 1 if loo else n)
+        out.append(float(v.mean()) * LOG2E)
+    return out[0], out[1]
