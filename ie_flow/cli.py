@@ -1,5 +1,6 @@
-"""`ie-flow`: a thin Typer app. Commands parse options, build the job spec, call the library.
-Exit codes: 0 success, 2 bad input (usage, config, data), 1 failure while running."""
+"""`ie-flow`: a thin Typer app. Each command parses, builds the job spec in one place
+(ie_flow.options), calls one library function and prints. Exit codes: 0 success, 2 bad input
+(usage, config, data), 1 failure while running, 130 stopped by Ctrl-C, 143 stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,75 +8,33 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
 
-from ie_flow import IEFlowError
+from ie_flow import IEFlowError, __version__, first_line
+from ie_flow.config import JobSpec
+from ie_flow.options import AsJson, EndpointOpt, ExperimentOpt, RayAddressOpt, StorageOpt, TrackingOpt, build_job, job_command
 
 app = typer.Typer(
     name="ie-flow",
     help="Information Emergence (arXiv 2405.12617) of language models over corpora, on Ray, tracked in MLflow.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("ie_flow")
-
-# --- shared options (one definition, the same names on every command) ----------------------------
-Workflow = Annotated[Optional[Path], typer.Argument(help="Job spec YAML (workflows/*.yaml); defaults otherwise.")]
-Model = Annotated[Optional[str], typer.Option(help="Model: alias (smollm2-135m), HF hub id, folder, .gguf file; random:NAME for a random-weight control.")]
-Corpus = Annotated[Optional[str], typer.Option(help="icl-countries (default), icl-animals, icl-colours, icl-mixed, or a text/JSONL/Parquet path or s3:// URI.")]
-Shots = Annotated[Optional[int], typer.Option(help="ICL shots (names per sequence, 1-5).")]
-Tokens = Annotated[Optional[int], typer.Option(help="Window length N in tokens (text corpora).")]
-Samples = Annotated[Optional[int], typer.Option(help="Number of sequences.")]
-TextField = Annotated[Optional[str], typer.Option(help="Text field / column of JSONL and Parquet corpora.")]
-Estimator = Annotated[Optional[str], typer.Option(help="MI estimator: infonce (default), dv, mine, smile, nwj, gaussian, mine-paper.")]
-Seeds = Annotated[Optional[str], typer.Option(help="Estimator seeds, comma separated, e.g. 0,1,2.")]
-Micro = Annotated[Optional[str], typer.Option(help="Micro variables: in_context (default) or isolated.")]
-Storage_ = Annotated[Optional[str], typer.Option("--storage", help="Storage root: local folder or s3://bucket/prefix.")]
-Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-compatible endpoint URL (MinIO); or AWS_ENDPOINT_URL.")]
-TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db).")]
-Experiment = Annotated[Optional[str], typer.Option(help="MLflow experiment name.")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); local Ray otherwise.")]
-Seed = Annotated[Optional[int], typer.Option(help="Corpus seed (sampling of sequences).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")]
-StorageDtype = Annotated[Optional[str], typer.Option(help="Activation storage dtype: float16 (default) or float32.")]
-Layers = Annotated[Optional[str], typer.Option(help="Blocks to capture, comma separated, e.g. 0,1,2 (default all).")]
-Positions = Annotated[Optional[str], typer.Option(help="Token positions to keep, comma separated (default all; the last is always kept).")]
-NoTracking = Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (logs go to stderr).")]
+EXIT_STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def _overrides(**kw: Any) -> dict[str, Any]:
-    """CLI option name -> dotted job spec field."""
-    fields = {
-        "model": "model.name", "corpus": "corpus.name", "shots": "corpus.shots", "tokens": "corpus.tokens",
-        "samples": "corpus.samples", "seed": "corpus.seed", "text_field": "corpus.text_field",
-        "estimator": "estimate.method", "micro": "extract.micro", "batch_size": "extract.batch_size",
-        "storage_dtype": "extract.storage_dtype", "storage": "storage.uri", "s3_endpoint": "storage.endpoint_url",
-        "tracking_uri": "tracking.uri", "experiment": "tracking.experiment", "ray_address": "runtime.ray_address",
-    }
-    out = {fields[k]: v for k, v in kw.items() if k in fields}
-    lists = {"seeds": "estimate.seeds", "layers": "extract.layers", "positions": "extract.positions"}
-    for option, dotted in lists.items():
-        if kw.get(option):
-            try:
-                out[dotted] = [int(s) for s in str(kw[option]).split(",") if s.strip()]
-            except ValueError:
-                raise IEFlowError(f"--{option} must be integers separated by commas, got {kw[option]!r}") from None
-    if kw.get("no_tracking"):
-        out["tracking.enabled"] = False
-    return out
+class Stopped(BaseException):
+    """SIGTERM or Ctrl-C: stop where we are; finished units keep their completion markers."""
 
-
-def _job(**kw: Any) -> Any:
-    """Job spec from the command's own arguments (its locals()): workflow file + option overrides."""
-    from ie_flow.config import load_job
-
-    return load_job(kw.get("workflow"), _overrides(**kw))
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @contextlib.contextmanager
@@ -96,202 +55,147 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
         os.close(saved)
 
 
-def _print_where(result: Any, tracking_error: str | None) -> None:
-    r = result.record
-    typer.echo(f"\nactivations: {r['manifest_uri']}")
-    typer.echo(f"results:     {r['results_uri']}")
-    if tracking_error:
-        typer.echo(f"warning: {tracking_error}", err=True)
-    elif r.get("mlflow_run_id"):
-        uri = r["tracking_uri"]
-        typer.echo(f"MLflow:      {uri}  run {r['mlflow_run_id']}")
-        if uri.startswith(("http://", "https://")):
-            typer.echo(f"browse:      open {uri}")
-        else:
-            typer.echo(f"browse:      mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
-
-
-@app.command()
-def run(
-    workflow: Workflow = None, model: Model = None, corpus: Corpus = None, shots: Shots = None,
-    tokens: Tokens = None, samples: Samples = None, text_field: TextField = None, estimator: Estimator = None,
-    seeds: Seeds = None, micro: Micro = None, storage: Storage_ = None, s3_endpoint: Endpoint = None,
-    tracking_uri: TrackingUri = None, experiment: Experiment = None, ray_address: RayAddress = None,
-    seed: Seed = None, batch_size: BatchSize = None, storage_dtype: StorageDtype = None,
-    layers: Layers = None, positions: Positions = None, no_tracking: NoTracking = False, as_json: AsJson = False,
-) -> None:
-    """Run the whole job: extract activations, estimate MI, compute IE, log to MLflow."""
-    from ie_flow.pipeline import run_job
+def _print_outcome(outcome: Any, as_json: bool, out: Any, seconds: bool = True) -> None:
     from ie_flow.report import LoadedResult, format_table, json_summary
 
-    job = _job(**locals())
-    with _stdout_to_stderr(as_json) as out:
-        outcome = run_job(job)
-        result = LoadedResult(outcome.record, outcome.table, outcome.emergence, None)
+    result = LoadedResult(outcome.record, outcome.table, outcome.emergence, outcome.results)
+    if outcome.tracking_error:
+        typer.echo(f"warning: {outcome.tracking_error}", err=True)
     if as_json:
-        if outcome.tracking_error:
-            typer.echo(f"warning: {outcome.tracking_error}", err=True)
         typer.echo(json.dumps(json_summary(result)), file=out)
-        out.close()
         return
     typer.echo(format_table(result))
-    s = outcome.record["seconds"]
-    typer.echo(f"time: extract {s['extract']:.1f} s, estimate {s['estimate']:.1f} s, total {s['total']:.1f} s")
-    _print_where(result, outcome.tracking_error)
+    if seconds:
+        s = outcome.record.seconds
+        typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.items()))
+    _print_where(outcome.record)
+
+
+def _print_where(r: Any) -> None:
+    typer.echo(f"\nactivations: {r.manifest_uri}")
+    typer.echo(f"results:     {r.results_uri}")
+    if r.mlflow_run_id:
+        typer.echo(f"MLflow:      {r.tracking_uri}  run {r.mlflow_run_id}")
+        if r.tracking_uri.startswith(("http://", "https://")):
+            typer.echo(f"browse:      open {r.tracking_uri}")
+        else:
+            typer.echo(f"browse:      mlflow ui --backend-store-uri {r.tracking_uri}  (then open http://127.0.0.1:5000)")
 
 
 @app.command()
+@job_command()
+def run(job: JobSpec, as_json: AsJson = False) -> None:
+    """Run the whole job: extract activations, estimate MI, compute IE, log to MLflow."""
+    from ie_flow.jobs import run_job
+
+    with _stdout_to_stderr(as_json) as out:
+        outcome = run_job(job)
+    _print_outcome(outcome, as_json, out)
+
+
+@app.command()
+@job_command()
 def extract(
-    workflow: Workflow = None, model: Model = None, corpus: Corpus = None, shots: Shots = None,
-    tokens: Tokens = None, samples: Samples = None, text_field: TextField = None, micro: Micro = None,
-    storage: Storage_ = None, s3_endpoint: Endpoint = None, ray_address: RayAddress = None, seed: Seed = None,
-    batch_size: BatchSize = None, storage_dtype: StorageDtype = None, layers: Layers = None,
-    positions: Positions = None,
+    job: JobSpec,
     force: Annotated[bool, typer.Option(help="Discard existing activations for this job and extract again.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Stage 1 alone: capture every block's input/output to Parquet; prints the manifest URI."""
-    from ie_flow.stages.extract import run_extract
+    from ie_flow.jobs import extract_activations
 
-    job = _job(**locals())
     with _stdout_to_stderr(as_json) as out:
-        res = run_extract(job, force=force)
-    info = {"manifest": res.manifest_uri, "reused": res.reused, "seconds": res.seconds,
-            "samples": res.manifest["samples"], "tokens": res.manifest["tokens"],
-            "corpus_digest": res.manifest["dataset"]["digest"]}
-    typer.echo(json.dumps(info) if as_json else f"manifest: {res.manifest_uri} ({res.seconds:.1f} s)",
+        res = extract_activations(job, force=force)
+    m = res.manifest
+    info = {"manifest": res.folder.manifest_uri, "reused": res.reused, "seconds": res.seconds,
+            "samples": m.samples, "tokens": m.tokens, "corpus_digest": m.dataset.digest}
+    typer.echo(json.dumps(info) if as_json else f"manifest: {info['manifest']} ({res.seconds:.1f} s)",
                file=out if as_json else None)
-
-
-def _manifest_storage(manifest: str, endpoint: str | None) -> tuple[Any, str]:
-    """Dataset folder of a manifest URI, and the storage root it lives under."""
-    from ie_flow.storage import Storage
-
-    folder = manifest[: -len("/manifest.json")] if manifest.endswith("/manifest.json") else manifest.rstrip("/")
-    parts = folder.split("/")
-    if len(parts) < 4 or parts[-3] != "activations":
-        raise IEFlowError(f"{manifest!r} is not an activations folder ({{root}}/activations/MODEL/DATASET)")
-    return Storage(folder, endpoint), "/".join(parts[:-3]) or "/"
 
 
 @app.command()
 def estimate(
     manifest: Annotated[str, typer.Argument(help="manifest.json URI (or its folder) written by `ie-flow extract`.")],
     workflow: Annotated[Optional[Path], typer.Option(help="Job spec YAML for estimator settings.")] = None,
-    estimator: Estimator = None, seeds: Seeds = None, storage: Storage_ = None, s3_endpoint: Endpoint = None,
-    tracking_uri: TrackingUri = None, experiment: Experiment = None, ray_address: RayAddress = None,
-    no_tracking: NoTracking = False, as_json: AsJson = False,
+    estimator: Annotated[Optional[str], typer.Option(help="MI estimator (see `ie-flow run --help`).")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Estimator seeds, comma separated.")] = None,
+    storage: StorageOpt = None, s3_endpoint: EndpointOpt = None, tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None, ray_address: RayAddressOpt = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Stage 2 alone, on an existing manifest: MI per layer and position, IE, MLflow."""
-    from ie_flow.emergence import information_emergence
-    from ie_flow.pipeline import SUMMARY, JobOutcome, log_to_tracking, make_record
-    from ie_flow.report import LoadedResult, format_table, json_summary
-    from ie_flow.stages.estimate import load_manifest, run_estimate
+    from ie_flow.jobs import estimate_job
+    from ie_flow.store import dataset_folder
 
-    store, root = _manifest_storage(manifest, s3_endpoint)
-    kw = {**locals(), "storage": storage or root}
-    job = _job(**kw)
+    folder, root = dataset_folder(manifest, s3_endpoint)
+    job = build_job(workflow, {"estimator": estimator, "seeds": seeds, "storage": storage or root,
+                               "s3_endpoint": s3_endpoint, "tracking_uri": tracking_uri, "experiment": experiment,
+                               "ray_address": ray_address, "no_tracking": no_tracking})
     with _stdout_to_stderr(as_json) as out:
-        man = load_manifest(store)
-        res = run_estimate(job, store)
-        em = information_emergence(res.table, job.estimate.micro_reduce)
-        record = make_record(job, store.url("manifest.json"), man, res.results_uri, em, {"estimate": res.seconds})
-        res.results.write_json(SUMMARY, record)
-        outcome = JobOutcome(record, res.table, em)
-        error = log_to_tracking(outcome, res.results, job.tracking.uri, job.tracking.experiment) \
-            if job.tracking.enabled else None
-    result = LoadedResult(record, res.table, em, res.results)
-    if as_json:
-        typer.echo(json.dumps(json_summary(result)), file=out)
-        return
-    typer.echo(format_table(result))
-    _print_where(result, error)
+        outcome = estimate_job(job, folder)
+    _print_outcome(outcome, as_json, out, seconds=False)
 
 
 @app.command()
+@job_command("storage", "s3_endpoint", "tracking_uri", "experiment", workflow=False)
 def report(
+    job: JobSpec,
     target: Annotated[Optional[str], typer.Argument(help="MLflow run id, results folder URI, or nothing for the latest job.")] = None,
-    storage: Storage_ = None, s3_endpoint: Endpoint = None, tracking_uri: TrackingUri = None,
-    experiment: Experiment = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder to write the plots (PNG) into.")] = None,
     log_run: Annotated[bool, typer.Option("--log", help="Log these results to MLflow (e.g. after the server was down).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Table and plots of a finished job."""
-    from ie_flow.config import DEFAULT_STORAGE, DEFAULT_TRACKING
-    from ie_flow.report import format_table, json_summary, load_result
+    from ie_flow.report import format_table, json_summary, load_result, write_plots
 
-    tracking = tracking_uri or DEFAULT_TRACKING
-    result = load_result(target, storage or DEFAULT_STORAGE, tracking, s3_endpoint)
+    result = load_result(target, job.storage.uri, job.tracking.uri, job.storage.endpoint_url)
     if log_run:
-        from ie_flow.pipeline import JobOutcome, log_to_tracking
+        from ie_flow.tracking import log_results
 
         if result.results is None:
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
         with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
-            error = log_to_tracking(JobOutcome(result.record, result.table, result.emergence), result.results,
-                                    tracking, experiment or result.record["job"]["tracking"]["experiment"])
-        if error:
-            raise RuntimeError(error)
-    if out:
-        from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
-
-        out.mkdir(parents=True, exist_ok=True)
-        plot_ie_per_layer(result.emergence, out / "ie_per_layer.png", f"IE per layer: {result.label}")
-        plot_mi_heatmap(result.emergence, out / "mi_heatmap.png", f"M_l(t): {result.label}")
-        plot_token_curves(result.emergence, out / "token_curves.png", f"E_l(t): {result.label}")
+            run_id = log_results(result.record, result.table, result.emergence, job.tracking.uri,
+                                 job.tracking.experiment)
+        result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
+        result.results.write_summary(result.record)
+    plots = write_plots(result.emergence, result.label, out) if out else []
     if as_json:
         typer.echo(json.dumps(json_summary(result)))
         return
     typer.echo(format_table(result))
-    if out:
-        typer.echo(f"plots: {out}/ie_per_layer.png, mi_heatmap.png, token_curves.png")
+    if plots:
+        typer.echo(f"plots: {', '.join(str(p) for p in plots)}")
 
 
 @app.command()
+@job_command("storage", "s3_endpoint", "tracking_uri", workflow=False)
 def compare(
+    job: JobSpec,
     targets: Annotated[list[str], typer.Argument(help="Two or more MLflow run ids or results folders.")],
-    storage: Storage_ = None, s3_endpoint: Endpoint = None, tracking_uri: TrackingUri = None,
     out: Annotated[Path, typer.Option(help="Where to write the comparison plot.")] = Path("ie-compare.png"),
     as_json: AsJson = False,
 ) -> None:
     """Several models or corpora side by side: IE per layer table and one plot."""
-    from ie_flow.config import DEFAULT_STORAGE, DEFAULT_TRACKING
     from ie_flow.plots import plot_compare
-    from ie_flow.report import json_summary, load_result
+    from ie_flow.report import format_compare, json_summary, load_result
 
     if len(targets) < 2:
         raise IEFlowError("compare needs at least two runs or results folders")
-    results = [load_result(t, storage or DEFAULT_STORAGE, tracking_uri or DEFAULT_TRACKING, s3_endpoint)
-               for t in targets]
-    labels = [f"{i + 1}: {r.label}" for i, r in enumerate(results)]
+    results = [load_result(t, job.storage.uri, job.tracking.uri, job.storage.endpoint_url) for t in targets]
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_compare({lab: r.emergence for lab, r in zip(labels, results)}, out)
+    plot_compare({f"{i + 1}: {r.label}": r.emergence for i, r in enumerate(results)}, out)
     if as_json:
         typer.echo(json.dumps({"plot": str(out), "runs": [json_summary(r) for r in results]}))
         return
-    for lab in labels:
-        typer.echo(lab)
-    layers = sorted({l.layer for r in results for l in r.emergence.layers})
-    typer.echo("layer  " + " ".join(f"{'IE ' + str(i + 1):>9} " for i in range(len(results))))
-    for layer in layers:
-        cells = []
-        for r in results:
-            match = [l for l in r.emergence.layers if l.layer == layer]
-            cells.append(f"{match[0].ie:>9.3f}{'*' if match[0].saturated else ' '}" if match else f"{'-':>9} ")
-        typer.echo(f"{layer:>5}  " + " ".join(cells))
-    typer.echo("mean   " + " ".join(f"{r.emergence.summary['ie_mean']:>9.3f} " for r in results))
-    typer.echo("max    " + " ".join(f"{r.emergence.summary['ie_max']:>9.3f} " for r in results))
-    if any(l.saturated for r in results for l in r.emergence.layers):
-        typer.echo("* layer with saturated estimates: its IE is a difference of lower bounds")
+    typer.echo(format_compare(results))
     typer.echo(f"plot: {out}")
 
 
 @app.command()
+@job_command("corpus", "model", "shots", "tokens", "samples", "text_field", "seed", "s3_endpoint")
 def corpus(
-    workflow: Workflow = None, corpus: Corpus = None, model: Model = None, shots: Shots = None,
-    tokens: Tokens = None, samples: Samples = None, text_field: TextField = None, seed: Seed = None,
-    s3_endpoint: Endpoint = None,
+    job: JobSpec,
     preview: Annotated[int, typer.Option(help="Example windows to show.")] = 5,
     as_json: AsJson = False,
 ) -> None:
@@ -299,10 +203,8 @@ def corpus(
     from ie_flow.corpora import build_corpus
     from ie_flow.models import load_tokenizer
 
-    job = _job(**locals())
     tok = load_tokenizer(job.model.name, job.model.revision)
-    c = build_corpus(job.corpus, tok, job.storage.endpoint_url)
-    info = c.describe(tok, preview)
+    info = build_corpus(job.corpus, tok, job.storage.endpoint_url).describe(tok, preview)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -320,15 +222,9 @@ def models(
     as_json: AsJson = False,
 ) -> None:
     """What a model name resolves to, and its blocks (loads the model on CPU)."""
-    from ie_flow.models import GGUF_ALIASES, load_model
+    from ie_flow.models import describe_model
 
-    loaded = load_model(name, revision)
-    info = {
-        "name": name, "resolves_to": loaded.source.describe(), "architecture": type(loaded.model).__name__,
-        "blocks": loaded.num_blocks, "block_type": type(loaded.blocks[0]).__name__,
-        "hidden_size": loaded.hidden_size, "fingerprint": loaded.fingerprint,
-        "bos_prepended": loaded.bos_token_id is not None, "aliases": sorted(GGUF_ALIASES),
-    }
+    info = describe_model(name, revision)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -336,49 +232,117 @@ def models(
         typer.echo(f"{k:>14}: {v}")
 
 
-from ie_flow.submit import register as _register_submit  # noqa: E402  (adds submit/status/logs/stop)
+@app.command()
+@job_command()
+def submit(
+    job: JobSpec,
+    storage_is_shared: Annotated[bool, typer.Option(help="The --storage folder is mounted on every node (NFS, ...).")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the job's logs until it ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there."""
+    from ie_flow.submit import check_shared, client_for, last_json_line, submit_job, wait_for
 
-_register_submit(app)
+    check_shared(job, storage_is_shared)
+    client = client_for(job.runtime.ray_address)
+    job_id = submit_job(client, job)
+    typer.echo(f"submitted {job_id}", err=True)
+    if not wait:
+        typer.echo(json.dumps({"job_id": job_id}) if as_json else job_id)
+        return
+    status = wait_for(client, job_id, timeout, echo_logs=not as_json)
+    result = last_json_line(client.get_job_logs(job_id)) or {}
+    typer.echo(json.dumps({"job_id": job_id, "status": status, "result": result}) if as_json
+               else f"{job_id}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+JobId = Annotated[str, typer.Argument(help="Ray job submission id.")]
+
+
+@app.command()
+def status(job_id: JobId, ray_address: RayAddressOpt = None) -> None:
+    """Status of a submitted job."""
+    from ie_flow.submit import client_for
+
+    info = client_for(ray_address).get_job_info(job_id)
+    typer.echo(f"{job_id}: {str(info.status).split('.')[-1]}  {info.message or ''}".rstrip())
+
+
+@app.command()
+def logs(job_id: JobId, ray_address: RayAddressOpt = None,
+         follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False) -> None:
+    """Logs of a submitted job."""
+    from ie_flow.submit import client_for, wait_for
+
+    client = client_for(ray_address)
+    if follow:
+        wait_for(client, job_id, timeout=10**9)
+    else:
+        typer.echo(client.get_job_logs(job_id), nl=False)
+
+
+@app.command()
+def stop(job_id: JobId, ray_address: RayAddressOpt = None) -> None:
+    """Stop a submitted job."""
+    from ie_flow.submit import client_for
+
+    stopped = client_for(ray_address).stop_job(job_id)
+    typer.echo(f"{job_id}: {'stop requested' if stopped else 'already ended'}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ie-flow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, MLflow's and transformers' own logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    from ie_flow.logs import configure_logging
+
+    configure_logging(verbose)
 
 
 def main() -> None:
-    debug = bool(os.environ.get("IE_FLOW_DEBUG"))
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    def stop_here(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, stop_here)
     try:
         result = app(standalone_mode=False)  # returns the code of typer.Exit / --help
         code = result if isinstance(result, int) else 0
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        code = 130
-    except IEFlowError as e:
-        typer.echo(f"error: {e}", err=True)
-        code = 2
-    except Exception as e:  # a Ray task's error arrives wrapped; unwrap user errors
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, IEFlowError):
-            typer.echo(f"error: {cause}", err=True)
-            code = 2
-        else:
-            code = _failure_code(e, debug)
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        typer.echo(f"stopped ({signal.Signals(signum).name}): finished units are kept; run the same command "
+                   "again to resume", err=True)
+        code = EXIT_STOPPED[signum]
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into exit codes
+        code = _error_code(e)
     _exit(code)
 
 
-def _failure_code(e: Exception, debug: bool) -> int:
-    """Usage errors exit 2 with click's message; anything else is a failure while running: exit 1."""
+def _error_code(e: Exception) -> int:
+    """User errors (ours, or click's usage errors) exit 2 with one line; anything else exits 1."""
     import click
 
-    if isinstance(e, click.ClickException):
-        e.show()
-        return e.exit_code
+    cause = getattr(e, "cause", None) or e  # a Ray task's error arrives wrapped
+    if isinstance(cause, IEFlowError):
+        typer.echo(f"error: {cause}", err=True)
+        return 2
     if isinstance(e, click.exceptions.Exit):
         return e.exit_code
-    if debug:
+    if isinstance(e, click.ClickException):
+        typer.echo(f"error: {e.format_message()}", err=True)
+        return 2 if isinstance(e, click.UsageError) else e.exit_code
+    if os.environ.get("IE_FLOW_DEBUG"):
         raise e
-    e = getattr(e, "cause", None) or e  # a Ray task's error: report what went wrong inside it
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    typer.echo(f"error: {type(e).__name__}: {first}  (set IE_FLOW_DEBUG=1 for the traceback)", err=True)
+    typer.echo(f"error: {type(cause).__name__}: {first_line(cause)}  (set IE_FLOW_DEBUG=1 for the traceback)", err=True)
     return 1
 
 

@@ -1,4 +1,6 @@
-"""Typed job spec. Precedence: CLI overrides > workflow YAML > defaults. Validation lives here."""
+"""Typed job spec and its validation. One precedence order, applied in one place (`load_job`):
+command-line options > environment variables (the CLI reads them into the same overrides, so the
+logged job.yaml records them) > workflow YAML > defaults."""
 
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class ExtractSpec(_Section):
     # sequences per Parquet shard (one completion marker each)
     shard_size: int = Field(1024, ge=1)
     num_actors: int | None = Field(None, ge=1)
+    # an autoscaling cluster may add model workers up to this many (None = num_actors)
+    max_actors: int | None = Field(None, ge=1)
     num_gpus_per_actor: float | None = Field(None, ge=0)
     num_cpus_per_actor: float | None = Field(None, gt=0)
     # block indices to capture (None = all); boundaries b and b+1 are kept for each
@@ -76,6 +80,15 @@ class EstimateSpec(_Section):
             raise ValueError(f"dims must be 'full', 'first:K' or 'project:K', got {v!r}")
         return v
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from ie_flow.estimators import ESTIMATORS
+
+        if v not in ESTIMATORS:
+            ESTIMATORS[v]  # raises with the known names and a close match
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -98,6 +111,17 @@ class TrackingSpec(_Section):
 
 class RuntimeSpec(_Section):
     ray_address: str | None = None
+    # where units of work run: "ray" (local runtime or --ray-address) or "serial" (in-process)
+    executor: str = "ray"
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        from ie_flow.executors import executor_names
+
+        if v not in executor_names():
+            raise ValueError(f"unknown executor {v!r} (known: {', '.join(executor_names())})")
+        return v
 
 
 class JobSpec(_Section):

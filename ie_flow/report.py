@@ -1,4 +1,5 @@
-"""Find a finished job's results (run id, results folder, or the latest) and print them."""
+"""Find a finished job's results (an MLflow run id, a results folder, or the latest) and format
+them: the per-layer table, the comparison of several runs, and the `--json` object."""
 
 from __future__ import annotations
 
@@ -10,34 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from ie_flow import IEFlowError
-from ie_flow.storage import Storage
+from ie_flow.store import ResultsFolder, ResultsRecord, StorageRoot, results_folder
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
 class LoadedResult:
-    record: dict[str, Any]
+    record: ResultsRecord
     table: Any
     emergence: Any
-    results: Storage | None  # folder on storage, when loaded from there
+    results: ResultsFolder | None  # folder on storage, when loaded from there
 
     @property
     def label(self) -> str:
-        m = self.record["manifest"]
-        return f"{m['model'].get('key', m['model']['name'])} / {m['dataset']['id']}"
+        return self.record.label
 
 
-def _from_storage(results: Storage) -> LoadedResult:
+def _from_storage(folder: ResultsFolder) -> LoadedResult:
     from ie_flow.emergence import information_emergence
 
-    if not results.exists("summary.json"):
-        if results.exists("layers"):
-            raise IEFlowError(f"{results.url()} is an unfinished stage 2 (no summary.json); rerun the job")
-        raise IEFlowError(f"no ie-flow results at {results.url()} (no summary.json)")
-    record = results.read_json("summary.json")
-    table = results.read_parquet("mi.parquet")
-    return LoadedResult(record, table, information_emergence(table, record["job"]["estimate"]["micro_reduce"]), results)
+    record, table = folder.load()
+    return LoadedResult(record, table, information_emergence(table, record.micro_reduce), folder)
 
 
 def _from_mlflow(run_id: str, tracking_uri: str) -> LoadedResult:
@@ -54,42 +49,28 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> LoadedResult:
     except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
         raise IEFlowError(f"no MLflow run {run_id} at {tracking_uri}") from None
     with tempfile.TemporaryDirectory() as tmp:
-        record = json.loads(Path(mlflow.artifacts.download_artifacts(
+        record = ResultsRecord.model_validate_json(Path(mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="summary.json", dst_path=tmp)).read_text())
         table = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="mi.parquet",
                                                                   dst_path=tmp))
-    record["mlflow_run_id"] = run_id
-    return LoadedResult(record, table, information_emergence(table, record["job"]["estimate"]["micro_reduce"]), None)
-
-
-def latest_results(root: Storage) -> Storage:
-    """The most recently written results folder under a storage root."""
-    pattern = root.path("results", "*", "*", "*", "summary.json")
-    found = root.fs.glob(pattern)
-    if not found:
-        raise IEFlowError(f"no finished ie-flow job under {root.url()}; run `ie-flow run` first")
-    newest = max(found, key=lambda p: root.fs.modified(p))
-    return Storage(("s3://" if root.is_s3 else "") + newest.rsplit("/", 1)[0], root.endpoint_url)
+    record.mlflow_run_id = run_id
+    return LoadedResult(record, table, information_emergence(table, record.micro_reduce), None)
 
 
 def load_result(target: str | None, storage_uri: str, tracking_uri: str, endpoint_url: str | None = None) -> LoadedResult:
     """target: an MLflow run id, a results folder / mi.parquet / summary.json URI, or None (latest)."""
     if target is None:
-        return _from_storage(latest_results(Storage(storage_uri, endpoint_url)))
+        return _from_storage(StorageRoot(storage_uri, endpoint_url).latest_results())
     if RUN_ID.match(target):
         return _from_mlflow(target, tracking_uri)
-    target = re.sub(r"/(mi\.parquet|summary\.json)$", "", target)
-    results = Storage(target, endpoint_url)
-    if not results.exists(""):
-        raise IEFlowError(f"{target!r} is neither an MLflow run id nor a results folder")
-    return _from_storage(results)
+    return _from_storage(results_folder(target, endpoint_url))
 
 
 def format_table(result: LoadedResult) -> str:
     em, record = result.emergence, result.record
     lines = [
-        f"Information Emergence of {result.label}  (bits; micro={record['manifest']['micro']}, "
-        f"reduce={em.micro_reduce}, estimator={record['job']['estimate']['method']}, seeds={em.seeds})",
+        f"Information Emergence of {result.label}  (bits; micro={record.manifest['micro']}, "
+        f"reduce={em.micro_reduce}, estimator={record.estimator}, seeds={em.seeds})",
         f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'interval':>17}  {'ceiling':>7}  saturation",
     ]
     for l in em.layers:
@@ -109,27 +90,55 @@ def format_table(result: LoadedResult) -> str:
     )
     if s["saturated_layers"]:
         lines.append(f"note: {s['saturated_layers']} layer(s) have estimates at their ceiling: those are lower bounds")
-    entropy = record["manifest"].get("prefix_entropy_bits")
+    entropy = record.manifest.get("prefix_entropy_bits")
     if entropy:
         lines.append("prefix entropy per position (caps M_l(t)): " + " ".join(f"{b:.2f}" for b in entropy))
     return "\n".join(lines)
 
 
 def json_summary(result: LoadedResult) -> dict[str, Any]:
-    """The `--json` object of DESIGN.md's CLI contract."""
+    """The `--json` object of the CLI contract (docs/ARCHITECTURE.md)."""
     r = result.record
     return {
-        "manifest": r["manifest_uri"],
-        "results": r["results_uri"],
-        "tracking_uri": r.get("tracking_uri"),
-        "mlflow_run_id": r.get("mlflow_run_id"),
-        "model": r["manifest"]["model"]["name"],
-        "corpus_digest": r["manifest"]["dataset"]["digest"],
+        "manifest": r.manifest_uri,
+        "results": r.results_uri,
+        "tracking_uri": r.tracking_uri,
+        "mlflow_run_id": r.mlflow_run_id,
+        "model": r.model_name,
+        "corpus_digest": r.corpus_digest,
         "summary": {"ie_mean": result.emergence.summary["ie_mean"], "ie_max": result.emergence.summary["ie_max"]},
         "layers": [
             {"layer": l.layer, "ie": l.ie, "mi_macro": l.mi_macro, "mi_micro": l.mi_micro,
              "saturated": l.saturated}
             for l in result.emergence.layers
         ],
-        "seconds": r.get("seconds"),
+        "seconds": r.seconds,
     }
+
+
+def format_compare(results: list[LoadedResult]) -> str:
+    """Several runs side by side: IE per layer, mean and max; `*` marks saturated layers."""
+    lines = [f"{i + 1}: {r.label}" for i, r in enumerate(results)]
+    layers = sorted({l.layer for r in results for l in r.emergence.layers})
+    lines.append("layer  " + " ".join(f"{'IE ' + str(i + 1):>9} " for i in range(len(results))))
+    for layer in layers:
+        cells = []
+        for r in results:
+            match = [l for l in r.emergence.layers if l.layer == layer]
+            cells.append(f"{match[0].ie:>9.3f}{'*' if match[0].saturated else ' '}" if match else f"{'-':>9} ")
+        lines.append(f"{layer:>5}  " + " ".join(cells))
+    for stat in ("mean", "max"):
+        lines.append(f"{stat:<6} " + " ".join(f"{r.emergence.summary['ie_' + stat]:>9.3f} " for r in results))
+    if any(l.saturated for r in results for l in r.emergence.layers):
+        lines.append("* layer with saturated estimates: its IE is a difference of lower bounds")
+    return "\n".join(lines)
+
+
+def write_plots(result: LoadedResult, out: Path) -> list[Path]:
+    from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    em = result.emergence
+    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {result.label}"),
+            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {result.label}"),
+            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {result.label}")]

@@ -18,6 +18,13 @@ def s3_endpoint(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("IE_FLOW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+# Adaptive mode: 5xx and throttling (SlowDown) back off exponentially and the client slows its own
+# request rate, which many actors writing shards at once need. 4 attempts in all (botocore's default
+# is 3; its "max_attempts" key would count retries only) still fail a refused or unknown endpoint in
+# seconds: median 4 s over 10 writes, never more than 7 s of backoff (infra/README.md).
+S3_RETRIES = {"mode": "adaptive", "total_max_attempts": 4}
+
+
 def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) for a URI. Credentials come only from the environment."""
     if uri.startswith("s3://"):
@@ -26,8 +33,7 @@ def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[Any, str]
         endpoint = s3_endpoint(endpoint_url)
         fs = s3fs.S3FileSystem(
             endpoint_url=endpoint,
-            # fail fast on an unreachable endpoint instead of botocore's long retry loop
-            config_kwargs={"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}},
+            config_kwargs={"connect_timeout": 5, "read_timeout": 60, "retries": S3_RETRIES},
         )
         return fs, uri[len("s3://") :].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
@@ -157,26 +163,3 @@ class Storage:
         except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
             reason = first_line(e)
             raise IEFlowError(f"storage {self.uri} is not writable: {reason}") from None
-
-
-# --- layout (DESIGN.md "Data on storage") -------------------------------------------------------
-MANIFEST = "manifest.json"
-JOB_SETTINGS = "_job.json"
-
-
-def activations_dir(model: str, dataset_id: str) -> str:
-    return posixpath.join("activations", model, dataset_id)
-
-
-def results_dir(model: str, dataset_id: str, run: str) -> str:
-    return posixpath.join("results", model, dataset_id, run)
-
-
-def boundary_file(boundary: int, shard: int, variant: str = "") -> str:
-    """variant "" = in-context activations; "isolated" = each token run alone (micro=isolated)."""
-    rel = f"boundary={boundary:03d}/part-{shard:05d}.parquet"
-    return posixpath.join(variant, rel) if variant else rel
-
-
-def done_marker(shard: int) -> str:
-    return f"_done/part-{shard:05d}"

@@ -1,8 +1,11 @@
-"""MLflow: one run per (model, corpus) job with tags, params, per-layer metrics (step = layer),
-the corpus as a dataset input, and artifacts (MI table, plots, job spec)."""
+"""MLflow: one run per (model, corpus, estimator) job. It opens RUNNING with the job's config when
+the job starts and ends FINISHED with tags, per-layer metrics (step = layer), the corpus as a
+dataset input and artifacts; or FAILED with the error as a tag. Logging the same results again
+(`ie-flow report RESULTS --log`) updates that run; it never creates a second one."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -13,9 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ie_flow import IEFlowError, __version__
+from ie_flow import IEFlowError, __version__, first_line
 
 log = logging.getLogger("ie_flow")
+METRICS_PER_LAYER = ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits")
 
 
 class TrackingUnavailable(IEFlowError):
@@ -33,6 +37,20 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)})") from None
 
 
+def _client(uri: str) -> Any:
+    import mlflow
+
+    check_reachable(uri)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
 def _flat_params(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -41,70 +59,135 @@ def _flat_params(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:500]  # MLflow caps param values
 
 
-def log_run(record: dict[str, Any], table: Any, em: Any, tracking_uri: str, experiment: str,
-            input_ids: Any = None) -> str:
-    """Log one job. `record` is the summary.json of the results folder (see pipeline.py)."""
+def job_params(job: dict[str, Any]) -> dict[str, str]:
+    """The job's settings as MLflow params (storage and tracking URIs are tags, not params)."""
+    params: dict[str, str] = {}
+    _flat_params("", {k: job[k] for k in ("model", "corpus", "extract", "estimate")}, params)
+    return params
+
+
+def find_run(client: Any, experiment_id: str, results_uri: str) -> Any | None:
+    """The run that already holds these results (relogging updates it instead of duplicating)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.results_uri = '{results_uri}'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def open_run(job: Any, title: str, results_uri: str) -> str:
+    """Create the job's run, RUNNING, with its config as params and job.yaml as an artifact."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(job.tracking.uri)
+    exp = _experiment_id(client, job.tracking.experiment)
+    existing = find_run(client, exp, results_uri)
+    tags = {"mlflow.runName": title, "model": job.model.name, "corpus.name": job.corpus.name,
+            "estimator": job.estimate.method, "units": "bits", "code_version": __version__,
+            "storage_uri": job.storage.uri, "results_uri": results_uri}
+    if existing is not None:  # the same job again (a rerun after a failure): continue its run
+        run_id = existing.info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(exp, run_name=title, tags=tags).info.run_id
+        params = job_params(job.model_dump(mode="json"))
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_text(run_id, job.to_yaml(), "job.yaml")
+    return run_id
+
+
+def fail_run(uri: str, run_id: str, error: str) -> None:
+    client = _client(uri)
+    client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status="FAILED")
+
+
+def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, input_ids: Any = None,
+                run_id: str | None = None) -> str:
+    """Log a finished job's results into `run_id`, or into the run that already holds these results,
+    or a new run; the run ends FINISHED. Returns its id."""
     import mlflow
+
+    client = _client(uri)
+    exp = _experiment_id(client, experiment)
+    run = client.get_run(run_id) if run_id else find_run(client, exp, record.results_uri)
+    if run is None:
+        run = client.create_run(exp, run_name=_title(record), tags={"results_uri": record.results_uri})
+        from mlflow.entities import Param
+
+        params = job_params(record.job)
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    run_id = run.info.run_id
+    first_time = "ie_mean" not in run.data.metrics  # a relog of logged results adds no metric points
+    mlflow.set_experiment(experiment_id=exp)
+    with mlflow.start_run(run_id=run_id):  # ends FINISHED when the block exits normally
+        mlflow.set_tags(_result_tags(record))
+        if first_time:
+            _log_metrics(client, run_id, record, em)
+            if input_ids is not None:
+                _log_dataset(record, input_ids)
+            if len(em.seeds) > 1:
+                _log_seed_children(run_id, em, _result_tags(record))
+        _log_artifacts(record, table, em)
+    return run_id
+
+
+def _title(record: Any) -> str:
+    m = record.manifest
+    return f"{m['model'].get('key', m['model']['name'])} on {m['dataset']['id']}"
+
+
+def _result_tags(record: Any) -> dict[str, str]:
+    model, dataset = record.manifest["model"], record.manifest["dataset"]
+    return {
+        "model": model["name"], "model.kind": model["kind"], "model.revision": str(model["revision"]),
+        "model.fingerprint": str(model["fingerprint"]), "corpus.digest": dataset["digest"],
+        "corpus.name": dataset["name"], "estimator": record.estimator, "units": "bits",
+        "code_version": __version__, "storage_uri": record.job["storage"]["uri"],
+        "manifest_uri": record.manifest_uri, "results_uri": record.results_uri,
+        "mlflow.note.content": f"Information Emergence of {_title(record)}",
+    }
+
+
+def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:
     from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(row[key]), now, row["layer"]) for row in em.layer_rows()
+               for key in METRICS_PER_LAYER if math.isfinite(row[key])]  # closed forms have no ceiling
+    summary = {**em.summary, **{f"seconds_{k}": v for k, v in record.seconds.items()}}
+    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
+    for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+
+
+def _log_dataset(record: Any, input_ids: Any) -> None:
+    import mlflow
+
+    dataset = record.manifest["dataset"]
+    with warnings.catch_warnings():  # MLflow warns that a local path could be two source kinds
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_numpy(input_ids, source=record.manifest_uri, name=dataset["id"],
+                                    digest=dataset["digest"][:16])
+    mlflow.log_input(ds, context="corpus")
+
+
+def _log_artifacts(record: Any, table: Any, em: Any) -> None:
+    import mlflow
+    import pyarrow.parquet as pq
 
     from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
 
-    check_reachable(tracking_uri)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    job, manifest = record["job"], record["manifest"]
-    model, dataset = manifest["model"], manifest["dataset"]
-    title = f"{model.get('key', model['name'])} on {dataset['id']}"
-    tags = {
-        "model": model["name"], "model.kind": model["kind"], "model.revision": str(model["revision"]),
-        "model.fingerprint": str(model["fingerprint"]), "corpus.digest": dataset["digest"],
-        "corpus.name": dataset["name"], "estimator": job["estimate"]["method"], "units": "bits",
-        "code_version": __version__, "storage_uri": job["storage"]["uri"], "manifest_uri": record["manifest_uri"],
-        "results_uri": record["results_uri"], "mlflow.note.content": f"Information Emergence of {title}",
-    }
-    params: dict[str, str] = {}
-    _flat_params("", {
-        "tokens": manifest["tokens"], "samples": manifest["samples"], "layers": manifest["num_blocks"],
-        "hidden_size": manifest["hidden_size"], "storage_dtype": manifest["storage_dtype"],
-        "micro": manifest["micro"], "estimate": job["estimate"], "corpus": job["corpus"],
-    }, params)
-    client = mlflow.MlflowClient()
-    with mlflow.start_run(run_name=title, tags=tags) as run:
-        mlflow.log_params(params)
-        now = int(time.time() * 1000)
-        metrics = []
-        for row in em.layer_rows():
-            for key in ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits"):
-                if math.isfinite(row[key]):  # closed-form estimators have no ceiling (inf)
-                    metrics.append(Metric(key, float(row[key]), now, row["layer"]))
-        for key, value in {**em.summary, **{f"seconds_{k}": v for k, v in record["seconds"].items()}}.items():
-            metrics.append(Metric(key, float(value), now, 0))
-        for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
-            client.log_batch(run.info.run_id, metrics=metrics[i : i + 900])
-        if input_ids is not None:
-            with warnings.catch_warnings():  # MLflow warns that a local path could be two source kinds
-                warnings.simplefilter("ignore", UserWarning)
-                ds = mlflow.data.from_numpy(input_ids, source=record["manifest_uri"], name=dataset["id"],
-                                            digest=dataset["digest"][:16])
-            mlflow.log_input(ds, context="corpus")
-        if len(em.seeds) > 1:
-            _log_seed_children(run.info.run_id, em, tags)
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            table.to_pandas().to_csv(d / "mi.csv", index=False)
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, d / "mi.parquet")
-            plot_ie_per_layer(em, d / "ie_per_layer.png", f"IE per layer: {title}")
-            plot_mi_heatmap(em, d / "mi_heatmap.png", f"M_l(t): {title}")
-            plot_token_curves(em, d / "token_curves.png", f"E_l(t): {title}")
-            import json
-
-            (d / "job.yaml").write_text(record["job_yaml"])
-            (d / "summary.json").write_text(json.dumps(record, indent=2, default=str))
-            mlflow.log_artifacts(tmp)
-        return run.info.run_id
+    title = _title(record)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        table.to_pandas().to_csv(d / "mi.csv", index=False)
+        pq.write_table(table, d / "mi.parquet")
+        plot_ie_per_layer(em, d / "ie_per_layer.png", f"IE per layer: {title}")
+        plot_mi_heatmap(em, d / "mi_heatmap.png", f"M_l(t): {title}")
+        plot_token_curves(em, d / "token_curves.png", f"E_l(t): {title}")
+        (d / "job.yaml").write_text(record.job_yaml)
+        (d / "summary.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2, default=str))
+        mlflow.log_artifacts(tmp)
 
 
 def _log_seed_children(parent_id: str, em: Any, tags: dict[str, str]) -> None:
@@ -116,3 +199,51 @@ def _log_seed_children(parent_id: str, em: Any, tags: dict[str, str]) -> None:
                               tags={**tags, "seed": str(seed)}):
             for i, layer in enumerate(em.layers):
                 mlflow.log_metric("ie", float(em.ie_per_seed[s, i]), step=layer.layer)
+
+
+def relog_command(results_uri: str, tracking_uri: str) -> str:
+    folder = results_uri.rsplit("/", 1)[0]
+    return f"ie-flow report {folder} --log --tracking-uri {tracking_uri}"
+
+
+class JobRun:
+    """The tracking side of one job, as a context manager around the work: opens the run at the
+    start (a tracking server that is down only costs a warning: results stay on storage), marks it
+    FAILED with the error if the work raises, and `log(outcome)` finishes it."""
+
+    def __init__(self, job: Any, title: str, results_uri: str) -> None:
+        self.job, self.title, self.results_uri = job, title, results_uri
+        self.enabled = job.tracking.enabled
+        self.run_id: str | None = None
+
+    def __enter__(self) -> "JobRun":
+        if self.enabled:
+            try:
+                self.run_id = open_run(self.job, self.title, self.results_uri)
+            except Exception as e:  # noqa: BLE001 - tracking must never stop the work
+                log.warning("warning: %s; the job runs anyway and its results stay on storage", first_line(e))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or self.run_id is None:
+            return
+        reason = "stopped by a signal" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else first_line(exc)
+        try:
+            fail_run(self.job.tracking.uri, self.run_id, f"{type(exc).__name__}: {reason}")
+        except Exception as e:  # noqa: BLE001 - the original error is what the user must see
+            log.warning("warning: could not mark MLflow run %s FAILED: %s", self.run_id, first_line(e))
+
+    def log(self, outcome: Any) -> str | None:
+        """Log the results and end the run FINISHED; an error line (never an exception) if tracking fails."""
+        if not self.enabled:
+            return None
+        uri, record = self.job.tracking.uri, outcome.record
+        try:
+            run_id = log_results(record, outcome.table, outcome.emergence, uri, self.job.tracking.experiment,
+                                 outcome.input_ids, self.run_id)
+        except Exception as e:  # noqa: BLE001 - any tracking failure must not lose the computed results
+            return (f"could not log to MLflow at {uri}: {first_line(e)}. The results are on storage at "
+                    f"{record.results_uri}; log them later with: {relog_command(record.results_uri, uri)}")
+        record.mlflow_run_id, record.tracking_uri = run_id, uri
+        outcome.results.write_summary(record)
+        return None

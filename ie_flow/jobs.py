@@ -1,0 +1,237 @@
+"""Jobs: what `ie-flow run`, `extract` and `estimate` do, built from the two steps, an executor and
+the store. Everything that can be checked is checked here before any work starts; the executor
+decides where the units run and skips those already done."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ie_flow import IEFlowError, __version__
+from ie_flow.config import JobSpec, split_problem
+from ie_flow.executors import Completion, Executor, get_executor
+from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, ResultsRecord, StorageRoot
+
+log = logging.getLogger("ie_flow")
+
+
+@dataclass
+class Extracted:
+    folder: DatasetFolder
+    manifest: Manifest
+    seconds: float
+    reused: bool
+    input_ids: np.ndarray | None = None  # the corpus windows (tokens, not activations)
+    stats: list[dict[str, Any]] = field(default_factory=list)  # per extracted shard: seconds, peak RSS
+
+
+@dataclass
+class Estimated:
+    results: ResultsFolder
+    table: Any  # the MI table (pyarrow)
+    seconds: float
+    reused_layers: int
+
+
+@dataclass
+class JobOutcome:
+    record: ResultsRecord  # what summary.json holds
+    table: Any
+    emergence: Any
+    results: ResultsFolder
+    input_ids: np.ndarray | None = None
+    tracking_error: str | None = None
+
+
+def executor_for(job: JobSpec) -> Executor:
+    return get_executor(job.runtime.executor, address=job.runtime.ray_address)
+
+
+@dataclass
+class ExtractPlan:
+    """Everything stage 1 needs, resolved and checked before any model runs."""
+
+    job: JobSpec
+    folder: DatasetFolder
+    source: Any
+    tokenizer: Any
+    corpus: Any
+    positions: list[int]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What must match for a rerun to reuse finished shards in the same folder."""
+        j = self.job
+        return {
+            "model": j.model.name, "revision": j.model.revision, "dtype": j.model.dtype,
+            "corpus_digest": self.corpus.digest, "storage_dtype": j.extract.storage_dtype,
+            "micro": j.extract.micro, "layers": j.extract.layers, "positions": j.extract.positions,
+            "shard_size": j.extract.shard_size, "seed": j.corpus.seed,
+        }
+
+
+def plan_extract(job: JobSpec) -> ExtractPlan:
+    from ie_flow.corpora import build_corpus
+    from ie_flow.models import load_tokenizer, resolve_model
+    from ie_flow.stages.extract import kept_positions
+
+    root = StorageRoot(job.storage.uri, job.storage.endpoint_url)
+    root.storage.check_writable()
+    source = resolve_model(job.model.name, job.model.revision)
+    tokenizer = load_tokenizer(job.model.name, job.model.revision)
+    corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
+    problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
+    if problem:  # a text corpus can give fewer windows than asked for
+        raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
+    positions = kept_positions(job.extract.positions, corpus.num_tokens)
+    return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
+
+
+def check_reuse(plan: ExtractPlan, force: bool) -> None:
+    """Same model and corpus, other extraction settings: never mix or silently reuse."""
+    stored = plan.folder.job_settings()
+    if stored is None or force:
+        return
+    differ = {k: v for k, v in stored.items() if plan.settings.get(k) != v}
+    if differ:
+        raise IEFlowError(
+            f"{plan.folder.storage.url()} holds activations extracted with other settings "
+            f"({', '.join(f'{k}={v}' for k, v in differ.items())}); "
+            "use another --storage, or `ie-flow extract --force` to replace them")
+
+
+def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | None = None) -> Extracted:
+    """Stage 1: shards without a completion marker are extracted; then the manifest is written."""
+    from ie_flow.stages.extract import ExtractShards, boundaries_for_layers, shard_units
+
+    t0 = time.perf_counter()
+    plan = plan or plan_extract(job)
+    check_reuse(plan, force)
+    folder, corpus = plan.folder, plan.corpus
+    if folder.has_manifest() and not force:
+        log.info("stage 1: reusing complete activations at %s", folder.manifest_uri)
+        return Extracted(folder, folder.load_manifest(), time.perf_counter() - t0, True, corpus.input_ids)
+    if force:
+        folder.clear()
+    folder.write_job_settings(plan.settings)
+    log.info("stage 1: %s on %s (%d sequences x %d tokens) -> %s", job.model.name, corpus.dataset_id,
+             corpus.num_samples, corpus.num_tokens, folder.storage.url())
+    step = ExtractShards(
+        job.model.name, job.model.revision, job.model.dtype, job.corpus.seed, folder, job.extract.batch_size,
+        boundaries_for_layers(job.extract.layers, None), job.extract.storage_dtype, job.extract.micro,
+        None if job.extract.positions is None else plan.positions,
+    )
+    executor = executor_for(job)
+    x = job.extract
+    from ie_flow.executors.resources import plan_model_workers
+
+    workers = plan_model_workers(executor.resources(), x.num_actors, x.num_gpus_per_actor, x.num_cpus_per_actor,
+                                 x.max_actors)
+    records = executor.run(step, shard_units(corpus.input_ids, x.shard_size), Completion(folder.storage), workers)
+    manifest = build_manifest(plan, records)
+    folder.write_manifest(manifest)
+    seconds = time.perf_counter() - t0
+    log.info("stage 1: done in %.1f s: %s", seconds, folder.manifest_uri)
+    return Extracted(folder, manifest, seconds, False, corpus.input_ids, executor.stats)
+
+
+def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest:
+    """Deterministic (no timestamps): a resumed job writes the same manifest as an uninterrupted one."""
+    from ie_flow.stages.extract import boundaries_for_layers
+
+    job, source, corpus, tok, first = plan.job, plan.source, plan.corpus, plan.tokenizer, records[0]
+    num_blocks = first["num_blocks"]
+    return Manifest(
+        code_version=__version__,
+        model=ModelInfo(name=job.model.name, key=source.key, kind=source.kind, location=source.location,
+                        revision=source.revision, random_init=source.random_init, fingerprint=first["fingerprint"]),
+        tokenizer={"class": type(tok).__name__, "name_or_path": str(tok.name_or_path), "vocab_size": len(tok)},
+        dataset=DatasetInfo(name=corpus.name, id=corpus.dataset_id, digest=corpus.digest, settings=corpus.settings),
+        samples=corpus.num_samples, tokens=corpus.num_tokens, num_blocks=num_blocks,
+        hidden_size=first["hidden_size"],
+        boundaries=boundaries_for_layers(job.extract.layers, num_blocks) or list(range(num_blocks + 1)),
+        positions=plan.positions, storage_dtype=job.extract.storage_dtype, micro=job.extract.micro,
+        prefix_entropy_bits=corpus.prefix_entropy_bits(),
+        shards=sorted(({k: r[k] for k in ("shard", "sample_ids", "sequences", "files")} for r in records),
+                      key=lambda s: s["shard"]),
+    )
+
+
+def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
+    """Stage 2: layers without a completion marker are estimated, a group of layers per call."""
+    from ie_flow.executors.resources import plan_compute_workers
+    from ie_flow.stages.estimate import EstimateLayers, layer_units
+
+    t0 = time.perf_counter()
+    manifest = folder.load_manifest()
+    spec = job.estimate
+    out = results_folder_for(job, manifest.model.key, manifest.dataset.id)
+    units = layer_units(manifest.layers)
+    completion = Completion(out.storage)
+    todo = [u for u in units if not completion.is_done(u)]
+    log.info("stage 2: %s, %d layers x %d positions -> %s", spec.method, len(units), len(manifest.positions),
+             out.storage.url())
+    executor = executor_for(job)
+    workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task, spec.num_gpus_per_task) \
+        if todo else None
+    if workers:
+        executor.run(EstimateLayers(folder, manifest, spec, out), units, completion, workers)
+    table = out.gather_layers(manifest.layers)
+    seconds = time.perf_counter() - t0
+    log.info("stage 2: done in %.1f s: %s", seconds, out.mi_uri)
+    return Estimated(out, table, seconds, len(units) - len(todo))
+
+
+def results_folder_for(job: JobSpec, model_key: str, dataset_id: str) -> ResultsFolder:
+    """Where this job's estimator run on this model and corpus keeps its results."""
+    from ie_flow.stages.estimate import run_name
+
+    return StorageRoot(job.storage.uri, job.storage.endpoint_url).results(model_key, dataset_id, run_name(job.estimate))
+
+
+def job_run(job: JobSpec, model_key: str, dataset_id: str) -> Any:
+    from ie_flow.tracking import JobRun
+
+    return JobRun(job, f"{model_key} on {dataset_id}", results_folder_for(job, model_key, dataset_id).mi_uri)
+
+
+def run_job(job: JobSpec) -> JobOutcome:
+    """The whole job: stage 1, stage 2, IE, summary on storage, MLflow (a run that opens RUNNING
+    when the job starts and ends FINISHED, or FAILED with the error)."""
+    t0 = time.perf_counter()
+    plan = plan_extract(job)  # every check that needs no model runs before the tracking run opens
+    with job_run(job, plan.source.key, plan.corpus.dataset_id) as tracked:
+        extracted = extract_activations(job, plan=plan)
+        estimated = estimate_mi(job, extracted.folder)
+        seconds = {"extract": extracted.seconds, "estimate": estimated.seconds, "total": time.perf_counter() - t0}
+        return finish(job, extracted.folder, extracted.manifest, estimated, seconds, extracted.input_ids, tracked)
+
+
+def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
+    """Stage 2 and what follows, on activations that are already on storage."""
+    manifest = folder.load_manifest()
+    with job_run(job, manifest.model.key, manifest.dataset.id) as tracked:
+        estimated = estimate_mi(job, folder)
+        return finish(job, folder, manifest, estimated, {"estimate": estimated.seconds}, None, tracked)
+
+
+def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
+           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any) -> JobOutcome:
+    """IE from the MI table, the summary record on storage, then the tracking run."""
+    from ie_flow.emergence import information_emergence
+
+    em = information_emergence(estimated.table, job.estimate.micro_reduce)
+    record = ResultsRecord(
+        job=job.model_dump(mode="json"), job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
+        manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
+        summary=em.summary, layers=em.layer_rows(),
+        tracking_uri=job.tracking.uri if job.tracking.enabled else None,
+    )
+    estimated.results.write_summary(record)
+    outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids)
+    outcome.tracking_error = tracked.log(outcome)
+    return outcome

@@ -1,0 +1,112 @@
+"""The job options every job command shares (`run`, `extract`, `submit`, ...): defined once, each
+mapped to the job spec field it sets. Options with an environment convention read it (shown in
+`--help`); the values then enter the job spec as overrides, so the logged job.yaml records them."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from ie_flow import IEFlowError
+from ie_flow.config import JobSpec, load_job
+
+Workflow = Annotated[Optional[Path], typer.Argument(help="Job spec YAML (workflows/*.yaml); defaults otherwise.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout (logs go to stderr).")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", envvar="IE_FLOW_STORAGE", help="Storage root: local folder or s3://bucket/prefix.")]
+EndpointOpt = Annotated[Optional[str], typer.Option(
+    "--s3-endpoint", envvar="AWS_ENDPOINT_URL", help="S3-compatible endpoint URL (MinIO).")]
+TrackingOpt = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (default sqlite:///mlflow.db).")]
+ExperimentOpt = Annotated[Optional[str], typer.Option(
+    "--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment name.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", envvar="RAY_ADDRESS",
+    help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 for jobs; the Jobs API http://HEAD:8265 for "
+         "submit/status/logs/stop. Local Ray otherwise.")]
+
+
+def _opt(help: str, typ: Any = Optional[str]) -> Any:
+    return Annotated[typ, typer.Option(help=help)]
+
+
+# option -> (its type and help, the job spec field it sets); lists are comma-separated integers
+JOB_OPTIONS: dict[str, tuple[Any, str]] = {
+    "model": (_opt("Model: alias (smollm2-135m), HF hub id, folder, .gguf file; random:NAME for a random-weight control."), "model.name"),
+    "corpus": (_opt("icl-countries (default), icl-animals, icl-colours, icl-mixed, a built-in text corpus, or a text/JSONL/Parquet path or s3:// URI."), "corpus.name"),
+    "shots": (_opt("ICL shots (names per sequence, 1-5).", Optional[int]), "corpus.shots"),
+    "tokens": (_opt("Window length N in tokens (text corpora).", Optional[int]), "corpus.tokens"),
+    "samples": (_opt("Number of sequences.", Optional[int]), "corpus.samples"),
+    "seed": (_opt("Corpus seed (sampling of sequences).", Optional[int]), "corpus.seed"),
+    "text_field": (_opt("Text field / column of JSONL and Parquet corpora."), "corpus.text_field"),
+    "estimator": (_opt("MI estimator: infonce (default), dv, mine, smile, nwj, gaussian, mine-paper."), "estimate.method"),
+    "seeds": (_opt("Estimator seeds, comma separated, e.g. 0,1,2."), "estimate.seeds"),
+    "micro": (_opt("Micro variables: in_context (default) or isolated."), "extract.micro"),
+    "batch_size": (_opt("Sequences per forward pass.", Optional[int]), "extract.batch_size"),
+    "storage_dtype": (_opt("Activation storage dtype: float16 (default) or float32."), "extract.storage_dtype"),
+    "layers": (_opt("Blocks to capture, comma separated, e.g. 0,1,2 (default all)."), "extract.layers"),
+    "positions": (_opt("Token positions to keep, comma separated (default all; the last is always kept)."), "extract.positions"),
+    "storage": (StorageOpt, "storage.uri"),
+    "s3_endpoint": (EndpointOpt, "storage.endpoint_url"),
+    "tracking_uri": (TrackingOpt, "tracking.uri"),
+    "experiment": (ExperimentOpt, "tracking.experiment"),
+    "no_tracking": (Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")], "tracking.enabled"),
+    "ray_address": (RayAddressOpt, "runtime.ray_address"),
+    "executor": (_opt("Where units of work run: ray (default; local runtime or --ray-address) or serial (in-process, for debugging)."), "runtime.executor"),
+}
+INT_LISTS = {"seeds", "layers", "positions"}
+
+
+def _int_list(option: str, value: str) -> list[int]:
+    try:
+        return [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise IEFlowError(f"--{option.replace('_', '-')} must be integers separated by commas, got {value!r}") from None
+
+
+def overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Job option values (None = not given) -> dotted job spec overrides."""
+    out: dict[str, Any] = {}
+    for option, value in values.items():
+        field = JOB_OPTIONS[option][1]
+        if option == "no_tracking":
+            if value:
+                out[field] = False
+        elif value is not None:
+            out[field] = _int_list(option, value) if option in INT_LISTS else value
+    return out
+
+
+def build_job(workflow: Path | None, values: dict[str, Any]) -> JobSpec:
+    return load_job(workflow, overrides(values))
+
+
+def job_command(*only: str, workflow: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate `fn(job, **own options)`: the command gets the workflow argument and the job options
+    (all of them, or `only` those), builds the job spec from them in one place, and calls fn."""
+    names = list(only or JOB_OPTIONS)
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn, include_extras=True)  # real types, not postponed strings
+        own = [p.replace(annotation=hints.get(name, p.annotation))
+               for name, p in inspect.signature(fn).parameters.items() if name != "job"]
+        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=JOB_OPTIONS[n][0],
+                                    default=False if n == "no_tracking" else None) for n in names]
+        head = [inspect.Parameter("workflow", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Workflow,
+                                  default=None)] if workflow else []
+
+        def command(**kw: Any) -> Any:
+            job = build_job(kw.pop("workflow", None), {n: kw.pop(n) for n in names})
+            return fn(job, **kw)
+
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        params = head + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return wrap

@@ -1,0 +1,309 @@
+"""The only module that knows where ie-flow keeps things on storage, and the typed records it
+keeps there (docs/ARCHITECTURE.md, "Data on storage"):
+
+    {root}/activations/{model}/{dataset}-{digest8}/manifest.json
+        boundary=BBB/part-SSSSS.parquet    (isolated/boundary=... for micro=isolated)
+        _job.json                          settings a rerun must match to reuse finished shards
+        _done/UNIT                         completion marker of one unit of work
+    {root}/results/{model}/{dataset}-{digest8}/{run}/mi.parquet, summary.json
+        layers/layer=LLL.parquet, _done/UNIT
+
+Stages, executors, report, tracking and the CLI go through these classes; none of them builds a
+path or reads a manifest key by hand."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ie_flow import IEFlowError
+from ie_flow.storage import Storage
+
+MANIFEST = "manifest.json"
+JOB_SETTINGS = "_job.json"
+SUMMARY = "summary.json"
+MI_TABLE = "mi.parquet"
+DONE = "_done"
+FORMAT = "ie-flow-activations/1"
+
+
+# --- activation rows: sample_id int64, pos int16, vec fixed_size_list<float16|float32>[d] ---------
+def activation_schema(d: int, storage_dtype: str) -> Any:
+    import pyarrow as pa
+
+    value = pa.float16() if storage_dtype == "float16" else pa.float32()
+    return pa.schema([("sample_id", pa.int64()), ("pos", pa.int16()), ("vec", pa.list_(value, d))])
+
+
+def activation_table(vectors: np.ndarray, sample_id_start: int, storage_dtype: str,
+                     positions: list[int] | None = None) -> Any:
+    """(m, P, d) array -> rows (sample_id, pos, vec), sample-major; `positions` labels the P
+    columns (default 0..P-1)."""
+    import pyarrow as pa
+
+    m, n, d = vectors.shape
+    flat = np.ascontiguousarray(vectors, dtype=np.float16 if storage_dtype == "float16" else np.float32)
+    # zero-copy view of the numpy buffer (pa.array copies float16 element by element: 67 ms a boundary)
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), flat.size, [None, pa.py_buffer(flat)])
+    vec = pa.FixedSizeListArray.from_arrays(values, d)
+    sample_id = np.repeat(np.arange(sample_id_start, sample_id_start + m, dtype=np.int64), n)
+    pos = np.tile(np.asarray(range(n) if positions is None else positions, dtype=np.int16), m)
+    return pa.Table.from_arrays([pa.array(sample_id), pa.array(pos), vec], schema=activation_schema(d, storage_dtype))
+
+
+def table_vectors(table: Any, positions: int) -> np.ndarray:
+    """Rows of one boundary back to (samples, positions, d) float32."""
+    vec = table.column("vec").combine_chunks()
+    d = vec.type.list_size
+    flat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(-1, positions, d)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileInfo(_Record):
+    sha256: str
+    bytes: int
+    rows: int
+
+
+class ShardInfo(_Record):
+    shard: int
+    sample_ids: list[int]  # [first, end)
+    sequences: int
+    files: dict[str, FileInfo]  # path inside the dataset folder -> checksum and size
+
+
+class ModelInfo(_Record):
+    name: str
+    key: str  # path-safe folder name
+    kind: str
+    location: str
+    revision: str | None = None
+    random_init: bool = False
+    fingerprint: str | None = None
+
+
+class DatasetInfo(_Record):
+    name: str
+    id: str  # {name}-{digest8}
+    digest: str
+    settings: dict[str, Any]
+
+
+class Manifest(_Record):
+    """What stage 1 wrote: deterministic (no timestamps), so a resumed job writes the same bytes."""
+
+    format: str = FORMAT
+    complete: bool = True
+    code_version: str
+    model: ModelInfo
+    tokenizer: dict[str, Any]
+    dataset: DatasetInfo
+    samples: int
+    tokens: int
+    num_blocks: int
+    hidden_size: int
+    boundaries: list[int]
+    positions: list[int]  # stored token positions; the last one (the macro variable) always
+    storage_dtype: str
+    micro: str
+    prefix_entropy_bits: list[float]
+    shards: list[ShardInfo] = []
+
+    @property
+    def layers(self) -> list[int]:
+        """Blocks whose input and output were both captured."""
+        have = set(self.boundaries)
+        return [l for l in range(self.num_blocks) if l in have and l + 1 in have]
+
+    def without_shards(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"shards"})
+
+
+class ResultsRecord(BaseModel):
+    """summary.json of a results folder: the job, where its data is, and what it found."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job: dict[str, Any]  # the resolved JobSpec (config.JobSpec.model_dump)
+    job_yaml: str
+    manifest_uri: str
+    manifest: dict[str, Any]  # Manifest.without_shards()
+    results_uri: str
+    seconds: dict[str, float]
+    summary: dict[str, float]
+    layers: list[dict[str, Any]]
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def label(self) -> str:
+        model = self.manifest["model"]
+        return f"{model.get('key', model['name'])} / {self.manifest['dataset']['id']}"
+
+    @property
+    def corpus_digest(self) -> str:
+        return self.manifest["dataset"]["digest"]
+
+    @property
+    def estimator(self) -> str:
+        return self.job["estimate"]["method"]
+
+    @property
+    def micro_reduce(self) -> str:
+        return self.job["estimate"]["micro_reduce"]
+
+
+class DatasetFolder:
+    """activations/{model}/{dataset}: one model's activations on one corpus."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @property
+    def manifest_uri(self) -> str:
+        return self.storage.url(MANIFEST)
+
+    @staticmethod
+    def boundary_file(boundary: int, shard: int, variant: str = "") -> str:
+        """variant "" = in-context activations; "isolated" = each token run alone (micro=isolated)."""
+        rel = f"boundary={boundary:03d}/part-{shard:05d}.parquet"
+        return posixpath.join(variant, rel) if variant else rel
+
+    def write_boundary(self, rel: str, vectors: np.ndarray, sample_id_start: int, storage_dtype: str,
+                       positions: list[int] | None) -> dict[str, Any]:
+        """Write (m, P, d) vectors of one boundary and shard; returns the file's checksum record."""
+        table = activation_table(vectors, sample_id_start, storage_dtype, positions)
+        digest, size = self.storage.write_parquet(rel, table)
+        return {"sha256": digest, "bytes": size, "rows": table.num_rows}
+
+    def read_boundary(self, manifest: Manifest, boundary: int, variant: str = "") -> np.ndarray:
+        """All shards of one boundary as (samples, positions, d) float32, in sample order."""
+        import pyarrow as pa
+
+        table = pa.concat_tables([self.storage.read_parquet(self.boundary_file(boundary, s.shard, variant))
+                                  for s in manifest.shards])
+        positions = len(manifest.positions)
+        if table.num_rows != manifest.samples * positions:
+            raise IEFlowError(
+                f"boundary {boundary} has {table.num_rows} rows, manifest says {manifest.samples} x {positions} "
+                "positions: the activations are damaged; rerun `ie-flow extract --force`")
+        return table_vectors(table, positions)
+
+    def has_manifest(self) -> bool:
+        return self.storage.exists(MANIFEST)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        self.storage.write_json(MANIFEST, manifest.model_dump(mode="json"))
+
+    def load_manifest(self) -> Manifest:
+        """A complete manifest, or a clear error saying what is missing and how to finish it."""
+        if not self.has_manifest():
+            done = len(self.storage.list(DONE))
+            state = f"{done} shard(s) finished, no manifest" if done else "no activations"
+            raise IEFlowError(f"{self.storage.url()} holds an incomplete extraction ({state}); "
+                              "finish it with `ie-flow extract` first")
+        manifest = Manifest.model_validate(self.storage.read_json(MANIFEST))
+        if not manifest.complete:
+            raise IEFlowError(f"manifest {self.manifest_uri} is not marked complete; rerun `ie-flow extract`")
+        return manifest
+
+    def job_settings(self) -> dict[str, Any] | None:
+        return self.storage.read_json(JOB_SETTINGS) if self.storage.exists(JOB_SETTINGS) else None
+
+    def write_job_settings(self, settings: dict[str, Any]) -> None:
+        self.storage.write_json(JOB_SETTINGS, settings)
+
+    def clear(self) -> None:
+        self.storage.remove("")
+
+
+class ResultsFolder:
+    """results/{model}/{dataset}/{run}: one estimator run on one dataset folder."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @property
+    def mi_uri(self) -> str:
+        return self.storage.url(MI_TABLE)
+
+    @staticmethod
+    def layer_file(layer: int) -> str:
+        return f"layers/layer={layer:03d}.parquet"
+
+    def gather_layers(self, layers: list[int]) -> Any:
+        """Concatenate the per-layer tables into mi.parquet; returns the table."""
+        import pyarrow as pa
+
+        table = pa.concat_tables([self.storage.read_parquet(self.layer_file(l)) for l in layers])
+        self.storage.write_parquet(MI_TABLE, table)
+        return table
+
+    def has_summary(self) -> bool:
+        return self.storage.exists(SUMMARY)
+
+    def write_summary(self, record: ResultsRecord) -> None:
+        self.storage.write_json(SUMMARY, record.model_dump(mode="json"))
+
+    def load(self) -> tuple[ResultsRecord, Any]:
+        """(summary record, MI table) of a finished run, or a clear error."""
+        if not self.has_summary():
+            if self.storage.exists("layers"):
+                raise IEFlowError(f"{self.storage.url()} is an unfinished stage 2 (no {SUMMARY}); rerun the job")
+            raise IEFlowError(f"no ie-flow results at {self.storage.url()} (no {SUMMARY})")
+        record = ResultsRecord.model_validate(self.storage.read_json(SUMMARY))
+        return record, self.storage.read_parquet(MI_TABLE)
+
+
+class StorageRoot:
+    """A storage root holding activations and results folders."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        self.storage = Storage(uri, endpoint_url)
+
+    def activations(self, model_key: str, dataset_id: str) -> DatasetFolder:
+        return DatasetFolder(self.storage.child("activations", model_key, dataset_id))
+
+    def results(self, model_key: str, dataset_id: str, run: str) -> ResultsFolder:
+        return ResultsFolder(self.storage.child("results", model_key, dataset_id, run))
+
+    def latest_results(self) -> ResultsFolder:
+        """The most recently finished results folder under this root."""
+        fs = self.storage.fs
+        found = fs.glob(self.storage.path("results", "*", "*", "*", SUMMARY))
+        if not found:
+            raise IEFlowError(f"no finished ie-flow job under {self.storage.url()}; run `ie-flow run` first")
+        newest = max(found, key=fs.modified)
+        folder = posixpath.dirname(newest)
+        return ResultsFolder(Storage(("s3://" if self.storage.is_s3 else "") + folder, self.storage.endpoint_url))
+
+
+def dataset_folder(uri: str, endpoint_url: str | None = None) -> tuple[DatasetFolder, str]:
+    """The dataset folder a manifest URI (or the folder itself) names, and its storage root URI."""
+    folder = uri[: -len("/" + MANIFEST)] if uri.endswith("/" + MANIFEST) else uri.rstrip("/")
+    parts = folder.split("/")
+    if len(parts) < 4 or parts[-3] != "activations":
+        raise IEFlowError(f"{uri!r} is not an activations folder ({{root}}/activations/MODEL/DATASET)")
+    return DatasetFolder(Storage(folder, endpoint_url)), "/".join(parts[:-3]) or "/"
+
+
+def results_folder(uri: str, endpoint_url: str | None = None) -> ResultsFolder:
+    """A results folder from its URI, or the URI of its mi.parquet / summary.json."""
+    for name in (MI_TABLE, SUMMARY):
+        if uri.endswith("/" + name):
+            uri = uri[: -len(name) - 1]
+    folder = ResultsFolder(Storage(uri, endpoint_url))
+    if not folder.storage.exists(""):
+        raise IEFlowError(f"{uri!r} is neither an MLflow run id nor a results folder")
+    return folder
