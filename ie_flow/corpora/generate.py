@@ -1,0 +1,273 @@
+"""Model-written text for the human-vs-model comparison (docs/METHOD.md section 3): an instruct
+model continues (or answers) the opening sentence of documents drawn from a human corpus.
+
+Output: one JSONL file. Line 1 is a metadata record {"ie_flow_generation": {...}} (model,
+settings, prompt digest; the text reader skips it); every other line is one prompt:
+{"id", "text": model-written, "human": the rest of the human document, "prompt"}. Windows cut
+with `--text-field text` and `--text-field human` then differ only in who wrote the text.
+
+Batches are appended in order, each followed by a completion record in OUT.progress (bytes
+written, batches done): a rerun truncates a half-written batch and resumes after the last
+complete one, so nothing is duplicated. Runs in-process by default; on a Ray cluster
+(--ray-address) batches go to a Ray Data actor pool like stage 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ie_flow import IEFlowError, __version__
+from ie_flow.corpora.text import GENERATION_META_KEY, sentences
+
+log = logging.getLogger("ie_flow")
+
+PROMPT_TEMPLATES = {
+    # an instruct model writes its own continuation of a human opening
+    "continue": "Continue the following text with a few sentences of your own:\n\n{text}",
+    # the opening itself is the message (corpora of questions or requests)
+    "answer": "{text}",
+}
+MIN_PROMPT_WORDS = 5
+PARTS_META = "generation.json"  # in OUT.parts/: the settings its finished batches were made with
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that decides the generated text (recorded in the file's metadata line)."""
+
+    model: str = "smollm2-135m"
+    prompts: str = "fortunes"  # human corpus: built-in name, file or URI
+    text_field: str = "text"
+    samples: int = 256  # number of prompts
+    seed: int = 0
+    task: str = "continue"
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        if self.task not in PROMPT_TEMPLATES:
+            raise IEFlowError(f"unknown task {self.task!r}; choose from {', '.join(PROMPT_TEMPLATES)}")
+        for name in ("samples", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise IEFlowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise IEFlowError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: int
+    text: str  # the human document's opening sentence
+    human: str  # the rest of that document, as its author wrote it
+
+
+def _openings(documents: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(opening sentence, rest) of documents that have both."""
+    for doc in documents:
+        parts = list(sentences(doc))
+        if len(parts) >= 2 and len(parts[0].split()) >= MIN_PROMPT_WORDS:
+            yield parts[0], " ".join(parts[1:])
+
+
+def select_prompts(settings: GenerationSettings, endpoint_url: str | None = None) -> list[Prompt]:
+    """`samples` documents drawn uniformly (seeded reservoir sampling: one pass, bounded memory)."""
+    from ie_flow.corpora import corpus_documents
+
+    rng = np.random.default_rng(settings.seed)
+    k = settings.samples
+    picked: list[tuple[str, str]] = []
+    seen = 0
+    for seen, pair in enumerate(_openings(corpus_documents(settings.prompts, settings.text_field,
+                                                           settings.seed, endpoint_url)), 1):
+        if len(picked) < k:
+            picked.append(pair)
+        elif (j := int(rng.integers(0, seen))) < k:
+            picked[j] = pair
+    if seen < k:
+        raise IEFlowError(
+            f"prompt corpus {settings.prompts!r} has {seen} documents with an opening sentence of "
+            f"{MIN_PROMPT_WORDS}+ words and more text after it; {k} prompts were asked for: ask for fewer"
+        )
+    return [Prompt(i, text, human) for i, (text, human) in enumerate(picked)]
+
+
+def prompt_digest(prompts: list[Prompt]) -> str:
+    return hashlib.sha256(json.dumps([[p.text, p.human] for p in prompts]).encode()).hexdigest()
+
+
+def generation_metadata(settings: GenerationSettings, prompts: list[Prompt]) -> dict[str, Any]:
+    from ie_flow.models import resolve_model
+
+    return {"settings": asdict(settings), "model_source": resolve_model(settings.model).describe(),
+            "prompt_digest": prompt_digest(prompts), "prompts": len(prompts),
+            "prompt_template": PROMPT_TEMPLATES[settings.task], "code_version": __version__}
+
+
+@dataclass
+class GenerateText:
+    """The generation step (an executor runs it in-process or on Ray workers): loads the model
+    once per worker, then generates whole batches. Each batch has its own seed, so a resumed or
+    distributed run writes the same text as an uninterrupted one."""
+
+    settings: dict[str, Any]
+    prompts: list[str]  # the openings, in prompt order
+    name: str = "generate"
+    unit: str = "prompt"
+
+    def setup(self) -> None:
+        import torch
+
+        from ie_flow.models import load_model
+
+        self.spec = GenerationSettings(**self.settings)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.loaded = load_model(self.spec.model, device=device)
+        tok = self.loaded.tokenizer
+        tok.padding_side = "left"  # decoder-only: new tokens follow the prompt in every row
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        self.chat = bool(getattr(tok, "chat_template", None))
+
+    def model_input(self, opening: str) -> str:
+        """What the model reads: the chat-formatted request for instruct models, the raw text else."""
+        if not self.chat:
+            return opening
+        message = PROMPT_TEMPLATES[self.spec.task].format(text=opening)
+        return self.loaded.tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+
+    def generate_batch(self, batch: int) -> tuple[list[str], int]:
+        """Texts of batch `batch` and the number of tokens generated."""
+        import torch
+
+        s, tok = self.spec, self.loaded.tokenizer
+        rows = self.prompts[batch * s.batch_size : (batch + 1) * s.batch_size]
+        enc = tok([self.model_input(r) for r in rows], return_tensors="pt", padding=True,
+                  add_special_tokens=not self.chat)  # a chat template already holds its special tokens
+        enc = enc.to(self.loaded.model.device)
+        torch.manual_seed(s.seed * 1_000_003 + batch)
+        with torch.inference_mode():
+            out = self.loaded.model.generate(
+                **enc, do_sample=True, temperature=s.temperature, top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens,
+                pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)], self.generated_tokens(new)
+
+    def generated_tokens(self, new: Any) -> int:
+        """Tokens generated per row up to and including its end-of-sequence token (generate pads
+        finished rows after it; counting non-pad ids would be wrong where pad = unk or eos)."""
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        total = 0
+        for row in new.tolist():
+            ends = [i for i, t in enumerate(row) if t in eos]
+            total += ends[0] + 1 if ends else len(row)
+        return total
+
+    def run(self, units: list[Any]) -> list[dict[str, Any]]:
+        records = []
+        for unit in units:
+            t0 = time.perf_counter()
+            texts, tokens = self.generate_batch(unit.payload["batch"])
+            # "_" keys are run statistics, kept out of the completion record
+            records.append({"batch": unit.payload["batch"], "texts": texts, "_tokens": tokens,
+                            "_seconds": time.perf_counter() - t0})
+        return records
+
+
+@dataclass
+class GenerationResult:
+    uri: str
+    records: int
+    batches_generated: int  # by this run (0 when the file was complete already)
+    new_tokens: int  # generated by this run
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / max(self.seconds, 1e-9)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _existing_metadata(folder: Any, name: str) -> dict[str, Any] | None:
+    """The metadata line of an existing output file (None when it has none)."""
+    with folder.fs.open(folder.path(name), "rb") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return None
+    return record.get(GENERATION_META_KEY) if isinstance(record, dict) else None
+
+
+def _check_reuse(folder: Any, name: str, parts: Any, meta: dict[str, Any], force: bool) -> bool:
+    """True when the output exists, complete, for these settings. Output or unfinished batches
+    made with other settings: an error, or removed with `force`."""
+    if force:
+        parts.remove("")
+        return False
+    if folder.exists(name):
+        if _same(_existing_metadata(folder, name) or {}, meta):
+            return True
+        raise IEFlowError(f"{folder.url(name)} exists and was not generated with these settings: "
+                          "use another --out, or --force to replace it")
+    if parts.exists(PARTS_META) and not _same(parts.read_json(PARTS_META), meta):
+        raise IEFlowError(f"{parts.url()} holds unfinished batches generated with other settings: "
+                          "use another --out, or --force to discard them")
+    return False
+
+
+def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | None = None,
+                    force: bool = False, endpoint_url: str | None = None) -> GenerationResult:
+    """Generate model-written text for `settings` into the JSONL file `out` (local or s3://).
+    Batches finished by an interrupted run are kept (OUT.parts/), so a rerun resumes."""
+    from ie_flow.executors import Completion, WorkUnit, get_executor
+    from ie_flow.executors.resources import plan_model_workers
+    from ie_flow.storage import Storage
+
+    t0 = time.perf_counter()
+    parent, _, name = out.rstrip("/").rpartition("/")
+    folder = Storage(parent or ".", endpoint_url)
+    parts = folder.child(name + ".parts")
+    prompts = select_prompts(settings, endpoint_url)
+    meta = generation_metadata(settings, prompts)
+    if _check_reuse(folder, name, parts, meta, force):
+        log.info("generate: %s is complete for these settings", folder.url(name))
+        return GenerationResult(folder.url(name), len(prompts), 0, 0, time.perf_counter() - t0, meta)
+    parts.write_json(PARTS_META, meta)
+    size = settings.batch_size
+    units = [WorkUnit(f"batch-{b:05d}", {"batch": b}, weight=len(prompts[s : s + size]))
+             for b, s in enumerate(range(0, len(prompts), size))]
+    executor = get_executor("ray" if ray_address else "serial", address=ray_address)
+    plan = plan_model_workers(executor.resources())
+    if not ray_address:
+        import torch
+
+        # in-process: keep this process's torch threads (OMP_NUM_THREADS, a test's single thread)
+        plan = dataclasses.replace(plan, threads=torch.get_num_threads())
+    step = GenerateText(asdict(settings), [p.text for p in prompts])
+    records = executor.run(step, units, Completion(parts), plan)
+    texts = [t for r in records for t in r["texts"]]
+    lines = [json.dumps({GENERATION_META_KEY: meta})]
+    lines += [json.dumps({"id": p.id, "text": t, "human": p.human, "prompt": p.text}) for p, t in zip(prompts, texts)]
+    folder.write_bytes(name, ("\n".join(lines) + "\n").encode())
+    parts.remove("")  # the file is complete: its batches are no longer needed
+    return GenerationResult(folder.url(name), len(texts), len(executor.stats),
+                            sum(s.get("_tokens", 0) for s in executor.stats), time.perf_counter() - t0, meta)

