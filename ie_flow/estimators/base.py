@@ -1,5 +1,6 @@
 """Shared pieces of every estimator: the result type, input validation, the seeded
-train/held-out split, train-split standardisation statistics and seed aggregation."""
+train / select / report split, the saturation and validity rules, bootstrap resamples of the
+sample ids and the intervals (docs/METHOD.md section 5)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ LOG2E = 1.0 / math.log(2.0)  # nats -> bits
 SATURATION_MARGIN_BITS = 0.1  # IE_SPEC section 5: within 0.1 bit of the ceiling = lower bound only
 MIN_TRAIN = 64  # fewer training samples than this cannot fit any critic meaningfully
 MIN_EVAL = 32  # fewer held-out samples than this gives a meaningless held-out bound
+MIN_SELECT = 32  # fewer selection samples than this cannot rank checkpoints
 
 
 class EstimationDiverged(RuntimeError):
@@ -34,7 +36,9 @@ class MIEstimate:
     seconds: float
     seeds: tuple[int, ...]
     bits_per_seed: tuple[float, ...]
-    ci_low: float  # 95% t-interval of the mean across seeds (== bits for one seed)
+    # 95% interval: bootstrap over the report rows' sample ids (critic kept fixed) combined with
+    # the t-interval across seeds; == bits only where no interval could be computed
+    ci_low: float
     ci_high: float
     settings: dict[str, Any] = field(default_factory=dict)
     diverged: bool = False
@@ -46,11 +50,16 @@ class MIEstimate:
     invalid_reason: str | None = None
     # estimator-specific per-cell figures (e.g. the smoothed estimator's null, MC error, LOO value)
     diagnostics: dict[str, float] = field(default_factory=dict)
+    # bits of the estimate on each bootstrap resample of the sample ids (mean over seeds); the
+    # resamples depend only on (n, bootstrap seed, replicate), so replicate b of every cell of a
+    # run is the same resampled data set and cells can be differenced replicate by replicate
+    replicate_bits: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["seeds"] = list(self.seeds)
         d["bits_per_seed"] = list(self.bits_per_seed)
+        d["replicate_bits"] = list(self.replicate_bits)
         return d
 
 
@@ -74,11 +83,16 @@ def constant_columns(a: np.ndarray) -> np.ndarray:
     return np.flatnonzero((np.ptp(a, axis=1) == 0).any(axis=0))
 
 
-def required_samples(eval_fraction: float) -> int:
-    """Smallest n whose split leaves MIN_TRAIN training and MIN_EVAL held-out samples."""
+def required_samples(eval_fraction: float, select_fraction: float = 0.0) -> int:
+    """Smallest n whose split leaves MIN_EVAL report rows and MIN_TRAIN training rows (after
+    the select split, which takes at least MIN_SELECT rows when one is asked for)."""
     if eval_fraction <= 0:
         return MIN_TRAIN
-    return max(math.ceil(MIN_EVAL / eval_fraction), math.ceil(MIN_TRAIN / (1.0 - eval_fraction)))
+    need = max(math.ceil(MIN_EVAL / eval_fraction), math.ceil(MIN_TRAIN / (1.0 - eval_fraction)))
+    if select_fraction > 0:
+        need = max(need, math.ceil((MIN_TRAIN + MIN_SELECT) / (1.0 - eval_fraction)),
+                   math.ceil(MIN_TRAIN / (1.0 - eval_fraction - select_fraction)))
+    return need
 
 
 def validate_pairs(
@@ -88,6 +102,7 @@ def validate_pairs(
     eval_fraction: float,
     drop_constant: bool,
     batched: bool,
+    select_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check (P, n, d) stacks (batched) or (n, d) pairs; return float arrays as given.
 
@@ -113,12 +128,15 @@ def validate_pairs(
         )
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if not 0.0 <= select_fraction < 1.0 - eval_fraction:
+        raise ValueError(f"select_fraction must be in [0, 1 - eval_fraction), got {select_fraction}")
     n = xs.shape[-2]
-    need = required_samples(eval_fraction)
+    need = required_samples(eval_fraction, select_fraction)
     if n < need:
+        sel = f", select_fraction={select_fraction}" if select_fraction else ""
         raise ValueError(
             f"too few samples for the train/held-out split: n={n}, need at least {need} "
-            f"(eval_fraction={eval_fraction}: >= {MIN_TRAIN} train and >= {MIN_EVAL} held-out)"
+            f"(eval_fraction={eval_fraction}: >= {MIN_TRAIN} train and >= {MIN_EVAL} held-out{sel})"
         )
     _check_finite(xs, "x")
     _check_finite(ys, "y")
@@ -144,6 +162,35 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
 
 
+def split_three(n: int, eval_fraction: float, select_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train / select / report split by sample (sorted indices).
+
+    The critic is fitted on train, its checkpoint is chosen on select, and the value is
+    reported on report only: the reported rows never trained the critic nor chose it, so the
+    value carries no winner's curse.  The report rows are the same as ``split_indices``'
+    held-out rows for the same (n, eval_fraction, seed)."""
+    train, report = split_indices(n, eval_fraction, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5E1EC7]))
+    n_select = max(MIN_SELECT, int(round(n * select_fraction)))
+    pick = rng.permutation(train.size)[:n_select]
+    keep = np.ones(train.size, dtype=bool)
+    keep[pick] = False
+    return train[keep], np.sort(train[pick]), report
+
+
+def bootstrap_weights(n: int, replicates: int, seed: int) -> np.ndarray:
+    """(replicates, n) float32 counts: replicate b draws n sample ids with replacement.
+
+    Depends only on (n, replicates, seed), never on the estimator seed or the pair, so every
+    cell of a run and every estimator seed sees the same resampled data sets (a quantity built
+    from several cells, e.g. IE, can be bootstrapped by differencing replicates)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), n, 0xB007]))
+    ids = rng.integers(0, n, size=(replicates, n))
+    out = np.zeros((replicates, n), dtype=np.float32)
+    np.add.at(out, (np.arange(replicates)[:, None], ids), 1.0)
+    return out
+
+
 # --------------------------------------------------------------------------- aggregation
 
 # two-sided 97.5% Student-t quantiles for df = 1..30 (no scipy dependency)
@@ -165,8 +212,44 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def is_saturated(bits: float, ceiling_bits: float | None) -> bool:
-    if ceiling_bits is None or not math.isfinite(ceiling_bits) or not math.isfinite(bits):
+def estimate_interval(per_seed: Sequence[float], replicates: np.ndarray | None,
+                      pool_deficit_bits: float | None = None, gap_bits: float | None = None) -> tuple[float, float, float]:
+    """Mean over seeds and a 95% interval combining both sources of spread.
+
+    ``replicates`` (B,) are the mean-over-seeds estimate on B bootstrap resamples of the sample
+    ids with the critics kept fixed: the sampling error of the report rows.  The t-interval over
+    seeds adds what resampling cannot see (split and training randomness).  The two half-widths
+    add in quadrature; with one seed and no replicates the interval is the point.  An InfoNCE
+    bound rises towards its infinite-pool value as the candidate pool grows; the half-pool gain
+    (``pool_deficit_bits``) estimates what is still missing, so the upper end is raised by it.
+    A critic fitted on n_train rows scores unseen rows lower than the best critic would by
+    about as much as it scores its own training rows higher (first-order symmetry of the
+    fitting error), so the upper end is also raised by half the train/held-out gap."""
+    mean, lo, hi = seed_interval(per_seed)
+    if not math.isfinite(mean):
+        return mean, lo, hi
+    half_seed = (hi - lo) / 2
+    half_boot = 0.0
+    if replicates is not None and replicates.size > 1 and np.isfinite(replicates).all():
+        half_boot = 1.96 * float(np.std(replicates, ddof=1))
+    half = math.hypot(half_seed, half_boot)
+    def positive(v: float | None) -> float:
+        return max(0.0, v) if v is not None and math.isfinite(v) else 0.0
+
+    return mean, mean - half, mean + half + positive(pool_deficit_bits) + positive(gap_bits) / 2
+
+
+def is_saturated(bits: float, ceiling_bits: float | None, pool_gain_bits: float | None = None,
+                 pool_gain_limit: float = 0.3) -> bool:
+    """The one saturation rule: the value is a lower bound limited by the estimator, not a
+    measurement, when it lies within SATURATION_MARGIN_BITS of ``ceiling_bits`` (the largest
+    value the reported bound can take with its candidate pool: log2 of the report pool for
+    InfoNCE) or when halving that pool lowers it by ``pool_gain_limit`` bits or more."""
+    if not math.isfinite(bits):
+        return False
+    if pool_gain_bits is not None and math.isfinite(pool_gain_bits) and pool_gain_bits >= pool_gain_limit:
+        return True
+    if ceiling_bits is None or not math.isfinite(ceiling_bits):
         return False
     return bits >= ceiling_bits - SATURATION_MARGIN_BITS
 

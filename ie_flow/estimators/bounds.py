@@ -92,3 +92,42 @@ def bound(name: str, S: torch.Tensor, pos: torch.Tensor, clip: float = 5.0) -> t
     if name == "nwj":
         return nwj(S, pos)
     raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
+
+
+# --------------------------------------------------------------------------- weighted rows
+# The bootstrap resamples sample ids: a resample is a weight (a count) per row and per candidate.
+# Every bound above has a weighted form, and with all weights 1 it is the bound itself, so one
+# evaluation of the critic gives the value and all its bootstrap replicates.  The candidate sums
+# are one matmul (P, R, C) @ (C, B) per chunk of pairs.
+
+def weighted_bound(name: str, S: torch.Tensor, pos: torch.Tensor, w_rows: torch.Tensor, w_cand: torch.Tensor,
+                   clip: float = 5.0) -> torch.Tensor:
+    """(P, B) bound on B reweightings: ``w_rows`` (B, R) weights the rows (positives),
+    ``w_cand`` (B, C) the candidate columns (row r's own candidate is column pos[r])."""
+    if name not in BOUNDS:
+        raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
+    pos_scores, neg_mask = _pos_and_neg_mask(S, pos)
+    wr, wc = w_rows.to(S), w_cand.to(S)
+    T = S.clamp(-clip, clip) if name == "smile" else S
+    if name == "nwj":
+        E, m = (T - 1.0).clamp(max=80.0).exp(), torch.zeros_like(T[..., :1])
+    else:
+        m = T.amax(-1, keepdim=True)
+        E = (T - m).exp()
+    if name != "infonce":  # the DV family and NWJ average over the negatives only
+        E = E * neg_mask
+        den = wc.sum(-1).unsqueeze(0) - wc.index_select(1, pos).T  # (R, B): weight of row r's negatives
+    else:
+        den = wc.sum(-1).unsqueeze(0).expand(pos.numel(), -1)
+    # clamp: a row whose every weighted candidate underflows would give log 0
+    num = torch.matmul(E, wc.T).clamp_min(1e-30)  # (P, R, B)
+    total = wr.sum(-1)  # (B,)
+    mean_pos = (pos_scores @ wr.T) / total  # (P, B)
+    if name == "infonce":
+        b = num.log() + m - den.log()  # (P, R, B): log of row r's weighted mean of exp(T)
+        return mean_pos - torch.einsum("prb,br->pb", b, wr) / total
+    if name == "nwj":
+        return mean_pos - torch.einsum("prb,br->pb", num, wr) / torch.einsum("rb,br->b", den, wr)
+    # DV / SMILE: log of the weighted mean of exp(T) over every (row, negative) pair
+    lse = torch.logsumexp(num.log() + m + wr.T.log().unsqueeze(0), dim=1)  # (P, B)
+    return mean_pos - lse + torch.einsum("rb,br->b", den, wr).log()

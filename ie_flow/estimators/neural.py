@@ -1,6 +1,10 @@
-"""Neural variational estimators (robust mode, IE_SPEC section 5): InfoNCE, DV, MINE, SMILE, NWJ.
+"""Neural variational estimators (robust mode, docs/METHOD.md section 5): InfoNCE, DV, MINE,
+SMILE, NWJ.
 
-All share the batched separable critic and trainer; they differ only in the bound."""
+All share the batched separable critic and trainer; they differ only in the bound.  Each
+estimate comes with a 95% interval (bootstrap over the report rows' sample ids, critic fixed,
+combined with the t-interval over seeds), its ceiling and saturation flag, and the validity
+verdict of validity.py (a failed cell is retried once with ``safer_settings``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,21 +17,34 @@ from .base import (
     LOG2E,
     Estimator,
     MIEstimate,
+    bootstrap_weights,
+    estimate_interval,
     is_saturated,
     resolve_device,
-    seed_interval,
-    split_indices,
+    split_three,
     validate_pairs,
 )
 from .trainer import TrainConfig, resolve_precision, train_batched
+from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"bound", "ema"}
 _COMMON: dict[str, Any] = {
-    "eval_fraction": 0.2,
+    # train / select / report split (docs/METHOD.md section 5): the value is reported on the
+    # eval_fraction rows, the checkpoint chosen on the select_fraction rows, the rest trains
+    "eval_fraction": 0.25,
+    "select_fraction": 0.1,
     "drop_constant": False,
     # InfoNCE: the estimate also counts as saturated when halving the candidate pool lowers
     # it by at least this much (the pool, not the data, is limiting it); see MIEstimate.pool_gain_bits
     "saturation_pool_gain": 0.3,
+    # bootstrap resamples of the sample ids (critic kept fixed; 0 switches it off) and their seed,
+    # shared by every cell of a run so that cells can be differenced replicate by replicate
+    "bootstrap": 200,
+    "bootstrap_seed": 0,
+    # validity rule (validity.py) and the one retry of a failed cell with safer settings
+    "gap_limit_bits": GAP_LIMIT_BITS,
+    "spread_limit_bits": SPREAD_LIMIT_BITS,
+    "retry": True,
     # CPU threads for this call (None: leave torch's setting).  On a busy 2-core machine two
     # OpenMP threads fighting other processes ran 5-10x slower than one thread.
     "threads": None,
@@ -42,6 +59,30 @@ def _as_float_tensor(a: np.ndarray):
     if a.dtype != np.float32 or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=np.float32)
     return torch.from_numpy(a)
+
+
+def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The retry of a failed cell: copula preprocessing, a linear critic, a third of the
+    learning rates and some weight decay (all of which shrink what a critic can memorise)."""
+    return {**settings, "preprocess": "copula", "hidden": 0, "layers": 0, "lr": settings["lr"] / 3,
+            "scale_lr": settings["scale_lr"] / 3, "weight_decay": max(settings["weight_decay"], 1e-2),
+            "retry": False}
+
+
+@dataclasses.dataclass
+class _SeedRuns:
+    """Per-seed results of one batched call: arrays are (P,) per seed, replicates (P, B)."""
+
+    bits: list = dataclasses.field(default_factory=list)
+    half: list = dataclasses.field(default_factory=list)
+    train: list = dataclasses.field(default_factory=list)
+    replicates: list = dataclasses.field(default_factory=list)
+    diverged: list = dataclasses.field(default_factory=list)
+    steps: list = dataclasses.field(default_factory=list)
+    n_cand: int = 0
+    n_tr: int = 0
+    n_sel: int = 0
+    n_ev: int = 0
 
 
 class NeuralEstimator(Estimator):
@@ -63,7 +104,8 @@ class NeuralEstimator(Estimator):
         t0 = self._clock()
         seeds = self._check_seeds(seeds)
         s = self.settings
-        xs, ys = validate_pairs(xs, ys, eval_fraction=s["eval_fraction"], drop_constant=s["drop_constant"], batched=True)
+        xs, ys = validate_pairs(xs, ys, eval_fraction=s["eval_fraction"], drop_constant=s["drop_constant"],
+                                batched=True, select_fraction=s["select_fraction"])
         cfg = self._config()
         dev = resolve_device(device)
         P, n = xs.shape[0], xs.shape[1]
@@ -72,75 +114,96 @@ class NeuralEstimator(Estimator):
         if s["threads"] and dev.type == "cpu":
             torch.set_num_threads(int(s["threads"]))
         try:
-            per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev = self._run_seeds(X, Y, n, seeds, cfg, dev)
+            runs = self._run_seeds(X, Y, n, seeds, cfg, dev)
         finally:
             torch.set_num_threads(prev_threads)
-        return self._aggregate(per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev, seeds, cfg, dev, P, t0)
+        out = self._aggregate(runs, seeds, cfg, dev, P, t0)
+        return self._retry_failed(xs, ys, out, seeds, device) if s["retry"] else out
 
-    def _run_seeds(self, X: Any, Y: Any, n: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any) -> tuple:
+    def _retry_failed(self, xs: np.ndarray, ys: np.ndarray, out: list[MIEstimate], seeds: tuple[int, ...],
+                      device: Any) -> list[MIEstimate]:
+        """Re-estimate the cells that failed the validity rule once, with safer settings; a cell
+        that fails again stays invalid with both reasons."""
+        failed = [p for p, e in enumerate(out) if not e.valid and not e.diverged]
+        if not failed:
+            return out
+        again = type(self)(**safer_settings(self.settings)).estimate_many(xs[failed], ys[failed], seeds, device)
+        for p, e in zip(failed, again):
+            first = out[p].invalid_reason
+            settings = {**e.settings, "retried_because": first}
+            reason = e.invalid_reason if e.valid else f"{first}; after a retry with safer settings: {e.invalid_reason}"
+            out[p] = dataclasses.replace(e, settings=settings, invalid_reason=None if e.valid else reason)
+        return out
+
+    def _run_seeds(self, X: Any, Y: Any, n: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any) -> _SeedRuns:
         import torch
 
         s = self.settings
-        per_seed, half_seed, div_seed, steps = [], [], [], []
-        n_cand = n_tr = n_ev = 0
+        boot = bootstrap_weights(n, int(s["bootstrap"]), int(s["bootstrap_seed"])) if s["bootstrap"] else None
+        runs = _SeedRuns()
         for seed in seeds:
-            tr, ev = split_indices(n, s["eval_fraction"], seed)
+            tr, sel, ev = split_three(n, s["eval_fraction"], s["select_fraction"], seed)
             torch.manual_seed(seed)  # nothing should draw from the global RNG, but be safe
-            res = train_batched(X, Y, tr, ev, cfg, seed, dev)
-            per_seed.append(res.nats * LOG2E)
-            half_seed.append(None if res.nats_half is None else res.nats_half * LOG2E)
-            div_seed.append(res.diverged)
-            steps.append(res.steps)
-            n_cand, n_tr, n_ev = res.n_candidates, len(tr), len(ev)
-        return per_seed, half_seed, div_seed, steps, n_cand, n_tr, n_ev
+            res = train_batched(X, Y, tr, sel, ev, cfg, seed, dev, boot_weights=boot)
+            runs.bits.append(res.nats * LOG2E)
+            runs.half.append(None if res.nats_half is None else res.nats_half * LOG2E)
+            runs.train.append(res.nats_train * LOG2E)
+            runs.replicates.append(None if res.nats_replicates is None else res.nats_replicates * LOG2E)
+            runs.diverged.append(res.diverged)
+            runs.steps.append(res.steps)
+            runs.n_cand, runs.n_tr, runs.n_sel, runs.n_ev = res.n_candidates, len(tr), len(sel), len(ev)
+        return runs
 
-    def _aggregate(self, per_seed: list, half_seed: list, div_seed: list, steps: list, n_cand: int, n_tr: int,
-                   n_ev: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any, P: int, t0: float) -> list[MIEstimate]:
+    def _aggregate(self, runs: _SeedRuns, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any, P: int,
+                   t0: float) -> list[MIEstimate]:
         s = self.settings
         elapsed = self._clock() - t0
-        ceiling = math.log2(n_cand)
+        ceiling = math.log2(runs.n_cand)
         settings = {
             **s,
             "bound": self.bound,
             "ema": cfg.ema,
             "device": str(dev),
             "precision": resolve_precision(cfg.precision, dev),
-            "n_candidates": n_cand,
-            "ceiling": f"log2(n_candidates) with negatives={cfg.negatives!r}",
-            "steps_run": steps,
+            "n_candidates": runs.n_cand,
+            "n_select": runs.n_sel,
+            "ceiling": f"log2(n_candidates): the report pool with negatives={cfg.negatives!r}",
+            "bootstrap_resamples": "report rows' sample ids, critic kept fixed",
+            "steps_run": runs.steps,
             "batch_pairs": P,
             "batch_seconds": elapsed,
         }
-        out = []
-        bits_mat = np.stack(per_seed, axis=1)  # (P, S)
-        div_mat = np.stack(div_seed, axis=1)
-        for p in range(P):
-            vals = tuple(float(v) for v in bits_mat[p])
-            diverged = bool(div_mat[p].any())
-            mean, lo, hi = seed_interval(vals) if not diverged else (math.nan,) * 3
-            gain = None
-            if half_seed[0] is not None and not diverged:
-                gain = float(np.mean([bits_mat[p, i] - half_seed[i][p] for i in range(len(seeds))]))
-            sat = is_saturated(mean, ceiling) or (gain is not None and gain >= s["saturation_pool_gain"])
-            out.append(
-                MIEstimate(
-                    bits=mean,
-                    ceiling_bits=ceiling,
-                    saturated=bool(sat),
-                    n_train=n_tr,
-                    n_eval=n_ev,
-                    method=self.name,
-                    seconds=elapsed / P,
-                    seeds=seeds,
-                    bits_per_seed=vals,
-                    ci_low=lo,
-                    ci_high=hi,
-                    settings=dict(settings),
-                    diverged=diverged,
-                    pool_gain_bits=gain,
-                )
-            )
-        return out
+        bits_mat = np.stack(runs.bits, axis=1)  # (P, S)
+        div_mat = np.stack(runs.diverged, axis=1)
+        train_mat = np.stack(runs.train, axis=1)
+        reps = None if runs.replicates[0] is None else np.mean(np.stack(runs.replicates), axis=0)  # (P, B)
+        return [self._one(p, bits_mat, div_mat, train_mat, reps, runs, seeds, ceiling, settings, elapsed / P)
+                for p in range(P)]
+
+    def _one(self, p: int, bits_mat: np.ndarray, div_mat: np.ndarray, train_mat: np.ndarray,
+             reps: np.ndarray | None, runs: _SeedRuns, seeds: tuple[int, ...], ceiling: float,
+             settings: dict[str, Any], seconds: float) -> MIEstimate:
+        s = self.settings
+        vals = tuple(float(v) for v in bits_mat[p])
+        diverged = bool(div_mat[p].any())
+        rep = None if reps is None or diverged else reps[p]
+        gain = None
+        if runs.half[0] is not None and not diverged:
+            gain = float(np.mean([bits_mat[p, i] - runs.half[i][p] for i in range(len(seeds))]))
+        train_bits = float(np.mean(train_mat[p])) if not diverged else math.nan
+        mean, lo, hi = estimate_interval(vals, rep, gain, train_bits - float(np.mean(vals))) if not diverged else (math.nan,) * 3
+        reason = invalid_reason(mean, vals, train_bits, gap_limit_bits=s["gap_limit_bits"],
+                                spread_limit_bits=s["spread_limit_bits"])
+        diagnostics = {"train_bits": train_bits, "gap_bits": train_bits - mean}
+        if rep is not None:
+            diagnostics["bootstrap_se_bits"] = float(np.std(rep, ddof=1))
+        return MIEstimate(
+            bits=mean, ceiling_bits=ceiling, saturated=is_saturated(mean, ceiling, gain, s["saturation_pool_gain"]),
+            n_train=runs.n_tr, n_eval=runs.n_ev, method=self.name, seconds=seconds, seeds=seeds,
+            bits_per_seed=vals, ci_low=lo, ci_high=hi, settings=dict(settings), diverged=diverged,
+            pool_gain_bits=gain, valid=reason is None, invalid_reason=reason, diagnostics=diagnostics,
+            replicate_bits=() if rep is None else tuple(float(v) for v in rep),
+        )
 
 
 class InfoNCE(NeuralEstimator):

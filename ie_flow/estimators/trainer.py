@@ -1,19 +1,31 @@
 """Batched training loop: P separable critics trained together, early-stopped per pair.
 
-Protocol (IE_SPEC section 5): standardise with train-split statistics, minibatch training on
-the train split, periodic evaluation of the bound on the held-out split, early stopping per
-pair on it (patience), then report the held-out bound of each pair's best checkpoint.
+Protocol (docs/METHOD.md section 5):
+- preprocessing fitted on the train rows: the copula transform (``preprocess="copula"``, the
+  default; see preprocess.py) or mean/std standardisation (``"none"``), computed once for the
+  whole stack, so each training step only gathers rows;
+- minibatch training on the train rows;
+- periodic evaluation of the bound on the SELECT rows (candidates: the select rows), early
+  stopping per pair on it (patience), keeping each pair's best checkpoint;
+- the reported value: that checkpoint's bound on the REPORT rows, which neither trained the
+  critic nor chose it (no winner's curse).
 
-Candidate pool of the reported value (setting ``negatives``):
-- ``"all"`` (default): each held-out x_r is scored against the y of EVERY sample (train and
-  held-out).  The train samples are independent draws from p(y) that are independent of the
-  held-out x_r, so this is still a valid InfoNCE lower bound, with ceiling log2(n) instead of
-  log2(n_eval).  It matters for discrete x (the LLM case: x is a token prefix): with K equally
-  likely values and C candidates the optimal critic reaches only ~log2(C / (1 + (C-1)/K)) because
-  same-value candidates cannot be told apart (K=256: 7.7 bits with C=1000, 7.93 with C=5000).
-  Early stopping uses the held-out-only pool, so the checkpoint is never chosen for how it
-  scores the training y's; the shuffle test guards against a critic that memorises them.
-- ``"heldout"``: candidates are the held-out samples only (ceiling log2(n_eval)).
+Candidate pool of the reported value (setting ``negatives``), which sets the ceiling:
+- ``"report"`` (default): the report rows only.  Every negative is a sample the critic never
+  trained on and never selected on, so the value is a strict InfoNCE lower bound; ceiling
+  log2(n_report).
+- ``"heldout"``: report + select rows (never trained on; the select rows only chose among
+  checkpoints); ceiling log2(n_report + n_select).
+- ``"all"``: every sample, training rows included (the protocol before the three-way split).
+  Training rows are not independent of the critic, so this is NOT a strict bound; kept for
+  comparison.  Ceiling log2(n).
+The pool matters for discrete x (the LLM case): with K equally likely values and C candidates the
+optimal critic reaches only ~log2(C / (1 + (C-1)/K)) because same-value candidates cannot be told
+apart.
+
+Also computed per pair: the bound with half the report pool (the pool-gain saturation test),
+the bound on as many TRAIN rows (the train/held-out gap of the validity check) and, when asked
+for, the bound on bootstrap resamples of the report rows (critic fixed).
 """
 from __future__ import annotations
 
@@ -28,6 +40,9 @@ import torch
 
 from . import bounds
 from .critics import Params, SeparableCritic
+from .preprocess import check_preprocess, copula_transform
+
+NEGATIVES = ("report", "heldout", "all")
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,8 @@ class TrainConfig:
     # bound anyway.  On SmolLM2's saturated positions the bound crept ~0.01 bit per 25 steps for
     # hundreds of steps (stage 2 of the demo: 525 steps instead of 300).  0 switches it off.
     stop_near_ceiling: float = 0.3
-    negatives: str = "all"  # all | heldout (see module docstring)
+    negatives: str = "report"  # report | heldout | all (see module docstring)
+    preprocess: str = "copula"  # copula | none (see preprocess.py)
     pool_check: bool = True  # InfoNCE: also evaluate with half the pool (saturation test)
     chunk_elems: int = 1 << 25  # memory cap (elements) of one evaluation chunk of pairs
     # auto | fp32 | bf16 (autocast of the matmuls).  auto = bf16 on CPUs with native bf16
@@ -68,8 +84,9 @@ class TrainConfig:
     def __post_init__(self) -> None:  # fail before any training, naming the setting
         if self.bound not in bounds.BOUNDS:
             raise ValueError(f"bound must be one of {bounds.BOUNDS}, got {self.bound!r}")
-        if self.negatives not in ("all", "heldout"):
-            raise ValueError(f"negatives must be 'all' or 'heldout', got {self.negatives!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+        check_preprocess(self.preprocess)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
@@ -85,8 +102,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    nats: np.ndarray  # (P,) reported held-out bound of the best checkpoint
+    nats: np.ndarray  # (P,) reported bound of the best checkpoint on the report rows
     nats_half: np.ndarray | None  # (P,) same with half the candidate pool (InfoNCE only)
+    nats_train: np.ndarray  # (P,) same checkpoint's bound on as many train rows (train/held-out gap)
+    nats_replicates: np.ndarray | None  # (P, B) reported bound on B bootstrap reweightings of the report rows
     diverged: np.ndarray  # (P,) bool
     best_step: np.ndarray  # (P,) int
     steps: int  # optimisation steps actually run
@@ -111,29 +130,44 @@ def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk: int) -> tuple[torch.
     return torch.cat(means), torch.cat(inv)
 
 
-class _Standardised:
-    """Rows of a (P, n, d) stack, standardised with train statistics on the fly (no full copy)."""
+def _standardise(t: torch.Tensor, idx: torch.Tensor, chunk: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """(x - mean) / std with train-row statistics, as a new tensor of ``out_dtype``."""
+    mean, inv = _train_stats(t, idx, chunk)
+    out = torch.empty(t.shape, dtype=out_dtype, device=t.device)
+    for s in range(0, t.shape[0], chunk):
+        blk = t[s : s + chunk].to(torch.float32)
+        out[s : s + chunk] = torch.addcmul(-mean[s : s + chunk] * inv[s : s + chunk], blk, inv[s : s + chunk])
+    return out
 
-    def __init__(self, t: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, device: torch.device):
-        self.t, self.inv, self.device = t, inv_std.to(device), device
-        self.shift = (-mean * inv_std).to(device)  # (x - m) / s == x * inv + shift: one fused pass
+
+class _Prepared:
+    """Rows of a (P, n, d) stack after preprocessing.  The preprocessing (copula transform or
+    standardisation, fitted on the train rows) is computed once, in the dtype the critic
+    consumes, so a training step is a plain gather: standardising every minibatch on the fly
+    cost one extra pass over P x B x d values per side and step."""
+
+    def __init__(self, t: torch.Tensor, train_idx: torch.Tensor, cfg: "TrainConfig", device: torch.device):
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        src = _resident(t, device)
+        idx = train_idx.to(src.device)
+        if cfg.preprocess == "copula":
+            prepared = copula_transform(src, idx, out_dtype=dtype, chunk_elems=cfg.chunk_elems >> 4)
+        else:
+            n_tr, d = idx.numel(), t.shape[2]
+            prepared = _standardise(src, idx, max(1, cfg.chunk_elems // max(1, n_tr * d)), dtype)
+        self.t, self.device = _resident(prepared, device), device
 
     def rows(self, idx: torch.Tensor, sl: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Standardised rows ``idx`` of the pairs ``sl`` (a slice, or a LongTensor of pair ids)."""
+        """Prepared rows ``idx`` of the pairs ``sl`` (a slice, or a LongTensor of pair ids)."""
         idx = idx.to(self.t.device)
         if isinstance(sl, torch.Tensor):  # gather (pairs, rows) at once: no copy of whole pairs
             pairs = sl.to(self.t.device)
             P, n, d = self.t.shape
-            if self.t.is_contiguous():  # one index_select on the flat (P*n, d) view: fastest gather
-                lin = (pairs[:, None] * n + idx[None, :]).reshape(-1)
-                blk = self.t.view(P * n, d).index_select(0, lin).view(pairs.numel(), idx.numel(), d)
-            else:
-                blk = self.t[pairs[:, None], idx[None, :]]
-            sl = sl.to(self.device)
+            lin = (pairs[:, None] * n + idx[None, :]).reshape(-1)  # one index_select on the flat view
+            blk = self.t.view(P * n, d).index_select(0, lin).view(pairs.numel(), idx.numel(), d)
         else:
             blk = self.t[sl].index_select(1, idx)
-        blk = blk.to(self.device, torch.float32, non_blocking=True)
-        return torch.addcmul(self.shift[sl], blk, self.inv[sl])
+        return blk.to(self.device, non_blocking=True)
 
 
 def _resident(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -172,22 +206,24 @@ def train_batched(
     xs: torch.Tensor,
     ys: torch.Tensor,
     train_idx: np.ndarray,
-    eval_idx: np.ndarray,
+    select_idx: np.ndarray,
+    report_idx: np.ndarray,
     cfg: TrainConfig,
     seed: int,
     device: torch.device,
+    boot_weights: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train P critics on (P, n, dx) / (P, n, dy) stacks and return per-pair held-out bounds."""
+    """Train P critics on (P, n, dx) / (P, n, dy) stacks on the train rows, early-stop each on
+    the select rows and return its bound on the report rows (see the module docstring).
+    ``boot_weights`` (B, n): weights of each sample id in B bootstrap resamples."""
     P, n, dx = xs.shape
     dy = ys.shape[2]
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     tr = torch.as_tensor(train_idx, dtype=torch.long)
-    ev = torch.as_tensor(eval_idx, dtype=torch.long)
+    ev = torch.as_tensor(select_idx, dtype=torch.long)  # early stopping runs on the select rows
     n_tr, n_ev = tr.numel(), ev.numel()
-    stat_chunk = max(1, cfg.chunk_elems // max(1, n_tr * max(dx, dy)))
-    xs, ys = _resident(xs, device), _resident(ys, device)
-    X = _Standardised(xs, *_train_stats(xs, tr, stat_chunk), device)
-    Y = _Standardised(ys, *_train_stats(ys, tr, stat_chunk), device)
+    X = _Prepared(xs, tr, cfg, device)
+    Y = _Prepared(ys, tr, cfg, device)
 
     critic = SeparableCritic(P, dx, dy, hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed, device=device)
     params = critic.parameters()
@@ -288,84 +324,117 @@ def train_batched(
             if not active.any():
                 break
 
-    # report: best checkpoint, evaluated with the configured candidate pool
-    if cfg.negatives == "all":
-        cand = torch.arange(n)
-        pos = ev
-    else:  # "heldout"
-        cand = ev
-        pos = torch.arange(n_ev)
-    keep = None
-    if cfg.bound == "infonce" and cfg.ema is None and cfg.pool_check:
-        g = torch.Generator().manual_seed(int(seed) + 991)
-        keep = torch.zeros(cand.numel(), dtype=torch.bool)
-        keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
-    out = _evaluate(critic, best, X, Y, ev, cand, pos, cfg, device, keep=keep)
-    if keep is not None:
-        nats, nats_half = out
-        nats_half = nats_half.double().numpy()
-    else:
-        nats, nats_half = out, None
-    nats = nats.double().numpy()
-    div = diverged.numpy() | ~np.isfinite(nats)
-    nats = np.where(div, np.nan, nats)
-    if nats_half is not None:
-        nats_half = np.where(div, np.nan, nats_half)
+    report = _final_evaluation(critic, best, X, Y, tr, torch.as_tensor(select_idx, dtype=torch.long),
+                               torch.as_tensor(report_idx, dtype=torch.long), cfg, seed, device, boot_weights)
+    div = diverged.numpy() | ~np.isfinite(report["nats"])
+
+    def masked(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.where(div.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
+
     return TrainResult(
-        nats=nats,
-        nats_half=nats_half,
+        nats=masked(report["nats"]),
+        nats_half=masked(report["half"]),
+        nats_train=masked(report["train"]),
+        nats_replicates=masked(report["replicates"]),
         diverged=div,
         best_step=best_step,
         steps=step,
-        n_candidates=int(cand.numel()),
-        n_candidates_half=None if keep is None else int(keep.sum()) + 1,
+        n_candidates=report["n_candidates"],
+        n_candidates_half=report["n_candidates_half"],
         history=history,
     )
+
+
+def _report_pool(cfg: TrainConfig, tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate rows of the reported bound and the column of each report row's own y."""
+    if cfg.negatives == "report":
+        return rep, torch.arange(rep.numel())
+    cand = torch.cat([rep, sel]) if cfg.negatives == "heldout" else torch.cat([rep, sel, tr])
+    return cand, torch.arange(rep.numel())  # report rows come first in the pool
+
+
+@torch.no_grad()
+def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared,
+                      tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor, cfg: TrainConfig, seed: int,
+                      device: torch.device, boot_weights: np.ndarray | None) -> dict[str, Any]:
+    """The best checkpoints' bound on the report rows (per-row terms, so the bootstrap
+    replicates come from the same scores), with half the pool, and on as many train rows."""
+    cand, pos = _report_pool(cfg, tr, sel, rep)
+    name = "dv" if cfg.ema is not None else cfg.bound
+    keep = None
+    if name == "infonce" and cfg.pool_check:
+        g = torch.Generator().manual_seed(int(seed) + 991)
+        keep = torch.zeros(cand.numel(), dtype=torch.bool)
+        keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
+    # weight rows: all ones (the value itself), then the bootstrap resamples (if any)
+    w = torch.ones(1, X.t.shape[1])
+    if boot_weights is not None:
+        w = torch.cat([w, torch.as_tensor(boot_weights, dtype=torch.float32)])
+    w_rows, w_cand = w.index_select(1, rep).to(device), w.index_select(1, cand).to(device)
+    values, half = [], []
+    for _, S in _score_chunks(critic, best, X, Y, rep, cand, cfg, device):
+        values.append(bounds.weighted_bound(name, S, pos.to(device), w_rows, w_cand, cfg.clip).double().cpu())
+        if keep is not None:
+            half.append(bounds.infonce_subpool(S, pos.to(device), keep.to(device)).cpu())
+    values_all = torch.cat(values).numpy()  # (P, 1 + B)
+    replicates = values_all[:, 1:] if boot_weights is not None else None
+    # the train/held-out gap: the same bound on a train subset as large as the report pool
+    g = torch.Generator().manual_seed(int(seed) + 4099)
+    tr_sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
+    train = _evaluate(critic, best, X, Y, tr_sub, tr_sub, torch.arange(tr_sub.numel()), cfg, device)
+    return {
+        "nats": values_all[:, 0],
+        "half": torch.cat(half).double().numpy() if keep is not None else None,
+        "train": train.double().numpy(),
+        "replicates": replicates,
+        "n_candidates": int(cand.numel()),
+        "n_candidates_half": None if keep is None else int(keep.sum()) + 1,
+    }
+
+
+def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepared, Y: _Prepared,
+                  rows: torch.Tensor, cand: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                  todo: torch.Tensor | None = None):
+    """Yield (pair selection, (p, R, C) float32 critic scores) chunk by chunk over the pairs
+    (all pairs, or the pair ids ``todo``), so the score tensor stays within ``chunk_elems``."""
+    P = X.t.shape[0]
+    R, C = rows.numel(), cand.numel()
+    d = max(X.t.shape[2], Y.t.shape[2])
+    chunk = max(1, cfg.chunk_elems // max(1, R * C, C * d))
+    n_todo = P if todo is None else todo.numel()
+    for s in range(0, n_todo, chunk):
+        sl: slice | torch.Tensor = slice(s, min(P, s + chunk)) if todo is None else todo[s : s + chunk].to(device)
+        with _autocast(device, cfg.precision):
+            fx = critic.side_q(state["x"], X.rows(rows, sl), cfg.layers, sl)
+            gy = critic.side_q(state["y"], Y.rows(cand, sl), cfg.layers, sl)
+            S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+        yield sl, S
 
 
 @torch.no_grad()
 def _evaluate(
     critic: SeparableCritic,
     state: dict[str, Params],
-    X: _Standardised,
-    Y: _Standardised,
+    X: _Prepared,
+    Y: _Prepared,
     rows: torch.Tensor,
     cand: torch.Tensor,
     pos: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
-    keep: torch.Tensor | None = None,
     pairs: torch.Tensor | None = None,
-) -> Any:
+) -> torch.Tensor:
     """Bound (nats, (P,)) of x[rows] against candidates y[cand]; ``pos[r]`` is the column of
-    row r's own y.  Chunked over pairs so the (P, R, C) score tensor stays within memory."""
+    row r's own y.  Only the pairs ``pairs`` when given (the others read NaN)."""
     P = X.t.shape[0]
-    R, C = rows.numel(), cand.numel()
-    d = max(X.t.shape[2], Y.t.shape[2])
-    chunk = max(1, cfg.chunk_elems // max(1, R * C, C * d))
-    pos_d = pos.to(device)
-    keep_d = None if keep is None else keep.to(device)
-    full, half = [], []
     subset = pairs is not None and pairs.numel() < P
-    todo = pairs if subset else None
-    n_todo = todo.numel() if subset else P
-    for s in range(0, n_todo, chunk):
-        sl: slice | torch.Tensor = todo[s : s + chunk].to(device) if subset else slice(s, min(P, s + chunk))
-        with _autocast(device, cfg.precision):
-            fx = critic.side_q(state["x"], X.rows(rows, sl), cfg.layers, sl)
-            gy = critic.side_q(state["y"], Y.rows(cand, sl), cfg.layers, sl)
-            S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-        if cfg.ema is not None:
-            full.append(bounds.dv(S, pos_d).cpu())
-        else:
-            full.append(bounds.bound(cfg.bound, S, pos_d, cfg.clip).cpu())
-        if keep_d is not None:
-            half.append(bounds.infonce_subpool(S, pos_d, keep_d).cpu())
-    if subset:  # pairs not evaluated (stopped) read as NaN; callers only look at evaluated ones
-        out = torch.full((P,), math.nan, dtype=torch.float32)
-        if n_todo:
-            out[todo] = torch.cat(full).float()
-        return out
-    if keep is not None:
-        return torch.cat(full), torch.cat(half)
-    return torch.cat(full)
+    pos_d = pos.to(device)
+    full = []
+    for _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, pairs if subset else None):
+        full.append((bounds.dv(S, pos_d) if cfg.ema is not None else bounds.bound(cfg.bound, S, pos_d, cfg.clip)).cpu())
+    if not subset:
+        return torch.cat(full)
+    out = torch.full((P,), math.nan, dtype=torch.float32)  # stopped pairs read as NaN
+    if full:
+        out[pairs] = torch.cat(full).float()
+    return out

@@ -46,7 +46,7 @@ def xy() -> tuple[np.ndarray, np.ndarray]:
         (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), "x contains non-finite values (1 NaN"),
         (lambda x, y: (x, np.where(np.arange(y.size).reshape(y.shape) == 3, np.inf, y)), "y contains non-finite values (0 NaN, 1 inf"),
         (lambda x, y: (x[:-1], y), "mismatched n"),
-        (lambda x, y: (x[:100], y[:100]), "too few samples for the train/held-out split: n=100, need at least 160"),
+        (lambda x, y: (x[:100], y[:100]), "too few samples for the train/held-out split: n=100, need at least 128"),
         (lambda x, y: (np.concatenate([x, np.ones((len(x), 1))], 1), y), "x has 1 constant column(s) (zero variance) at index 3"),
         (lambda x, y: (x, np.column_stack([np.zeros(len(y)), y])), "y has 1 constant column(s) (zero variance) at index 0"),
         (lambda x, y: (x[None], y), "x must be a 2-D array (n, d)"),
@@ -81,7 +81,7 @@ def test_unknown_estimator_suggests_close_match(xy) -> None:
         ESTIMATORS["mine_paper"]
     with pytest.raises(ValueError, match="unknown setting 'max_step'.*did you mean 'max_steps'"):
         estimate_mi(*xy, max_step=3)
-    with pytest.raises(ValueError, match="negatives must be 'all' or 'heldout'"):
+    with pytest.raises(ValueError, match=r"negatives must be one of \('report', 'heldout', 'all'\)"):
         estimate_mi(*xy, negatives="train")
 
 
@@ -118,13 +118,14 @@ def test_estimate_carries_its_metadata(xy) -> None:
     est = estimate_mi(*xy, seed=5, **FAST)
     assert isinstance(est, MIEstimate)
     assert est.method == "infonce" and est.seeds == (5,) and est.bits_per_seed == (est.bits,)
-    assert est.ci_low == est.bits == est.ci_high
-    assert est.n_train + est.n_eval == 400 and est.n_eval == 80
-    assert est.ceiling_bits == pytest.approx(math.log2(400))  # negatives="all": every sample is a candidate
-    assert est.settings["negatives"] == "all" and est.settings["n_candidates"] == 400
+    assert est.ci_low < est.bits < est.ci_high  # one seed: the bootstrap over sample ids
+    assert est.n_train + est.settings["n_select"] + est.n_eval == 400 and est.n_eval == 100
+    assert est.ceiling_bits == pytest.approx(math.log2(100))  # negatives="report": the report rows only
+    assert est.settings["negatives"] == "report" and est.settings["n_candidates"] == 100
+    assert est.valid and est.invalid_reason is None and len(est.replicate_bits) == 200
     assert est.seconds > 0 and not est.diverged
     d = est.to_dict()
-    assert d["bits"] == est.bits and d["seeds"] == [5]
+    assert d["bits"] == est.bits and d["seeds"] == [5] and len(d["replicate_bits"]) == 200
     with pytest.raises(Exception):
         est.bits = 1.0  # frozen
 
@@ -136,8 +137,9 @@ def test_several_seeds_give_mean_and_interval(xy) -> None:
 
 
 def test_heldout_negatives_ceiling(xy) -> None:
-    est = estimate_mi(*xy, negatives="heldout", **FAST)
-    assert est.ceiling_bits == pytest.approx(math.log2(est.n_eval))
+    est = estimate_mi(*xy, negatives="heldout", **FAST)  # report + select rows
+    assert est.ceiling_bits == pytest.approx(math.log2(est.n_eval + est.settings["n_select"]))
+    assert estimate_mi(*xy, negatives="all", **FAST).ceiling_bits == pytest.approx(math.log2(400))
 
 
 # ----------------------------------------------------------------------------- gaussian baseline
