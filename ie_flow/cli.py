@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ie_flow import IEFlowError, __version__, first_line
 from ie_flow.config import JobSpec
@@ -38,31 +39,32 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
     """With --json, everything printed while working (Ray worker output included) goes to stderr,
-    so stdout carries exactly one JSON object. Done at the file-descriptor level."""
+    so stdout carries exactly one JSON object, printed after the work. Done at the file-descriptor
+    level."""
     if not enabled:
-        yield sys.stdout
+        yield
         return
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        yield os.fdopen(os.dup(saved), "w")
+        yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
 
 
-def _print_outcome(outcome: Any, as_json: bool, out: Any, seconds: bool = True) -> None:
+def _print_outcome(outcome: Any, as_json: bool, seconds: bool = True) -> None:
     from ie_flow.report import LoadedResult, format_table, json_summary
 
     result = LoadedResult(outcome.record, outcome.table, outcome.emergence, outcome.results)
     if outcome.tracking_error:
         typer.echo(f"warning: {outcome.tracking_error}", err=True)
     if as_json:
-        typer.echo(json.dumps(json_summary(result)), file=out)
+        typer.echo(json.dumps(json_summary(result)))
         return
     typer.echo(format_table(result))
     if seconds:
@@ -88,9 +90,9 @@ def run(job: JobSpec, as_json: AsJson = False) -> None:
     """Run the whole job: extract activations, estimate MI, compute IE, log to MLflow."""
     from ie_flow.jobs import run_job
 
-    with _stdout_to_stderr(as_json) as out:
+    with _stdout_to_stderr(as_json):
         outcome = run_job(job)
-    _print_outcome(outcome, as_json, out)
+    _print_outcome(outcome, as_json)
 
 
 @app.command()
@@ -103,13 +105,12 @@ def extract(
     """Stage 1 alone: capture every block's input/output to Parquet; prints the manifest URI."""
     from ie_flow.jobs import extract_activations
 
-    with _stdout_to_stderr(as_json) as out:
+    with _stdout_to_stderr(as_json):
         res = extract_activations(job, force=force)
     m = res.manifest
     info = {"manifest": res.folder.manifest_uri, "reused": res.reused, "seconds": res.seconds,
             "samples": m.samples, "tokens": m.tokens, "corpus_digest": m.dataset.digest}
-    typer.echo(json.dumps(info) if as_json else f"manifest: {info['manifest']} ({res.seconds:.1f} s)",
-               file=out if as_json else None)
+    typer.echo(json.dumps(info) if as_json else f"manifest: {info['manifest']} ({res.seconds:.1f} s)")
 
 
 @app.command()
@@ -131,9 +132,9 @@ def estimate(
     job = build_job(workflow, {"estimator": estimator, "seeds": seeds, "storage": storage or root,
                                "s3_endpoint": s3_endpoint, "tracking_uri": tracking_uri, "experiment": experiment,
                                "ray_address": ray_address, "no_tracking": no_tracking})
-    with _stdout_to_stderr(as_json) as out:
+    with _stdout_to_stderr(as_json):
         outcome = estimate_job(job, folder)
-    _print_outcome(outcome, as_json, out, seconds=False)
+    _print_outcome(outcome, as_json, seconds=False)
 
 
 @app.command()
@@ -192,17 +193,38 @@ def compare(
     typer.echo(f"plot: {out}")
 
 
-@app.command()
+class _CorpusGroup(TyperGroup):
+    """`ie-flow corpus [WORKFLOW] [OPTIONS]` describes a corpus and `ie-flow corpus generate ...`
+    writes one. Click would read `generate` as the WORKFLOW argument, so a subcommand's name is
+    routed before the group's own arguments are parsed."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            super().parse_args(ctx, [])  # the group's own options keep their defaults
+            ctx._protected_args, ctx.args = args[:1], args[1:]  # what click's Group.parse_args sets
+            return ctx.args
+        return super().parse_args(ctx, args)
+
+
+corpus_app = typer.Typer(cls=_CorpusGroup, help="Describe a corpus; `generate` writes model-written text.")
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.callback(invoke_without_command=True)
 @job_command("corpus", "model", "shots", "tokens", "samples", "text_field", "seed", "s3_endpoint")
 def corpus(
     job: JobSpec,
+    ctx: typer.Context,
     preview: Annotated[int, typer.Option(help="Example windows to show.")] = 5,
     as_json: AsJson = False,
 ) -> None:
-    """Build a corpus with a model's tokenizer and describe it: size, digest, examples."""
+    """Build a corpus with a model's tokenizer and describe it: size, digest, prefix entropy, examples.
+    Built-in text corpora: python-docs, fortunes."""
     from ie_flow.corpora import build_corpus
     from ie_flow.models import load_tokenizer
 
+    if ctx.invoked_subcommand:
+        return
     tok = load_tokenizer(job.model.name, job.model.revision)
     info = build_corpus(job.corpus, tok, job.storage.endpoint_url).describe(tok, preview)
     if as_json:
@@ -213,6 +235,43 @@ def corpus(
     typer.echo(f"prefix entropy per position (bits): {info['prefix_entropy_bits']}")
     for ex in info.get("examples", []):
         typer.echo(f"  {ex!r}")
+
+
+def _gen(help: str, typ: Any = Optional[int]) -> Any:
+    return Annotated[typ, typer.Option(help=help)]
+
+
+@corpus_app.command("generate")
+def corpus_generate(
+    out: Annotated[str, typer.Option(help="JSONL file to write: local path or s3:// URI.")],
+    prompts: _gen("Human corpus the prompts come from: fortunes (default), python-docs or a "
+                  "text/JSONL/Parquet path.", Optional[str]) = None,
+    model: _gen("Model that writes (default smollm2-135m, SmolLM2-135M-Instruct).", Optional[str]) = None,
+    samples: _gen("Number of prompts (default 256).") = None,
+    seed: _gen("Seed of the prompt draw and of sampling.") = None,
+    task: _gen("continue (default): continue the opening sentence; answer: reply to it.", Optional[str]) = None,
+    batch_size: _gen("Prompts per generate call (and per completion record).") = None,
+    max_new_tokens: _gen("Tokens the model writes per prompt (default 64).") = None,
+    temperature: _gen("Sampling temperature (default 0.7).", Optional[float]) = None,
+    top_p: _gen("Nucleus sampling mass (default 0.9).", Optional[float]) = None,
+    text_field: _gen("Text field / column of a JSONL or Parquet prompt corpus.", Optional[str]) = None,
+    ray_address: RayAddressOpt = None,
+    executor: _gen("serial (default: in-process) or ray (the local runtime, or the --ray-address "
+                   "cluster).", Optional[str]) = None,
+    s3_endpoint: EndpointOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT (and unfinished batches) made with other settings.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Model-written text: the model continues (or answers) the opening sentences of human documents.
+    Each line holds the model's text and the human rest of the same document (field `human`).
+    In-process by default; on a Ray cluster with --ray-address. A rerun resumes an interrupted one."""
+    given = {k: v for k, v in locals().items() if v is not None and k not in
+             ("out", "ray_address", "executor", "s3_endpoint", "force", "as_json")}  # unset: the defaults
+    from ie_flow.corpora.generate import GenerationSettings, generate_corpus
+
+    with _stdout_to_stderr(as_json):
+        result = generate_corpus(GenerationSettings(**given), out, ray_address, force, s3_endpoint, executor)
+    typer.echo(json.dumps(result.summary()) if as_json else "\n".join(result.describe()))
 
 
 @app.command()
@@ -309,37 +368,41 @@ def _global(
     configure_logging(verbose)
 
 
-def main() -> None:
-    def stop_here(signum: int, frame: Any) -> None:
-        raise Stopped(signum)
-
-    signal.signal(signal.SIGTERM, stop_here)
+def run_cli(args: list[str] | None = None) -> int:
+    """Run one command in this process and return its exit code (tests call this directly)."""
     try:
-        result = app(standalone_mode=False)  # returns the code of typer.Exit / --help
-        code = result if isinstance(result, int) else 0
+        result = app(args=args, standalone_mode=False)  # returns the code of typer.Exit / --help
+        return result if isinstance(result, int) else 0
     except (Stopped, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         typer.echo(f"stopped ({signal.Signals(signum).name}): finished units are kept; run the same command "
                    "again to resume", err=True)
-        code = EXIT_STOPPED[signum]
+        return EXIT_STOPPED[signum]
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into exit codes
-        code = _error_code(e)
-    _exit(code)
+        return _error_code(e)
+
+
+def main() -> None:
+    def stop_here(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    # SIGTERM (Kubernetes, Slurm, `ray job stop`) stops like Ctrl-C: one line, a documented code,
+    # and no completion marker for a unit that did not finish
+    signal.signal(signal.SIGTERM, stop_here)
+    _exit(run_cli())
 
 
 def _error_code(e: Exception) -> int:
-    """User errors (ours, or click's usage errors) exit 2 with one line; anything else exits 1."""
-    import click
-
+    """User errors (ours, or the command line's usage errors) exit 2 with one line; anything else 1."""
     cause = getattr(e, "cause", None) or e  # a Ray task's error arrives wrapped
     if isinstance(cause, IEFlowError):
         typer.echo(f"error: {cause}", err=True)
         return 2
-    if isinstance(e, click.exceptions.Exit):
+    if isinstance(e, typer.Exit):
         return e.exit_code
-    if isinstance(e, click.ClickException):
+    if isinstance(e, typer.TyperException) and hasattr(e, "format_message"):  # usage errors
         typer.echo(f"error: {e.format_message()}", err=True)
-        return 2 if isinstance(e, click.UsageError) else e.exit_code
+        return int(getattr(e, "exit_code", 2))
     if os.environ.get("IE_FLOW_DEBUG"):
         raise e
     typer.echo(f"error: {type(cause).__name__}: {first_line(cause)}  (set IE_FLOW_DEBUG=1 for the traceback)", err=True)

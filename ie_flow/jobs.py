@@ -76,9 +76,10 @@ class ExtractPlan:
 
 def plan_extract(job: JobSpec) -> ExtractPlan:
     from ie_flow.corpora import build_corpus
-    from ie_flow.models import load_tokenizer, resolve_model
-    from ie_flow.stages.extract import kept_positions
+    from ie_flow.models import count_blocks, load_tokenizer, resolve_model
+    from ie_flow.stages.extract import boundaries_for_layers, kept_positions
 
+    executor_for(job).check()
     root = StorageRoot(job.storage.uri, job.storage.endpoint_url)
     root.storage.check_writable()
     source = resolve_model(job.model.name, job.model.revision)
@@ -88,6 +89,8 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     if problem:  # a text corpus can give fewer windows than asked for
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
+    if job.extract.layers is not None:
+        boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
     return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
 
 

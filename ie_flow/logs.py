@@ -20,4 +20,5 @@ def configure_logging(verbose: bool = False) -> None:
         # read by transformers and huggingface_hub when they start, here and in Ray workers
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow sets its loggers' level on import
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -22,7 +22,7 @@ def _eta(done: float, total: float, elapsed: float) -> str:
 class Progress:
     """`with Progress("stage 1 extract", total, "seq") as p: p.update(n)`. On a terminal it draws a
     tqdm bar; elsewhere it logs "desc: done/total unit (rate, ETA)" at most once a minute, plus
-    every call to `milestone`, and a last line at the end."""
+    every milestone, and a last line at the end."""
 
     def __init__(self, desc: str, total: float, unit: str, terminal: bool | None = None,
                  every_s: float = LINE_EVERY_S) -> None:
@@ -45,20 +45,14 @@ class Progress:
         elif exc[0] is None and self._reported < self.done:
             self._line()
 
-    def update(self, n: float = 1, note: str = "") -> None:
+    def update(self, n: float = 1, note: str = "", milestone: bool = False) -> None:
+        """Count `n` more done; a `milestone` (a layer group finished) gets a line of its own."""
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
             if note:
                 self._bar.set_postfix_str(note, refresh=False)
-        elif time.monotonic() - self._last_line >= self.every_s:
-            self._line(note)
-
-    def milestone(self, note: str) -> None:
-        """Something worth a line of its own (a layer group finished, a model loaded)."""
-        if self._bar is not None:
-            self._bar.set_postfix_str(note)
-        else:
+        elif milestone or time.monotonic() - self._last_line >= self.every_s:
             self._line(note)
 
     def _line(self, note: str = "") -> None:
@@ -66,5 +60,5 @@ class Progress:
         self._last_line = time.monotonic()
         elapsed = self._last_line - self._t0
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        log.info("%s: %g/%g %s (%.1f %s/s%s)%s", self.desc, self.done, self.total, self.unit, rate, self.unit,
+        log.info("%s: %g/%g %s (%.3g %s/s%s)%s", self.desc, self.done, self.total, self.unit, rate, self.unit,
                  _eta(self.done, self.total, elapsed), f": {note}" if note else "")

@@ -3,7 +3,6 @@ them: the per-layer table, the comparison of several runs, and the `--json` obje
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -134,11 +133,11 @@ def format_compare(results: list[LoadedResult]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(result: LoadedResult, out: Path) -> list[Path]:
+def write_plots(em: Any, label: str, out: Path) -> list[Path]:
+    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`."""
     from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
 
     out.mkdir(parents=True, exist_ok=True)
-    em = result.emergence
-    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {result.label}"),
-            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {result.label}"),
-            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {result.label}")]
+    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
+            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
+            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]

@@ -69,8 +69,9 @@ def job_params(job: dict[str, Any]) -> dict[str, str]:
 def find_run(client: Any, experiment_id: str, results_uri: str) -> Any | None:
     """The run that already holds these results (relogging updates it instead of duplicating)."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.results_uri = '{results_uri}'",
-                              max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+                              max_results=20, order_by=["attributes.start_time DESC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # not a per-seed child
+    return parents[0] if parents else None
 
 
 def open_run(job: Any, title: str, results_uri: str) -> str:
@@ -126,7 +127,8 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
             if input_ids is not None:
                 _log_dataset(record, input_ids)
             if len(em.seeds) > 1:
-                _log_seed_children(run_id, em, _result_tags(record))
+                child_tags = {k: v for k, v in _result_tags(record).items() if k != "results_uri"}
+                _log_seed_children(run_id, em, child_tags)
         _log_artifacts(record, table, em)
     return run_id
 
@@ -175,16 +177,13 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
     import mlflow
     import pyarrow.parquet as pq
 
-    from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
+    from ie_flow.report import write_plots
 
-    title = _title(record)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         table.to_pandas().to_csv(d / "mi.csv", index=False)
         pq.write_table(table, d / "mi.parquet")
-        plot_ie_per_layer(em, d / "ie_per_layer.png", f"IE per layer: {title}")
-        plot_mi_heatmap(em, d / "mi_heatmap.png", f"M_l(t): {title}")
-        plot_token_curves(em, d / "token_curves.png", f"E_l(t): {title}")
+        write_plots(em, _title(record), d)
         (d / "job.yaml").write_text(record.job_yaml)
         (d / "summary.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2, default=str))
         mlflow.log_artifacts(tmp)

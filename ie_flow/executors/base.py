@@ -73,6 +73,9 @@ class Executor:
         self.address = address  # the Ray cluster to join, for executors that use one
         self.stats: list[dict[str, Any]] = []  # per finished unit, its step's "_" statistics
 
+    def check(self) -> None:
+        """Fail now, with one clear line, if this executor cannot run anything (called before any work)."""
+
     def resources(self) -> Resources:
         """What the workers can use: this machine's cores and GPUs, for in-process executors."""
         import torch
@@ -93,9 +96,8 @@ class Executor:
                         # deterministic and a resumed job's equal an uninterrupted job's
                         self.stats.append({k: v for k, v in record.items() if k.startswith("_")})
                         completion.mark(unit, {k: v for k, v in record.items() if not k.startswith("_")})
-                    progress.update(sum(u.weight for u in group))
-                    if plan.units_per_call > 1:
-                        progress.milestone(f"{group[0].id}..{group[-1].id} done")
+                    progress.update(sum(u.weight for u in group), f"{group[0].id}..{group[-1].id} done",
+                                    milestone=plan.units_per_call > 1)
         return [completion.record(u) for u in units]
 
     def dispatch(self, step: Step, groups: list[list[WorkUnit]], plan: WorkerPlan

@@ -1,50 +1,34 @@
-"""CLI contract: fast help, the options users need, one clear line and exit 2 for bad input."""
+"""CLI contract, in-process: the options users need, one clear line and exit 2 for bad input,
+precedence of options over the environment over the workflow file over defaults."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import pytest
 
 from ie_flow.config import load_job
+from ie_flow.options import JOB_OPTIONS, build_job
 
-CLI = [sys.executable, "-m", "ie_flow.cli"]
-
-
-def ie_flow(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_help_is_instant_and_lists_commands():
-    best = min(_timed(["--help"]) for _ in range(3))
-    assert best < 1.0, f"ie-flow --help took {best:.2f} s"
-    out = ie_flow("--help").stdout
-    for cmd in ("run", "extract", "estimate", "report", "compare", "corpus", "models", "submit"):
+def test_help_lists_commands_and_version(ie_flow):
+    out = ie_flow("--help").out
+    for cmd in ("run", "extract", "estimate", "report", "compare", "corpus", "models", "submit", "status", "logs"):
         assert cmd in out
+    import ie_flow as pkg
+
+    assert ie_flow("--version").out.strip() == f"ie-flow {pkg.__version__}"
 
 
-def _timed(args: list[str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([*CLI, *args], capture_output=True, check=True)
-    return time.perf_counter() - t0
-
-
-def test_run_help_lists_user_options():
-    out = ie_flow("run", "--help").stdout
-    for opt in ("--model", "--corpus", "--samples", "--estimator", "--storage", "--tracking-uri",
-                "--ray-address", "--seed", "--shots", "--tokens", "--json"):
-        assert opt in out, opt
-
-
-def _one_clear_line(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+def test_run_and_submit_take_the_same_job_options(ie_flow):
+    run_help, submit_help = ie_flow("run", "--help").out, ie_flow("submit", "--help").out
+    for option in JOB_OPTIONS:
+        flag = "--" + option.replace("_", "-")
+        assert flag in run_help and flag in submit_help, flag
+    for env in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "IE_FLOW_STORAGE"):
+        assert env in run_help, env
 
 
 @pytest.mark.parametrize(
@@ -53,55 +37,79 @@ def _one_clear_line(proc: subprocess.CompletedProcess, needle: str) -> None:
         (["--model", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),
         (["--model", "./missing/folder"], "model path not found"),
         (["--samples", "50"], "need at least 160 samples"),
+        (["--samples", "abc"], "Invalid value for '--samples'"),
         (["--estimator", "infonse"], "did you mean 'infonce'"),
+        (["--executor", "serail"], "unknown executor 'serail'"),
         (["--corpus", "icl-colors"], "did you mean 'icl-colours'"),
         (["--shots", "9"], "corpus.shots"),
         (["--seeds", "a,b"], "--seeds must be integers"),
+        (["--positions", "9"], "positions must be in 0..7"),
+        (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, needle, tiny_llama, tmp_path):
+def test_bad_input_exits_2_with_one_line(args, needle, ie_flow, tiny_llama, tmp_path):
     model = [] if "--model" in args else ["--model", str(tiny_llama)]
-    proc = ie_flow("run", *model, *args, "--storage", str(tmp_path / "s"), "--no-tracking")
-    _one_clear_line(proc, needle)
+    result = ie_flow("run", *model, *args, "--storage", tmp_path / "s", "--no-tracking")
+    result.assert_one_error(needle)
+    assert not (tmp_path / "s" / "activations").exists()  # refused before any work
 
 
-def test_corpus_without_a_window_of_that_length(tiny_llama, tmp_path):
+def test_corpus_without_a_window_of_that_length(ie_flow, tiny_llama, tmp_path):
     corpus = tmp_path / "short.txt"
     corpus.write_text("the cat sat.\nthe mat.\n")
-    proc = ie_flow("run", "--model", str(tiny_llama), "--corpus", str(corpus), "--tokens", "6",
-                   "--storage", str(tmp_path / "s"), "--no-tracking")
-    _one_clear_line(proc, "no sentence")
+    ie_flow("run", "--model", tiny_llama, "--corpus", corpus, "--tokens", "6", "--storage", tmp_path / "s",
+            "--no-tracking").assert_one_error("no sentence")
     assert not (tmp_path / "s" / "activations").exists()
 
 
-def test_unwritable_storage(tiny_llama, tmp_path):
+def test_unwritable_storage(ie_flow, tiny_llama, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    proc = ie_flow("run", "--model", str(tiny_llama), "--storage", str(blocker / "sub"), "--no-tracking")
-    _one_clear_line(proc, "is not writable")
+    ie_flow("run", "--model", tiny_llama, "--storage", blocker / "sub", "--no-tracking").assert_one_error("is not writable")
 
 
-def test_bad_workflow_files(tmp_path):
+def test_bad_workflow_files(ie_flow, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    _one_clear_line(ie_flow("run", str(bad)), "not valid YAML")
+    ie_flow("run", bad).assert_one_error("not valid YAML")
     bad.write_text("modle:\n  name: x\n")
-    _one_clear_line(ie_flow("run", str(bad)), "modle")
-    _one_clear_line(ie_flow("run", str(tmp_path / "none.yaml")), "workflow file not found")
+    ie_flow("run", bad).assert_one_error("modle")
+    ie_flow("run", tmp_path / "none.yaml").assert_one_error("workflow file not found")
 
 
-def test_precedence_cli_over_yaml_over_defaults(tmp_path):
+def test_submit_refuses_places_only_this_machine_sees(ie_flow, tmp_path):
+    ie_flow("submit", "--storage", tmp_path / "data", "--tracking-uri", "http://mlflow:5000",
+            "--ray-address", "http://head:8265").assert_one_error("is a local folder, which other nodes cannot see")
+    ie_flow("submit", "--storage", "s3://bucket/x", "--tracking-uri", "sqlite:///mlflow.db",
+            "--ray-address", "http://head:8265").assert_one_error("lives on this machine only")
+
+
+def test_precedence_options_over_environment_over_file_over_defaults(tmp_path, monkeypatch):
     spec = tmp_path / "w.yaml"
-    spec.write_text("corpus:\n  samples: 1000\n  shots: 2\nestimate:\n  method: gaussian\n")
+    spec.write_text("corpus:\n  samples: 1000\n  shots: 2\nestimate:\n  method: gaussian\n"
+                    "tracking:\n  uri: sqlite:///file.db\n  experiment: from-file\n")
     job = load_job(spec, {"corpus.samples": 2000, "corpus.seed": None})
     assert job.corpus.samples == 2000 and job.corpus.shots == 2 and job.estimate.method == "gaussian"
     assert job.corpus.seed == 0 and job.model.name == "smollm2-135m"
+    # the CLI reads environment conventions into the same overrides: they beat the file ...
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    from typer.main import get_command
+
+    from ie_flow.cli import app
+
+    ctx = get_command(app).commands["run"].make_context("run", [str(spec)])
+    values = {k: v for k, v in ctx.params.items() if k in JOB_OPTIONS}
+    job = build_job(spec, values)
+    assert job.tracking.uri == "http://from-env:5000" and job.tracking.experiment == "from-file"
+    assert "http://from-env:5000" in job.to_yaml()  # ... and the logged job records them
+    # ... and an option beats the environment
+    ctx = get_command(app).commands["run"].make_context("run", [str(spec), "--tracking-uri", "sqlite:///cli.db"])
+    job = build_job(spec, {k: v for k, v in ctx.params.items() if k in JOB_OPTIONS})
+    assert job.tracking.uri == "sqlite:///cli.db"
 
 
 def test_shipped_workflows_are_valid():
-    from pathlib import Path
-
-    files = sorted((Path(__file__).parents[2] / "workflows").glob("*.yaml"))
+    files = sorted((REPO / "workflows").rglob("*.yaml"))
     assert files
     for f in files:
         first = f.read_text().splitlines()[0]

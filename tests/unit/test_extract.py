@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from ie_flow import IEFlowError
 from ie_flow.models import BlockCapture, load_model
-from ie_flow.stages.extract import capture_boundaries, extract_shard, kept_positions, table_vectors
-from ie_flow.storage import Storage, boundary_file, done_marker
+from ie_flow.stages.extract import capture_boundaries, extract_shard, kept_positions
+from ie_flow.storage import Storage
+from ie_flow.store import DatasetFolder, table_vectors
 
 
 def _ids(loaded, n=6, length=8, seed=0):
@@ -43,11 +46,13 @@ def test_shard_round_trip_through_storage(tiny_llama, tmp_path, storage_dtype):
     loaded = load_model(str(tiny_llama))
     ids = _ids(loaded, n=10)
     direct = capture_boundaries(loaded, ids, batch_size=4, boundaries=list(range(3)))
-    store = Storage(str(tmp_path))
-    marker = extract_shard(loaded, store, 0, 100, ids, 4, [0, 1, 2], storage_dtype, "in_context")
-    assert store.exists(done_marker(0)) and marker["sequences"] == 10
+    folder = DatasetFolder(Storage(str(tmp_path)))
+    record = extract_shard(loaded, folder, 0, 100, ids, 4, [0, 1, 2], storage_dtype, "in_context")
+    assert record["sequences"] == 10 and record["sample_ids"] == [100, 110]
     for b in range(3):
-        table = store.read_parquet(boundary_file(b, 0))
+        rel = folder.boundary_file(b, 0)
+        assert record["files"][rel]["sha256"] == hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
+        table = folder.storage.read_parquet(rel)
         assert table.column("sample_id").to_pylist()[:9] == [100] * 8 + [101]
         assert table.column("pos").to_pylist()[:9] == list(range(8)) + [0]
         got = table_vectors(table, 8)
@@ -81,8 +86,9 @@ def test_position_selection_stores_only_those_positions(tiny_llama, tmp_path):
     direct = capture_boundaries(loaded, ids, batch_size=5, boundaries=[1])[1]
     kept = kept_positions([3, 1], tokens=8)
     assert kept == [1, 3, 7]  # sorted, and the last position (the macro variable) always kept
-    extract_shard(loaded, Storage(str(tmp_path)), 0, 0, ids, 5, [1], "float32", "in_context", kept)
-    table = Storage(str(tmp_path)).read_parquet(boundary_file(1, 0))
+    folder = DatasetFolder(Storage(str(tmp_path)))
+    extract_shard(loaded, folder, 0, 0, ids, 5, [1], "float32", "in_context", kept)
+    table = folder.storage.read_parquet(folder.boundary_file(1, 0))
     assert table.num_rows == 5 * 3
     assert table.column("pos").to_pylist()[:4] == [1, 3, 7, 1]
     np.testing.assert_array_equal(table_vectors(table, 3), direct[:, [1, 3, 7]])

@@ -1,4 +1,4 @@
-"""IE_SPEC section 6 end to end: ICL names drawn uniformly from K through a deterministic model.
+"""docs/METHOD.md section 6 end to end: ICL names drawn uniformly from K through a deterministic model.
 Positions 0 and 1 carry exactly log2 K bits at every layer; estimates at their ceiling are flagged."""
 
 from __future__ import annotations
@@ -8,20 +8,20 @@ import math
 import pytest
 
 from ie_flow.config import load_job
-from ie_flow.pipeline import run_job
+from ie_flow.jobs import run_job
 
 
 @pytest.fixture(scope="module")
 def outcome(tiny_llama, tmp_path_factory):
     job = load_job(None, {
         "model.name": str(tiny_llama), "corpus.samples": 4096, "tracking.enabled": False,
-        "storage.uri": str(tmp_path_factory.mktemp("gt")),
+        "storage.uri": str(tmp_path_factory.mktemp("gt")), "runtime.executor": "serial",
     })
     return run_job(job)
 
 
 def test_first_name_and_its_comma_carry_log2_k(outcome):
-    k = outcome.record["manifest"]["dataset"]["settings"]["K"]
+    k = outcome.record.manifest["dataset"]["settings"]["K"]
     assert k == 16
     macro = {(r["layer"], r["position"]): r for r in outcome.table.to_pylist() if r["level"] == "macro"}
     for (layer, pos), r in macro.items():
@@ -29,7 +29,7 @@ def test_first_name_and_its_comma_carry_log2_k(outcome):
             assert abs(r["bits"] - math.log2(k)) < 0.2, r
             assert not r["saturated"]
     # block 0's input at a comma is the comma's embedding: a constant, so it carries 0 bits
-    # (IE_SPEC section 6's log2 K holds from layer 1 on, where the comma has seen its name)
+    # (docs/METHOD.md section 6's log2 K holds from layer 1 on, where the comma has seen its name)
     for pos in (1, 3, 5, 7):
         assert abs(macro[(0, pos)]["bits"]) < 0.05, macro[(0, pos)]
 
@@ -53,7 +53,7 @@ def test_saturation_flags_match_ceilings(outcome):
         assert r["bits"] <= r["ceiling_bits"] + 1e-6
         if r["bits"] >= r["ceiling_bits"] - 0.1:  # at the ceiling: must be flagged (a lower bound)
             assert r["saturated"], r
-    entropy = outcome.record["manifest"]["prefix_entropy_bits"]
+    entropy = outcome.record.manifest["prefix_entropy_bits"]
     # no estimate exceeds what the distinct prefixes allow (plus estimator noise)
     for r in rows:
         assert r["bits"] <= entropy[r["position"]] + 0.2, r

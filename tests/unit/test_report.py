@@ -1,0 +1,47 @@
+"""The printed tables: one row per layer with its figures, saturation marks, the comparison."""
+
+from __future__ import annotations
+
+from ie_flow.emergence import information_emergence
+from ie_flow.report import LoadedResult, format_compare, format_table, json_summary
+from ie_flow.store import ResultsRecord
+
+
+def _result(model: str, macro_last: float, saturated_at: float = 10.0) -> LoadedResult:
+    rows = []
+    for layer in (0, 1):
+        for pos, bits in enumerate((1.0, 2.0, macro_last + layer)):
+            for level in ("macro", "micro"):
+                rows.append({"layer": layer, "position": pos, "level": level, "method": "infonce", "seed": 0,
+                             "bits": bits, "ceiling_bits": 10.0, "saturated": bits >= saturated_at - 0.1,
+                             "n_train": 80, "n_eval": 20})
+    em = information_emergence(rows)
+    record = ResultsRecord(
+        job={"estimate": {"method": "infonce", "micro_reduce": "mean"}}, job_yaml="", manifest_uri="m",
+        manifest={"model": {"name": model, "key": model}, "dataset": {"id": "icl-x-12345678", "digest": "ab" * 32},
+                  "micro": "in_context", "prefix_entropy_bits": [4.0, 4.0, 7.86]},
+        results_uri="r/mi.parquet", seconds={}, summary=em.summary, layers=em.layer_rows())
+    return LoadedResult(record, rows, em, None)
+
+
+def test_format_table_rows_and_notes():
+    text = format_table(_result("m1", 9.95)).splitlines()
+    assert text[0].startswith("Information Emergence of m1 / icl-x-12345678")
+    # layer 0: IE = 9.95 - mean(1, 2, 9.95) = 9.95 - 4.317
+    assert text[2].split()[:4] == ["0", "9.950", "4.317", "5.633"] and text[2].endswith("macro, 1 micro")
+    assert text[3].split()[:4] == ["1", "10.950", "4.650", "6.300"]
+    assert "note: 2 layer(s) have estimates at their ceiling" in text[-2]
+    assert text[-1] == "prefix entropy per position (caps M_l(t)): 4.00 4.00 7.86"
+
+
+def test_format_compare_marks_saturated_layers():
+    text = format_compare([_result("m1", 3.0), _result("m2", 9.95)]).splitlines()
+    assert text[:2] == ["1: m1 / icl-x-12345678", "2: m2 / icl-x-12345678"]
+    assert text[3].split() == ["0", "1.000", "5.633*"]  # IE 3 - mean(1, 2, 3) = 1
+    assert text[-1].startswith("* layer with saturated estimates")
+
+
+def test_json_summary_follows_the_contract():
+    out = json_summary(_result("m1", 3.0))
+    assert out["model"] == "m1" and out["results"] == "r/mi.parquet" and out["corpus_digest"] == "ab" * 32
+    assert [l["layer"] for l in out["layers"]] == [0, 1] and abs(out["summary"]["ie_mean"] - (1 + 5 / 3) / 2) < 1e-9
