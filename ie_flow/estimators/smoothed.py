@@ -73,10 +73,18 @@ from .base import LOG2E, Estimator, MIEstimate, _check_finite, resolve_device
 # Headline: leave-one-out (see module docstring; measured in tests/unit/test_smoothed.py and
 # benchmarks/bench_smoothed.py --truth).
 HEADLINE_VARIANT = "loo"
-# Validity thresholds (bits); see the measurements quoted next to each.
-NULL_LIMIT_BITS = 0.1
+# Validity thresholds (bits): a cell is invalid when a figure exceeds max(LIMIT, FRACTION * value).
+# Measured (benchmarks/bench_smoothed.py --truth; linear Gaussian, n = 4000, queries = 4000):
+# the LOO error is about -(0.3..0.6) x the resub-LOO gap (d = 64, beta = 0.6: gap 43-51% of the
+# value, error -14..-27%; d = 16, beta = 0.6: gap 8-9%, error +5/-13% with 6% MC error), and the
+# null tracks it at about half the gap; on K = 32 separated points the null is 7% of the (exact)
+# value at beta = 0.2.  Real SmolLM2 cells at valid betas have |stability| <= 0.01 bit.  Floors of
+# 0.02 bit keep MC noise on near-zero values from flagging cells.
+NULL_LIMIT_BITS = 0.02
 NULL_FRACTION = 0.1
-STABILITY_LIMIT_BITS = 0.1
+GAP_LIMIT_BITS = 0.02
+GAP_FRACTION = 0.1
+STABILITY_LIMIT_BITS = 0.03
 STABILITY_FRACTION = 0.05
 # exp(logit - row max + OFFSET): kernels up to e^36 so that a product of two sides reaches
 # e^72 (< float32 max / 3e5 columns) and underflows only 159 nats below both maxima
@@ -89,6 +97,9 @@ UNIT_MAX = 2048  # columns per unit at most (a chunk holds at least one unit, wh
 # --------------------------------------------------------------------------- input preparation
 
 def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    bad = [b for b in betas if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0)]
+    if bad or not betas:
+        raise ValueError(f"beta must be a finite number > 0 (the noise scale relative to the data's RMS radius), got {bad or list(betas)}")
     xs, ys = np.asarray(xs), np.asarray(ys)
     for name, a in (("x", xs), ("y", ys)):
         if a.ndim != 3:
@@ -108,9 +119,6 @@ def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]
         raise ValueError(f"queries={m} exceeds the number of samples n={n}: lower queries to at most n")
     if m < 2:
         raise ValueError(f"queries must be at least 2, got {m}")
-    bad = [b for b in betas if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0)]
-    if bad or not betas:
-        raise ValueError(f"beta must be a finite number > 0 (the noise scale relative to the data's RMS radius), got {bad or list(betas)}")
     _check_finite(xs, "x")
     _check_finite(ys, "y")
     return xs, ys
@@ -157,16 +165,16 @@ def _side(a: np.ndarray, standardise: bool, device: Any) -> _Side:
 
     arr = a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
     t = torch.from_numpy(arr).to(device)
-    mean = t.mean(0, dtype=torch.float64)
-    var = (t - mean.float()).square().mean(0, dtype=torch.float64)
+    mean = t.mean(0)
+    var = (t - mean).square().mean(0).double()
+    constant = (t == t[0]).all(0)  # exactly constant columns (var may be a rounding error above 0)
     if standardise:
-        sd = var.sqrt()
-        scale = torch.where(sd > 0, 1.0 / sd.clamp_min(1e-300), torch.zeros_like(sd))
-        tr = float((sd > 0).sum())  # unit variance per kept coordinate
+        scale = torch.where(constant, 0.0, 1.0 / var.sqrt().clamp_min(1e-300))
+        tr = float((~constant).sum())  # unit variance per kept coordinate
     else:
         scale = torch.ones_like(var)
-        tr = float(var.sum())
-    return _Side(t, mean.float(), scale.float(), math.sqrt(max(tr, 0.0)))
+        tr = float(var.masked_fill(constant, 0.0).sum())
+    return _Side(t, mean, scale.float(), math.sqrt(max(tr, 0.0)))
 
 
 # --------------------------------------------------------------------------- layout and draws
@@ -193,6 +201,12 @@ class _Layout:
         return self.per_block * self.unit
 
 
+def layout_rng(n: int, bootstrap_seed: int) -> np.random.Generator:
+    """The generator of the blocks and of their bootstrap resamples: (n, bootstrap_seed) only, so
+    replicate b is the same resampled data set for every cell, call and estimator seed."""
+    return np.random.default_rng(np.random.SeedSequence([int(bootstrap_seed), int(n), 0xB10C]))
+
+
 def _layout(n: int, blocks: int, rng: np.random.Generator) -> _Layout:
     k = max(2, min(int(blocks), n // 4) // 2 * 2)
     groups = np.array_split(rng.permutation(n), k)
@@ -212,11 +226,33 @@ def _with_chunk(layout: _Layout, budget_cols: int) -> _Layout:
     return layout
 
 
+def _query_counts(m: int, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Queries per unit: as even as possible (stratified sampling), never exactly one (the null
+    rolls queries inside a unit, and a lone query would be paired with itself)."""
+    units = valid.size
+    counts = np.zeros(units, dtype=np.int64)
+    if m >= 2 * units:
+        counts[:] = m // units
+        counts[rng.permutation(units)[: m % units]] += 1
+    else:
+        chosen = rng.choice(units, size=m // 2, replace=False)
+        counts[chosen] = 2
+        counts[chosen[0]] += m % 2
+    counts = np.minimum(counts, valid)
+    for u in rng.permutation(np.flatnonzero(valid > counts)):  # m close to n: fill units with room
+        counts[u] += min(valid[u] - counts[u], m - counts.sum())
+    return counts
+
+
 @dataclass
 class _Draw:
-    """One seed's random choices: queries, null pairing, noise per side."""
+    """One seed's random choices.  Each unit lists its queries first, then its other samples,
+    then padding; the null pairing rolls each of those segments by one position."""
 
-    qpos: np.ndarray  # (m,) sorted column positions of the queries
+    pos_sample: np.ndarray  # (n_pad,) this seed's order of the samples inside each unit
+    qpos: np.ndarray  # (m,) column positions of the queries (sorted)
+    seg_start: np.ndarray  # first and last position of every (unit, queries / others) segment
+    seg_end: np.ndarray
     null_pos: np.ndarray  # (n_pad,) the null partner (Y side) of each column position
     null_row: np.ndarray  # (m,) query row whose Y the null pairs with query j's X
     noise: list  # per side: (m, d) float32 tensor
@@ -226,28 +262,25 @@ def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], device: Any) -
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5300]))
-    where = np.empty(layout.n, dtype=np.int64)
-    valid = np.flatnonzero(layout.pos_sample >= 0)
-    where[layout.pos_sample[valid]] = valid
-    qpos = np.sort(where[rng.choice(layout.n, size=m, replace=False)])
-    # null pairing: roll by one inside (unit, query / other / padding) segments, so the null's
-    # queries are queries and each column chunk maps onto itself
-    cls = np.where(layout.pos_sample < 0, 2, 1)
-    cls[qpos] = 0
-    label = (np.arange(layout.n_pad) // layout.unit) * 3 + cls
-    order = np.lexsort((np.arange(layout.n_pad), label))
-    lab = label[order]
-    start = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    seg_start = np.repeat(start, np.diff(np.r_[start, lab.size]))
-    is_end = np.r_[lab[1:] != lab[:-1], True]
-    nxt = np.where(is_end, order[seg_start], np.roll(order, -1))
-    null_pos = np.empty(layout.n_pad, dtype=np.int64)
-    null_pos[order] = nxt
-    qindex = np.full(layout.n_pad, -1, dtype=np.int64)
+    units = layout.pos_sample.reshape(-1, layout.unit)
+    valid = (units >= 0).sum(1)
+    counts = _query_counts(m, valid, rng)
+    key = np.where(units >= 0, rng.random(units.shape), 2.0)  # random order, padding last
+    pos = np.take_along_axis(units, np.argsort(key, axis=1), axis=1).reshape(-1)
+    first = np.arange(units.shape[0]) * layout.unit
+    qpos = np.concatenate([f + np.arange(c) for f, c in zip(first, counts)])
+    starts = np.concatenate([first, first + counts])
+    ends = np.concatenate([first + counts, first + valid]) - 1
+    keep = ends >= starts
+    starts, ends = starts[keep], ends[keep]
+    null_pos = np.arange(pos.size) + 1
+    null_pos[ends] = starts
+    null_pos[pos < 0] = np.flatnonzero(pos < 0)  # padding pairs with itself (masked anyway)
+    qindex = np.full(pos.size, -1, dtype=np.int64)
     qindex[qpos] = np.arange(m)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 0x5301)  # on CPU: same noise on any device
     noise = [torch.randn((m, s.data.shape[1]), generator=gen).to(device) for s in sides]
-    return _Draw(qpos, null_pos, qindex[null_pos[qpos]], noise)
+    return _Draw(pos, qpos, starts, ends, null_pos, qindex[null_pos[qpos]], noise)
 
 
 # --------------------------------------------------------------------------- kernel sums per column chunk
@@ -275,81 +308,112 @@ def _accumulate(acc: Any, unit_logs: Any, layout: _Layout, u0: int) -> None:
         acc[..., u0 // k] = torch.logaddexp(acc[..., u0 // k], unit_logs[..., 0])
 
 
-def _side_kernels(side: _Side, rows: Any, noise: Any, cols: Any, pad: Any, own: tuple, sigmas: list[float]) -> tuple:
-    """exp(logit - row max + OFFSET) of every query against a column chunk, for each β.
+@dataclass
+class _Chunk:
+    """One column chunk of one seed: which samples, which are padding, where the queries' own
+    columns and the null segments' ends are (positions local to the chunk)."""
+
+    u0: int
+    cols: Any  # (c,) sample ids (padding clamped to 0)
+    pad: Any  # (c,) bool
+    own_rows: Any  # queries whose own column is in this chunk ...
+    own_cols: Any  # ... and that column
+    seg_start: Any
+    seg_end: Any
+
+
+def _side_kernels(side: _Side, rows: Any, noise: Any, chunk: _Chunk, sigmas: list[float], out: Any) -> tuple:
+    """Fill ``out`` (betas, m, c) with exp(logit − row max + OFFSET) of every query against the
+    chunk's columns; return the row maxima and the queries' own logits (betas, …).
 
     Logit of query j, column i (terms constant in i dropped; they cancel between the densities):
-    (x_q·x_i − ||x_i||²/2)/σ² + z_j·x_i/σ.  The own column is masked; its logit is returned."""
+    (x_q·x_i − ||x_i||²/2)/σ² + z_j·x_i/σ.  The own column is masked (left out)."""
     import torch
 
     m = rows.shape[0]
-    chunk = (side.data.index_select(0, cols) - side.mean) * side.scale
-    gram = torch.cat([(rows - side.mean) * side.scale, noise]) @ chunk.T  # (2m, c)
-    half_sq = 0.5 * chunk.square().sum(1)
-    half_sq[pad] = math.inf  # padding columns: kernel 0
-    own_rows, own_cols = own
-    kernels, row_max, selfs = [], [], []
-    for sigma in sigmas:
-        logit = (gram[:m] - half_sq) * (1.0 / sigma**2) + gram[m:] * (1.0 / sigma)
-        selfs.append(logit[own_rows, own_cols].clone())
-        logit[own_rows, own_cols] = -math.inf
+    cols = (side.data.index_select(0, chunk.cols) - side.mean) * side.scale
+    gram = torch.cat([(rows - side.mean) * side.scale, noise]) @ cols.T  # (2m, c): X_q Xᵀ and Z Xᵀ
+    half_sq = 0.5 * cols.square().sum(1)
+    half_sq[chunk.pad] = math.inf  # padding columns: kernel 0
+    base = gram[:m] - half_sq
+    row_max, selfs = [], []
+    for b, sigma in enumerate(sigmas):
+        logit = torch.add(base, gram[m:], alpha=sigma).mul_(1.0 / sigma**2)
+        selfs.append(logit[chunk.own_rows, chunk.own_cols])
+        logit[chunk.own_rows, chunk.own_cols] = -math.inf
         rmax = logit.amax(1)
         rmax = torch.where(torch.isfinite(rmax), rmax, torch.zeros_like(rmax))
-        kernels.append(torch.exp(logit - (rmax[:, None] - _OFFSET)))
+        torch.exp(logit.sub_((rmax - _OFFSET)[:, None]), out=out[b])
         row_max.append(rmax)
-    return torch.stack(kernels), torch.stack(row_max), torch.stack(selfs)
+    return torch.stack(row_max), torch.stack(selfs)
 
 
-def _unit_logs(kernel: Any, shift: Any, unit: int) -> Any:
-    """log of the kernel sums per unit of columns, back on the logit scale, in float64."""
-    sums = kernel.reshape(*kernel.shape[:-1], kernel.shape[-1] // unit, unit).sum(-1)
+def _unit_logs(sums: Any, shift: Any) -> Any:
+    """log of per-unit kernel sums, back on the logit scale (float64)."""
     return sums.log().double() + shift.double()[..., None]
 
 
-def _cell_kernels(store: Any, row_max: Any, cells: Any, sx: Any, sy: Any, draw_t: tuple, unit: int) -> tuple:
-    """Per-unit log-sums of the joint and of the shuffled-pair joint for a batch of cells."""
-    null_row, null_cols = draw_t
-    ex, ey = store[sx[cells]], store[sy[cells]]  # (p, betas, m, c)
-    rx, ry = row_max[sx[cells]], row_max[sy[cells]]  # (p, betas, m)
-    joint = _unit_logs(ex * ey, rx + ry - 2 * _OFFSET, unit)
-    ey_null = ey[:, :, null_row][..., null_cols]
-    null = _unit_logs(ex * ey_null, rx + ry[:, :, null_row] - 2 * _OFFSET, unit)
-    return joint, null
+def _cell_unit_logs(ex: Any, ey: Any, rx: Any, ry: Any, null_row: Any, chunk: _Chunk, unit: int, buf: Any) -> tuple:
+    """Per-unit log-sums of one cell's joint kernels and of its shuffled-pair joint kernels.
 
-
-def _sums_for_seed(sides: list[_Side], sx: Any, sy: Any, layout: _Layout, draw: _Draw, betas: list[float],
-                   cell_batch: int, device: Any) -> _Sums:
+    Joint kernel = product of the two sides' kernels (their row shifts add).  The null pairs
+    query j's X with query null_row[j]'s Y and column i's X with column i+1's Y inside each
+    segment (the segment's end wraps to its start): a shifted product plus the wrap terms."""
     import torch
 
-    m, nb, P, S, K = draw.qpos.size, len(betas), sx.numel(), len(sides), layout.blocks
-    acc = lambda lead: torch.full((lead, nb, m, K), -math.inf, dtype=torch.float64, device=device)  # noqa: E731
-    sums = _Sums(acc(S), torch.zeros((S, nb, m), dtype=torch.float64, device=device), acc(P), acc(P))
-    pos = torch.as_tensor(layout.pos_sample, device=device)
-    qrows = torch.as_tensor(layout.pos_sample[draw.qpos], device=device)
-    qpos = torch.as_tensor(draw.qpos, device=device)
-    null_row = torch.as_tensor(draw.null_row, device=device)
+    nb, m, c = ex.shape
+    shape = (nb, m, c // unit, unit)
+    joint = torch.linalg.vecdot(ex.view(shape), ey.view(shape))
+    eyr = ey.index_select(1, null_row)
+    torch.mul(ex[..., :-1], eyr[..., 1:], out=buf[..., :-1])
+    buf[..., -1] = 0.0
+    buf[..., chunk.seg_end] = ex[..., chunk.seg_end] * eyr[..., chunk.seg_start]
+    null = buf.view(shape).sum(-1)
+    return _unit_logs(joint, rx + ry - 2 * _OFFSET), _unit_logs(null, rx + ry[:, null_row] - 2 * _OFFSET)
+
+
+def _chunks(layout: _Layout, draw: _Draw, device: Any):
+    """The column chunks of one seed (whole units), with their local bookkeeping."""
+    import torch
+
     width = layout.chunk_units * layout.unit
-    sigmas = [[b * s.radius if s.radius > 0 else 1.0 for b in betas] for s in sides]
     for u0 in range(0, layout.n_pad // layout.unit, layout.chunk_units):
         c0 = u0 * layout.unit
-        ids = pos[c0:c0 + width]
-        pad, cols = ids < 0, ids.clamp_min(0)
-        inside = (qpos >= c0) & (qpos < c0 + width)
-        own = (torch.nonzero(inside).flatten(), qpos[inside] - c0)
-        store = torch.empty((S, nb, m, ids.numel()), dtype=torch.float32, device=device)
+        ids = torch.as_tensor(draw.pos_sample[c0:c0 + width], device=device)
+        inside = np.flatnonzero((draw.qpos >= c0) & (draw.qpos < c0 + width))
+        segs = (draw.seg_start >= c0) & (draw.seg_start < c0 + width)
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        yield _Chunk(u0, ids.clamp_min(0), ids < 0, as_t(inside), as_t(draw.qpos[inside] - c0),
+                     as_t(draw.seg_start[segs] - c0), as_t(draw.seg_end[segs] - c0))
+
+
+def _sums_for_seed(sides: list[_Side], sx: np.ndarray, sy: np.ndarray, layout: _Layout, draw: _Draw,
+                   betas: list[float], device: Any) -> _Sums:
+    import torch
+
+    m, nb, P, S, K = draw.qpos.size, len(betas), sx.size, len(sides), layout.blocks
+    acc = lambda lead: torch.full((lead, nb, m, K), -math.inf, dtype=torch.float64, device=device)  # noqa: E731
+    sums = _Sums(acc(S), torch.zeros((S, nb, m), dtype=torch.float64, device=device), acc(P), acc(P))
+    qrows = torch.as_tensor(draw.pos_sample[draw.qpos], device=device)
+    null_row = torch.as_tensor(draw.null_row, device=device)
+    sigmas = [[b * s.radius if s.radius > 0 else 1.0 for b in betas] for s in sides]
+    for chunk in _chunks(layout, draw, device):
+        c = chunk.cols.numel()
+        store = torch.empty((S, nb, m, c), dtype=torch.float32, device=device)
         row_max = torch.empty((S, nb, m), dtype=torch.float32, device=device)
         for i, side in enumerate(sides):
             rows = side.data.index_select(0, qrows)
-            store[i], row_max[i], selfs = _side_kernels(side, rows, draw.noise[i], cols, pad, own, sigmas[i])
-            sums.self_logit[i][:, own[0]] = selfs.double()
-            _accumulate(sums.marg[i], _unit_logs(store[i], row_max[i] - _OFFSET, layout.unit), layout, u0)
-        null_cols = torch.as_tensor(draw.null_pos[c0:c0 + width] - c0, device=device)
-        for start in range(0, P, cell_batch):
-            cells = torch.arange(start, min(P, start + cell_batch), device=device)
-            joint, null = _cell_kernels(store, row_max, cells, sx, sy, (null_row, null_cols), layout.unit)
-            _accumulate(sums.joint[start:start + cells.numel()], joint, layout, u0)
-            _accumulate(sums.null[start:start + cells.numel()], null, layout, u0)
-        del store
+            row_max[i], selfs = _side_kernels(side, rows, draw.noise[i], chunk, sigmas[i], store[i])
+            sums.self_logit[i][:, chunk.own_rows] = selfs.double()
+            unit_sums = store[i].view(nb, m, c // layout.unit, layout.unit).sum(-1)
+            _accumulate(sums.marg[i], _unit_logs(unit_sums, row_max[i] - _OFFSET), layout, chunk.u0)
+        buf = torch.empty((nb, m, c), dtype=torch.float32, device=device)
+        for p in range(P):
+            joint, null = _cell_unit_logs(store[sx[p]], store[sy[p]], row_max[sx[p]], row_max[sy[p]], null_row,
+                                          chunk, layout.unit, buf)
+            _accumulate(sums.joint[p], joint, layout, chunk.u0)
+            _accumulate(sums.null[p], null, layout, chunk.u0)
+        del store, buf
     return sums
 
 
@@ -427,10 +491,13 @@ def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict
 
 # --------------------------------------------------------------------------- validity and results
 
-def validity(bits: float, null_bits: float, stability_bits: float, underflow: float) -> tuple[bool, str | None]:
+def validity(bits: float, null_bits: float, stability_bits: float, gap_bits: float, underflow: float) -> tuple[bool, str | None]:
     """The validity rule of the module docstring: (valid, reason)."""
     if not math.isfinite(bits) or underflow > 0:
         return False, f"joint kernel underflow in {underflow:.0%} of queries: beta too small"
+    gap_limit = max(GAP_LIMIT_BITS, GAP_FRACTION * bits)
+    if gap_bits > gap_limit:
+        return False, f"resub-LOO gap {gap_bits:.2f} bit > limit {gap_limit:.2f}: own samples carry the density, beta too small for n"
     null_limit = max(NULL_LIMIT_BITS, NULL_FRACTION * bits)
     if abs(null_bits) > null_limit:
         return False, f"null {null_bits:+.2f} bit, |null| > limit {null_limit:.2f}: beta too small for n"
@@ -499,9 +566,10 @@ class SmoothedMI(Estimator):
         "queries": 512,  # m query samples (m <= n)
         "standardise": False,  # per-coordinate unit variance on each side before smoothing
         "bootstrap": 200,  # block-bootstrap replicates for the 95% interval (0: none)
+        "bootstrap_seed": 0,  # blocks and resamples depend on (n, bootstrap_seed) only: shared by all cells
         "blocks": 64,  # bootstrap groups of samples (capped at n/4; even: the first half is n/2)
         "chunk": None,  # columns per chunk (None: from memory, 1 GiB on CPU, half the free GPU memory)
-        "cell_batch": 16,  # cells whose joint kernels are formed at once
+        "cell_batch": 16,  # cells whose figures (bootstrap) are computed at once
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
     }
 
@@ -555,8 +623,8 @@ class SmoothedMI(Estimator):
         m, n = int(s["queries"]), xs.shape[1]
         side_arrays, sx_np, sy_np = dedup_sides(xs, ys)
         sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
-        per_col = 4.0 * m * len(betas) * (len(sides) + 4 * int(s["cell_batch"]))  # store + cell temporaries
-        rng = np.random.default_rng(np.random.SeedSequence([seeds[0], 0xB10C]))
+        per_col = 4.0 * m * len(betas) * (len(sides) + 2)  # kernel store + one cell's temporaries
+        rng = layout_rng(n, int(s["bootstrap_seed"]))
         layout = _with_chunk(_layout(n, int(s["blocks"]), rng), _chunk_budget(s["chunk"], per_col, dev))
         weights = torch.as_tensor(
             rng.multinomial(layout.blocks, np.full(layout.blocks, 1.0 / layout.blocks), size=int(s["bootstrap"])),
@@ -566,7 +634,7 @@ class SmoothedMI(Estimator):
         per_seed = []
         for seed in seeds:
             draw = _draw(layout, m, seed, sides, dev)
-            sums = _sums_for_seed(sides, sx, sy, layout, draw, betas, int(s["cell_batch"]), dev)
+            sums = _sums_for_seed(sides, sx_np, sy_np, layout, draw, betas, dev)
             layout_t = _layout_tensors(layout, draw, weights, dev)
             null_row = torch.as_tensor(draw.null_row, device=dev)
             per_seed.append(_figures_for_seed(sums, sx, sy, layout_t, null_row, len(betas), int(s["cell_batch"])))
@@ -598,12 +666,14 @@ class SmoothedMI(Estimator):
                 diag.update(beta=beta, sigma_x=float(beta * radii[0, p]), sigma_y=float(beta * radii[1, p]), boot_ci_low=lo,
                             boot_ci_high=hi, half_n_bits=value - diag["stability_bits"], queries=float(s["queries"]),
                             blocks=float(layout.blocks))
-                valid, reason = validity(value, diag["null_bits"], diag["stability_bits"], diag["underflow_frac"])
+                valid, reason = validity(value, diag["null_bits"], diag["stability_bits"], diag["resub_loo_gap_bits"],
+                                         diag["underflow_frac"])
                 row.append(MIEstimate(
                     bits=value, ceiling_bits=math.log2(layout.n), saturated=value >= math.log2(layout.n) - 0.1,
                     n_train=layout.n, n_eval=int(s["queries"]), method=self.name, seconds=elapsed / (P * len(betas)),
                     seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
+                    replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),
                 ))
             out.append(row)
         return out

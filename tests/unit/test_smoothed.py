@@ -1,0 +1,224 @@
+"""Ground-truth tests of the smoothed (resolution-aware) estimator, docs/METHOD.md section 7:
+the Gaussian closed form, K separated points, coincident points, shuffled pairs, invariances,
+the batched grid against explicit distances, and bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ie_flow.estimators import ESTIMATORS, estimate_mi, estimate_mi_many
+from ie_flow.estimators.smoothed import SmoothedMI, _draw, _layout, _side, dedup_sides, direct_estimate, layout_rng
+from ie_flow.estimators.synthetic import (
+    correlated_gaussian,
+    discrete_injective,
+    linear_gaussian_smoothed,
+    shuffled,
+    smoothed_gaussian_bits,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def chain(n: int = 600, d: int = 5, layers: int = 3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A small layer chain (Y of cell l is X of cell l + 1) with one massive coordinate."""
+    r = np.random.default_rng(seed)
+    h = [r.standard_normal((n, d)).astype(np.float32) * np.array([1, 1, 1, 1, 20], dtype=np.float32)]
+    for _ in range(layers):
+        mix = r.standard_normal((d, d)).astype(np.float32) * 0.5
+        h.append(np.tanh(h[-1] @ mix) + 0.05 * r.standard_normal((n, d)).astype(np.float32))
+    return np.stack(h[:-1]), np.stack(h[1:])
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+def test_gaussian_closed_form_helper_matches_independent_pairs_formula() -> None:
+    # d pairs with correlation rho and no smoothing: I = -(d/2) log2(1 - rho^2)
+    d, rho = 3, 0.8
+    bits = smoothed_gaussian_bits(np.eye(d), np.eye(d), rho * np.eye(d), 0.0, 0.0)
+    assert bits == pytest.approx(-(d / 2) * math.log2(1 - rho**2), rel=1e-12)
+    # smoothing both sides by sigma: correlation rho / (1 + sigma^2)
+    s = 0.5
+    assert smoothed_gaussian_bits(np.eye(d), np.eye(d), rho * np.eye(d), s, s) == pytest.approx(
+        -(d / 2) * math.log2(1 - (rho / (1 + s**2)) ** 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("d, beta", [(4, 0.4), (16, 0.6)])
+def test_linear_gaussian_meets_closed_form_within_10_percent(d: int, beta: float) -> None:
+    x, y, truth = linear_gaussian_smoothed(d, beta, seed=0, n=4000)
+    est = estimate_mi(x, y, method="smoothed", beta=beta, queries=4000, bootstrap=50)
+    assert est.valid, est.invalid_reason
+    assert abs(est.bits - truth) <= 0.1 * truth, (est.bits, truth)
+    assert est.ci_low <= truth <= est.ci_high
+
+
+@pytest.mark.parametrize("beta", [0.4, 0.6])
+def test_linear_gaussian_d64_is_flagged_where_the_plug_in_cannot_resolve_it(beta: float) -> None:
+    # n = 4000: the LOO value is 27-77% low here (truth 0.35 / 0.078 bit) and the cell says so
+    x, y, truth = linear_gaussian_smoothed(64, beta, seed=0, n=4000)
+    est = estimate_mi(x, y, method="smoothed", beta=beta, queries=4000, bootstrap=0)
+    assert est.bits < 0.9 * truth
+    assert not est.valid and "gap" in est.invalid_reason
+    assert est.diagnostics["resub_loo_gap_bits"] > 0.4 * est.bits
+
+
+def test_k_separated_points_give_log2_k_at_small_beta() -> None:
+    x, y, truth = discrete_injective(32, seed=0, n=2048, d=16)
+    est = estimate_mi(x, y, method="smoothed", beta=0.05, queries=512, bootstrap=50)
+    assert truth == 5.0
+    assert abs(est.bits - 5.0) <= 0.1
+    assert abs(est.diagnostics["resub_bits"] - 5.0) <= 0.1  # every query has copies: LOO = resub
+    assert abs(est.diagnostics["resub_loo_gap_bits"]) < 0.05
+
+
+def test_coincident_points_give_zero() -> None:
+    r = np.random.default_rng(0)
+    x = np.full((500, 6), 3.25, dtype=np.float32)
+    y = r.standard_normal((500, 4)).astype(np.float32)
+    for a, b in ((x, y), (y, x), (x, x[:, :2])):
+        est = estimate_mi(a, b, method="smoothed", beta=0.3, queries=128)
+        assert abs(est.bits) <= 0.05 and est.valid
+        assert est.ci_low <= 0.0 <= est.ci_high
+
+
+def test_shuffled_pairs_give_zero() -> None:
+    x, y, _ = correlated_gaussian(4, 0.9, seed=0, n=4000)
+    xs, ys, _ = shuffled(x, y, seed=1)
+    est = estimate_mi(xs, ys, method="smoothed", beta=0.6, queries=1024, bootstrap=100)
+    # within 0.1 bit; not necessarily inside the interval: the LOO value has a small negative
+    # bias on independent pairs (-0.01 bit here) and the bootstrap interval covers variability only
+    assert abs(est.bits) <= 0.1
+    assert est.valid, est.invalid_reason
+
+
+def test_too_small_beta_on_continuous_data_is_flagged() -> None:
+    x, y, _ = correlated_gaussian(8, 0.5, seed=0, n=1000)
+    est = estimate_mi(x, y, method="smoothed", beta=0.1, queries=256, bootstrap=0)
+    assert not est.valid
+    assert est.diagnostics["resub_bits"] - est.diagnostics["loo_bits"] > 1.0
+
+
+# ----------------------------------------------------------------------------- invariances
+
+def test_default_mode_is_invariant_to_scaling_and_rotating_either_side() -> None:
+    r = np.random.default_rng(3)
+    x, y, _ = correlated_gaussian(6, 0.8, seed=2, n=1500)
+    q, _ = np.linalg.qr(r.standard_normal((6, 6)))
+    base = estimate_mi(x, y, method="smoothed", beta=0.5, queries=1500, bootstrap=0)
+    scaled = estimate_mi(x * 37.0 + 5.0, y * 1e-3, method="smoothed", beta=0.5, queries=1500, bootstrap=0)
+    # sigma scales with the data and the noise draw is the same: equal up to float32 rounding
+    assert scaled.bits == pytest.approx(base.bits, abs=1e-4)
+    rotated = estimate_mi(x @ q, y, method="smoothed", beta=0.5, queries=1500, bootstrap=0)
+    # a rotation changes which noise each query sees: equal within Monte-Carlo error
+    se = math.hypot(base.diagnostics["mc_se_bits"], rotated.diagnostics["mc_se_bits"])
+    assert abs(rotated.bits - base.bits) <= 3 * se
+
+
+def test_standardised_mode_is_labelled_and_invariant_to_per_coordinate_scales() -> None:
+    x, y, _ = correlated_gaussian(5, 0.8, seed=4, n=800)
+    gains = np.array([1.0, 100.0, 0.01, 3.0, 1e3])
+    a = estimate_mi(x, y, method="smoothed", beta=0.4, queries=256, standardise=True, bootstrap=0)
+    b = estimate_mi(x * gains, y, method="smoothed", beta=0.4, queries=256, standardise=True, bootstrap=0)
+    raw = estimate_mi(x * gains, y, method="smoothed", beta=0.4, queries=256, bootstrap=0)
+    assert a.settings["mode"] == "standardised" and raw.settings["mode"] == "raw"
+    assert b.bits == pytest.approx(a.bits, abs=1e-4)
+    assert raw.bits < 0.5 * a.bits  # raw: the 1e3 coordinate sets sigma and drowns the others
+
+
+# ----------------------------------------------------------------------------- the batched grid
+
+def explicit_reference(xs, ys, betas, seed, queries, blocks, standardise=False):
+    """Per cell and beta (resub, LOO) bits from explicit float64 distances with the same draws."""
+    rng = layout_rng(xs.shape[1], 0)
+    arrays, sx, sy = dedup_sides(xs, ys)
+    sides = [_side(a, standardise, "cpu") for a in arrays]
+    draw = _draw(_layout(xs.shape[1], blocks, rng), queries, seed, sides, "cpu")
+    ids = draw.pos_sample[draw.qpos]
+    return [[direct_estimate(xs[p], ys[p], b, ids, draw.noise[sx[p]].numpy(), draw.noise[sy[p]].numpy(), standardise)
+             for b in betas] for p in range(len(xs))], draw
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_grid_equals_explicit_distances_for_every_cell_and_beta(standardise: bool) -> None:
+    xs, ys = chain()
+    betas = [0.2, 0.5]
+    grid = SmoothedMI(queries=100, blocks=8, chunk=40, standardise=standardise, bootstrap=20).estimate_grid(
+        xs, ys, betas=betas, seeds=(3,))
+    ref, _ = explicit_reference(xs, ys, betas, 3, 100, 8, standardise)
+    for p in range(len(xs)):
+        for b in range(len(betas)):
+            resub, loo = ref[p][b]
+            assert grid[p][b].diagnostics["resub_bits"] == pytest.approx(resub, abs=1e-5)
+            assert grid[p][b].diagnostics["loo_bits"] == pytest.approx(loo, abs=1e-5)
+            assert grid[p][b].bits == grid[p][b].diagnostics["loo_bits"]  # LOO is the headline
+
+
+def test_null_equals_the_estimate_on_explicitly_shuffled_pairs() -> None:
+    x, y, _ = linear_gaussian_smoothed(3, 0.3, seed=0, n=500)
+    est = SmoothedMI(queries=120, blocks=8, beta=0.3).estimate_many(x[None], y[None], seeds=(5,))[0]
+    _, draw = explicit_reference(x[None], y[None], [0.3], 5, 120, 8)
+    pos = draw.pos_sample
+    valid = pos >= 0
+    y_null = y.copy()
+    y_null[pos[valid]] = y[pos[draw.null_pos[valid]]]
+    assert (draw.null_pos[valid] != np.flatnonzero(valid)).all()  # no sample keeps its partner
+    _, loo = direct_estimate(x, y_null, 0.3, pos[draw.qpos], draw.noise[0].numpy(), draw.noise[1].numpy()[draw.null_row])
+    assert est.diagnostics["null_bits"] == pytest.approx(loo, abs=1e-5)
+
+
+def test_grid_does_not_depend_on_chunking_and_shares_sides() -> None:
+    xs, ys = chain(layers=4)
+    whole = SmoothedMI(queries=64, blocks=8).estimate_grid(xs, ys, betas=[0.3, 0.6])
+    pieces = SmoothedMI(queries=64, blocks=8, chunk=7).estimate_grid(xs, ys, betas=[0.3, 0.6])
+    for a, b in zip(sum(whole, []), sum(pieces, [])):
+        # equal up to float32 rounding (each chunk shifts its kernels by its own row maxima)
+        assert a.bits == pytest.approx(b.bits, abs=1e-5)
+        assert (a.ci_low, a.ci_high) == pytest.approx((b.ci_low, b.ci_high), abs=1e-5)
+    sides, sx, sy = dedup_sides(xs, ys)
+    assert len(sides) == len(xs) + 1 and (sy[:-1] == sx[1:]).all()  # Y of layer l is X of layer l + 1
+    _, sx2, sy2 = dedup_sides(xs[:1], xs[:1])
+    assert sx2[0] != sy2[0]  # X == Y still gets independent noise on each side
+
+
+def test_estimate_carries_diagnostics_interval_and_seeds() -> None:
+    xs, ys = chain()
+    ests = estimate_mi_many(xs, ys, method="smoothed", seeds=(0, 1), beta=0.5, queries=100, bootstrap=50)
+    e = ests[0]
+    assert e.method == "smoothed" and e.seeds == (0, 1) and len(e.bits_per_seed) == 2
+    assert e.bits == pytest.approx(np.mean(e.bits_per_seed))
+    assert len(e.replicate_bits) == 50 and e.ci_low <= np.median(e.replicate_bits) <= e.ci_high
+    assert e.ci_low < e.bits < e.ci_high
+    assert (e.diagnostics["boot_ci_low"], e.diagnostics["boot_ci_high"]) == (e.ci_low, e.ci_high)
+    for key in ("resub_bits", "loo_bits", "resub_loo_gap_bits", "mc_se_bits", "null_bits", "half_n_bits",
+                "stability_bits", "beta", "sigma_x", "sigma_y"):
+        assert math.isfinite(e.diagnostics[key]), key
+    assert e.diagnostics["half_n_bits"] + e.diagnostics["stability_bits"] == pytest.approx(e.bits)
+    assert ESTIMATORS["smoothed"] is SmoothedMI
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"beta": 0.0}, "beta must be a finite number > 0"),
+        ({"beta": -0.3}, "beta must be a finite number > 0"),
+        ({"beta": float("nan")}, "beta must be a finite number > 0"),
+        ({"queries": 401}, "queries=401 exceeds the number of samples n=400"),
+        ({"betas": [0.3, 0.6]}, "call SmoothedMI.estimate_grid"),
+        ({"bets": 0.3}, "unknown setting 'bets' for estimator 'smoothed'; did you mean 'beta"),
+    ],
+)
+def test_bad_settings_raise_value_error(settings: dict, message: str) -> None:
+    x, y, _ = correlated_gaussian(3, 0.5, seed=0, n=400)
+    with pytest.raises(ValueError) as err:
+        estimate_mi(x, y, method="smoothed", **{"queries": 100, **settings})
+    assert message in str(err.value)
+
+
+def test_nan_input_raises_value_error() -> None:
+    x, y, _ = correlated_gaussian(3, 0.5, seed=0, n=400)
+    x[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"x contains non-finite values \(1 NaN"):
+        estimate_mi(x, y, method="smoothed", beta=0.4, queries=100)
