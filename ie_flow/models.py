@@ -273,7 +273,7 @@ def describe_model(name: str, revision: str | None = None) -> dict[str, Any]:
         "name": name, "resolves_to": loaded.source.describe(), "architecture": type(loaded.model).__name__,
         "blocks": loaded.num_blocks, "block_type": type(loaded.blocks[0]).__name__,
         "hidden_size": loaded.hidden_size, "fingerprint": loaded.fingerprint,
-        "bos_prepended": loaded.bos_token_id is not None, "aliases": sorted(GGUF_ALIASES),
+        "bos_prepended": loaded.bos_token_id is not None, "aliases": sorted(model_aliases()),
     }
 
 

@@ -6,10 +6,11 @@ settings, prompt digest; the text reader skips it); every other line is one prom
 {"id", "text": model-written, "human": the rest of the human document, "prompt"}. Windows cut
 with `--text-field text` and `--text-field human` then differ only in who wrote the text.
 
-Batches are appended in order, each followed by a completion record in OUT.progress (bytes
-written, batches done): a rerun truncates a half-written batch and resumes after the last
-complete one, so nothing is duplicated. Runs in-process by default; on a Ray cluster
-(--ray-address) batches go to a Ray Data actor pool like stage 1."""
+Each batch of prompts is one unit of work for an executor, like a stage 1 shard: its texts
+go into its completion record (OUT.parts/_done/batch-NNNNN) when it finishes, and the file is
+written from those records, in prompt order, once all are done. An interrupted run keeps its
+finished batches, so a rerun generates only the others and nothing is duplicated. In-process
+(serial executor) by default; on Ray workers with --executor ray or --ray-address."""
 
 from __future__ import annotations
 
@@ -201,6 +202,23 @@ class GenerationResult:
     def tokens_per_second(self) -> float:
         return self.new_tokens / max(self.seconds, 1e-9)
 
+    def summary(self) -> dict[str, Any]:
+        """What `ie-flow corpus generate --json` prints."""
+        return {"out": self.uri, "records": self.records, "batches_generated": self.batches_generated,
+                "new_tokens": self.new_tokens, "seconds": round(self.seconds, 2),
+                "tokens_per_second": round(self.tokens_per_second, 1),
+                "prompt_digest": self.metadata.get("prompt_digest"), "settings": self.metadata.get("settings")}
+
+    def describe(self) -> list[str]:
+        """The same for people, with the commands that cut the two sides into windows."""
+        if not self.batches_generated:
+            head = f"{self.uri}: complete already ({self.records} texts), nothing generated"
+        else:
+            head = (f"{self.uri}: {self.records} texts; this run generated {self.batches_generated} batches, "
+                    f"{self.new_tokens} tokens in {self.seconds:.1f} s ({self.tokens_per_second:.1f} tokens/s)")
+        return [head, f"model-written windows: ie-flow corpus --corpus {self.uri}",
+                f"human-written windows: ie-flow corpus --corpus {self.uri} --text-field human"]
+
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -235,9 +253,11 @@ def _check_reuse(folder: Any, name: str, parts: Any, meta: dict[str, Any], force
 
 
 def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | None = None,
-                    force: bool = False, endpoint_url: str | None = None) -> GenerationResult:
+                    force: bool = False, endpoint_url: str | None = None,
+                    executor: str | None = None) -> GenerationResult:
     """Generate model-written text for `settings` into the JSONL file `out` (local or s3://).
-    Batches finished by an interrupted run are kept (OUT.parts/), so a rerun resumes."""
+    Batches finished by an interrupted run are kept (OUT.parts/), so a rerun resumes. Runs
+    in-process (`serial`) unless a Ray cluster is named or `executor` is "ray"."""
     from ie_flow.executors import Completion, WorkUnit, get_executor
     from ie_flow.executors.resources import plan_model_workers
     from ie_flow.storage import Storage
@@ -255,19 +275,19 @@ def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | N
     size = settings.batch_size
     units = [WorkUnit(f"batch-{b:05d}", {"batch": b}, weight=len(prompts[s : s + size]))
              for b, s in enumerate(range(0, len(prompts), size))]
-    executor = get_executor("ray" if ray_address else "serial", address=ray_address)
-    plan = plan_model_workers(executor.resources())
-    if not ray_address:
+    runner = get_executor(executor or ("ray" if ray_address else "serial"), address=ray_address)
+    plan = plan_model_workers(runner.resources())
+    if runner.name == "serial":
         import torch
 
         # in-process: keep this process's torch threads (OMP_NUM_THREADS, a test's single thread)
         plan = dataclasses.replace(plan, threads=torch.get_num_threads())
     step = GenerateText(asdict(settings), [p.text for p in prompts])
-    records = executor.run(step, units, Completion(parts), plan)
+    records = runner.run(step, units, Completion(parts), plan)
     texts = [t for r in records for t in r["texts"]]
     lines = [json.dumps({GENERATION_META_KEY: meta})]
     lines += [json.dumps({"id": p.id, "text": t, "human": p.human, "prompt": p.text}) for p, t in zip(prompts, texts)]
     folder.write_bytes(name, ("\n".join(lines) + "\n").encode())
     parts.remove("")  # the file is complete: its batches are no longer needed
-    return GenerationResult(folder.url(name), len(texts), len(executor.stats),
-                            sum(s.get("_tokens", 0) for s in executor.stats), time.perf_counter() - t0, meta)
+    return GenerationResult(folder.url(name), len(texts), len(runner.stats),
+                            sum(s.get("_tokens", 0) for s in runner.stats), time.perf_counter() - t0, meta)

@@ -3,6 +3,7 @@ windows like any text file, with stable digests; clear errors for missing data a
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -183,3 +184,17 @@ def test_the_installed_fortunes():
 def test_unknown_corpus_names(name, hint):
     with pytest.raises(IEFlowError, match=re.escape(hint)):
         build_corpus(CorpusSpec(name=name), word_tokenizer(["a"]))
+
+
+def test_cli_describes_a_builtin_corpus(ie_flow, tiny_llama):
+    from transformers import AutoTokenizer
+
+    res = ie_flow("corpus", "--corpus", "python-docs", "--model", tiny_llama, "--tokens", 3, "--samples", 200,
+                  "--preview", 2, "--json")
+    assert res.code == 0, res.err
+    info = json.loads(res.out)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    expected = build_corpus(CorpusSpec(name="python-docs", tokens=3, samples=200), tok)
+    assert info["digest"] == expected.digest and info["name"] == "python-docs-3tok" and len(info["examples"]) == 2
+    res = ie_flow("corpus", "--corpus", "python-doc", "--model", tiny_llama)
+    assert res.code == 2 and res.error_lines == [res.error_lines[0]] and "did you mean 'python-docs'" in res.err

@@ -29,8 +29,8 @@ def fake_packages(tmp_path, monkeypatch):
         (pkg / "data" / f"fake.gguf.part{i:02d}").write_bytes(data)
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
-    spec = SplitGGUF("fake.gguf", SHA, tuple((f"fakegguf_part{i + 1}", f"data/fake.gguf.part{i:02d}") for i in range(3)),
-                     ("fakegguf", "fakegguf-part1", "fakegguf-part2", "fakegguf-part3"))
+    chunks = tuple((f"fakegguf_part{i + 1}", f"data/fake.gguf.part{i:02d}") for i in range(3))
+    spec = SplitGGUF("fake.gguf", SHA, chunks, ("fakegguf", "fakegguf-part1", "fakegguf-part2", "fakegguf-part3"))
     monkeypatch.setitem(SPLIT_GGUF_ALIASES, "fake-split", spec)
     monkeypatch.setenv("IE_FLOW_CACHE", str(tmp_path / "cache"))
     return spec

@@ -136,3 +136,32 @@ def test_bad_prompt_corpora_say_what_is_wrong(settings, change, message):
 def test_bad_settings(change, message):
     with pytest.raises(IEFlowError, match=message):
         GenerationSettings(**change)
+
+
+def test_cli_generate_then_describe_both_sides(ie_flow, settings, tmp_path, one_torch_thread):
+    out = tmp_path / "gen.jsonl"
+    common = ["--prompts", settings.prompts, "--text-field", "body", "--model", settings.model]
+    res = ie_flow("corpus", "generate", "--out", out, *common, "--samples", 3, "--batch-size", 2,
+                  "--max-new-tokens", 4, "--json")
+    assert res.code == 0, res.err
+    summary = json.loads(res.out)
+    assert summary["records"] == 3 and summary["batches_generated"] == 2 and summary["new_tokens"] == 12
+    assert summary["settings"]["samples"] == 3 and summary["settings"]["temperature"] == 0.7  # the default
+    assert len(_lines(out)) == 4
+    for field in ("text", "human"):  # the same windowing over the model's and the human side
+        res = ie_flow("corpus", "--corpus", out, "--text-field", field, "--model", settings.model, "--tokens", 2,
+                      "--samples", 200, "--json")
+        assert res.code == 0, res.err
+        info = json.loads(res.out)
+        assert info["settings"]["text_field"] == field and info["samples"] >= 3
+
+
+@pytest.mark.parametrize("args, needle", [(["--prompts", "fortune"], "did you mean 'fortunes'"),
+                                          (["--samples", "50"], "50 prompts were asked for"),
+                                          (["--task", "chat"], "unknown task 'chat'")])
+def test_cli_generate_bad_input_is_one_line_exit_2(ie_flow, settings, tmp_path, args, needle):
+    base = {"--prompts": settings.prompts, "--text-field": "body", "--model": settings.model}
+    base.update(dict(zip(args[::2], args[1::2])))
+    res = ie_flow("corpus", "generate", "--out", tmp_path / "x.jsonl", *[a for kv in base.items() for a in kv])
+    assert res.code == 2 and len(res.error_lines) == 1 and needle in res.error_lines[0], res.err
+    assert not (tmp_path / "x.jsonl").exists()
