@@ -12,7 +12,10 @@ batched model (one set of batched matmuls per step), on CPU or CUDA.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import pkgutil
+from pathlib import Path
 from collections.abc import Iterator, Mapping
 from typing import Any, Sequence
 
@@ -75,18 +78,19 @@ class EstimatorRegistry(Mapping):
         return len(self._paths)
 
 
-ESTIMATORS = EstimatorRegistry(
-    {
-        "infonce": ".neural:InfoNCE",
-        "dv": ".neural:DonskerVaradhan",
-        "mine": ".neural:MINE",
-        "smile": ".neural:SMILE",
-        "nwj": ".neural:NWJ",
-        "gaussian": ".gaussian:GaussianMI",
-        "smoothed": ".smoothed:SmoothedMI",
-        "mine-paper": ".mine_paper:MinePaper",
-    }
-)
+def _discover() -> dict[str, str]:
+    """name -> ".module:Class" from each module's literal `REGISTRY = {"name": "Class"}`, read with
+    `ast` so that looking up a name imports nothing heavy: adding an estimator is one new module."""
+    found: dict[str, str] = {}
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        tree = ast.parse((Path(__file__).parent / f"{module.name}.py").read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "REGISTRY":
+                found.update({name: f".{module.name}:{cls}" for name, cls in ast.literal_eval(node.value).items()})
+    return found
+
+
+ESTIMATORS = EstimatorRegistry(_discover())
 
 
 def get_estimator(method: str = DEFAULT_METHOD, **settings: Any) -> Estimator:

@@ -22,6 +22,9 @@ import numpy as np
 
 from .base import LOG2E, Estimator, MIEstimate, validate_pairs
 
+# registry names of this module's estimators (read by estimators/__init__.py without importing it)
+REGISTRY = {"gaussian": "GaussianMI"}
+
 
 def _logdet_bias(d: int, n: int) -> float:
     """E[log det S_hat] - log det S for a d-dim Gaussian sample covariance with n samples."""

@@ -21,6 +21,9 @@ import numpy as np
 
 from .base import LOG2E, Estimator, MIEstimate, validate_pairs
 
+# registry names of this module's estimators (read by estimators/__init__.py without importing it)
+REGISTRY = {"mine-paper": "MinePaper"}
+
 WIDTHS = (768, 384, 192, 96, 48, 24, 12, 6, 3, 1)
 
 

@@ -27,6 +27,9 @@ from .base import (
 from .trainer import TrainConfig, resolve_precision, train_batched
 from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
 
+# registry names of this module's estimators (read by estimators/__init__.py without importing it)
+REGISTRY = {"infonce": "InfoNCE", "dv": "DonskerVaradhan", "mine": "MINE", "smile": "SMILE", "nwj": "NWJ"}
+
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"bound", "ema"}
 _COMMON: dict[str, Any] = {
     # train / select / report split (docs/METHOD.md section 5): the value is reported on the

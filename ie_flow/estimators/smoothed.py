@@ -1,63 +1,82 @@
 """Resolution-aware MI (docs/METHOD.md section 7): ``M^β = I(X + σx Z1 ; Y + σy Z2)``.
 
 σ = β · sqrt(tr Cov) of that side (its RMS radius about the mean), Z1, Z2 independent standard
-normals.  Invariant to scaling and rotating either side; falls as β grows; between 0 and the
-entropy of the (distinct) samples.  Option ``standardise`` first scales every coordinate of
-each side to unit variance (so a few massive activation dimensions do not set σ alone); it
-is labelled in ``settings["mode"]`` ("standardised" vs "raw").
+normals.  Invariant to scaling, shifting and rotating either side; falls as β grows; between 0
+and the entropy of the (distinct) samples.  Option ``standardise`` first scales every coordinate
+of each side to unit variance (so a few massive activation dimensions do not set σ alone; exactly
+constant coordinates are dropped); it is labelled in ``settings["mode"]`` ("standardised" / "raw").
+A side that is constant gives exactly 0.
 
 Public entry point (the one stage 2 calls for all (layer, position) cells of a layer group)::
 
     SmoothedMI(queries=512, bootstrap=200, standardise=False).estimate_grid(
         xs,            # (P, n, dx) array: the X side of every cell
         ys,            # (P, n, dy) array: the Y side of every cell
-        betas=(0.3, 0.4, 0.6),   # None -> the ``betas`` setting, else [``beta``]
-        seeds=(0,),
+        betas=None,    # None -> the ``betas`` setting, else DEFAULT_BETAS = (0.4, 0.6, 0.8)
+        seeds=(0,),    # several: mean over seeds (see "Interval")
         device=None,   # "cpu" / "cuda" / None (CUDA when available)
     ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
 
-``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.4)`` are the one-β case.
+``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case.
+Bad input (beta <= 0, queries > n, NaN/inf, mismatched shapes) raises ValueError.
 
-Plug-in estimator (the empirical distribution smoothed by Gaussian kernels):
-draw m query samples (setting ``queries``; m > n is an error), set x̃ = x_q + σx z, ỹ = y_q + σy z',
-and average over queries ``log p(x̃,ỹ) − log p(x̃) − log p(ỹ)``, each density the mean of the
-Gaussian kernels of all n samples (the kernels' normalising constants cancel).  Two variants:
+Plug-in estimator (the empirical distribution smoothed by Gaussian kernels): draw m query samples
+(setting ``queries``, stratified over column units), set x̃ = x_q + σx z, ỹ = y_q + σy z', and
+average over queries ``log p(x̃,ỹ) − log p(x̃) − log p(ỹ)``, each density the mean of the Gaussian
+kernels of the n samples (normalising constants cancel), nats -> bits.  Two variants:
 - resubstitution (``resub_bits``): all n samples; exact in expectation for the *empirical*
-  distribution, so it tends to log2 n when β is too small for n (every query finds itself);
-- leave-one-out (``loo_bits``): the query's own sample is dropped from all three densities:
-  an estimate of the *population* quantity.  This is the headline ``bits`` (HEADLINE_VARIANT):
-  on Gaussian ground truth it was the closer one, and on discrete data (the LLM case, every
-  value repeated) the two agree; see the measurements in HEADLINE_VARIANT's comment.
+  distribution, so it climbs towards log2 n when β is too small for n (each query finds itself);
+- leave-one-out (``loo_bits``): the query's own sample dropped from all three densities.  LOO is
+  the headline ``bits``: on the Gaussian closed form (n = 4000) resub was 5-300% high wherever
+  the two differ (d = 16, β = 0.4: resub 1.02, LOO 0.79, truth 0.86; d = 64, β = 0.4: resub 0.84,
+  LOO 0.15, truth 0.35), and on discrete data (the LLM case: values repeat) both agree (K = 32
+  separated points: 5.006 / 4.995 bits for log2 K = 5).  LOO errs low when β is too small for n;
+  the diagnostics below say when.
 
 How the work is shared (why a β grid, the null, n/2 and the bootstrap cost little extra):
-- ||x̃_q − x_i||² = ||x_q − x_i||² + 2σ z_q·(x_q − x_i) + σ²||z_q||²; terms constant in i cancel
-  between the three log-densities, so every kernel logit comes from two Gram matrices per side,
-  G = X_q Xᵀ and W = Z Xᵀ (one batched matmul), computed once for all β (common random numbers).
+- ||x̃_q − x_i||² = ||x_q − x_i||² + 2σ z_q·(x_q − x_i) + σ²||z_q||²; the terms constant in i
+  cancel between the three log-densities, so every kernel logit comes from two Gram matrices per
+  side, G = X_q Xᵀ and W = Z Xᵀ (one matmul), computed once for all β (common random numbers).
 - Sides are deduplicated by content: in a layer chain Y of cell (l, t) is X of cell (l+1, t), so
-  its matrices and kernel sums are computed once (and it gets the same noise in both roles).
-- Kernels are stored as exp(logit − row max) in float32; the joint is the product of the two
-  sides' kernels (no exp per cell).  Columns are streamed in chunks (setting ``chunk``, picked from
-  free memory on CUDA) and reduced per column block, so memory stays bounded at any n.
-- The n columns are cut into ``blocks`` random groups.  The shuffled-pair null uses a pairing
-  permuted inside each block (query rows map to query rows), the n/2 value uses the first half
-  of the blocks, and the bootstrap resamples blocks (with their queries) with multiplicities:
-  all from the same per-block log-sums.
-Precision: Gram matrices and kernels in float32 (logits are O(1/β²), the float32 error is
-~1e-4 nat); per-block log-sums, per-query values and everything after them in float64.
+  its matmul and marginal kernel sums are done once (it has the same noise in both roles; a cell
+  whose X equals its Y still gets independent noise on each side).
+- Kernels are stored as exp(logit − row max + 36) in float32; a cell's joint kernel is the product
+  of its two sides' kernels (no exp per cell).  Columns are streamed in chunks of whole units
+  (setting ``chunk``; by default 1 GiB of kernels on CPU, half the free memory on CUDA) and
+  reduced to per-block log-sums, so memory is bounded at any n; results do not depend on it.
+- The n samples are split into ``blocks`` random groups (depending on n and ``bootstrap_seed``
+  only).  Within each unit the queries come first: the shuffled-pair null pairs X of one position
+  with Y of the next inside each (unit, queries / others) segment, which is a shifted product of
+  the same kernels; the n/2 value uses the first half of the blocks; the bootstrap resamples
+  whole blocks (with their queries) with multiplicities.  All from the same per-block log-sums.
+Precision: Gram matrices and kernels in float32 (logits are O(1/β²); the fast path agrees with
+explicit float64 distances to ~1e-6 bit in the tests); per-block log-sums and all later steps in
+float64.  A joint kernel sum that underflows (more than ~159 nats below both sides' maxima, β far
+too small) is counted in ``underflow_frac`` and makes the cell invalid.
 
-Diagnostics (``MIEstimate.diagnostics``, bits unless named otherwise; means over seeds):
-``beta``, ``sigma_x``, ``sigma_y`` (noise scales, in the units of the data or of the standardised
-data), ``resub_bits``, ``loo_bits``, ``resub_loo_gap_bits`` (resub − LOO; large when β is too small
-for n), ``mc_se_bits`` (Monte-Carlo standard error over queries), ``null_bits`` (the headline
-estimator on shuffled pairs: the plug-in's bias at this n and β; reported, never subtracted:
-on discrete data it is a finite-sample table effect and subtracting it made exact values wrong),
-``half_n_bits`` (the value at n/2, paired with the full one: same queries and noise) and
-``stability_bits`` (value at n minus value at n/2), ``boot_ci_low``/``boot_ci_high`` (95% block
-bootstrap over samples; also ``ci_low``/``ci_high``), ``underflow_frac`` (queries whose joint
-kernel sum underflowed float32: β far too small), ``queries``, ``blocks``.
-Validity (``valid=False`` keeps the number, with ``invalid_reason``): null above
-max(NULL_LIMIT_BITS, NULL_FRACTION · value), or |stability| above
-max(STABILITY_LIMIT_BITS, STABILITY_FRACTION · value), or any underflow.
+Diagnostics (``MIEstimate.diagnostics``; bits unless named otherwise; means over seeds):
+``beta``; ``sigma_x``, ``sigma_y`` (noise scales in data units, or standardised units);
+``resub_bits``, ``loo_bits`` and ``resub_loo_gap_bits`` (resub − LOO: how much the query's own
+sample carries the densities; on the Gaussian truth the LOO error was about −0.3..−0.6 x the gap);
+``mc_se_bits`` (Monte-Carlo standard error over queries); ``null_bits`` (the headline estimator on
+shuffled pairs: its bias for independent data at this n and β.  Reported, never subtracted: the
+subtraction over-corrected every Gaussian case measured, e.g. d = 16, β = 0.3: 1.44 − (−0.93) =
+2.37 vs truth 1.88, and on discrete data the LOO null is a K×K-table effect, −1.7 bit for K = 32 at
+β = 0.1 while the value is exact); ``half_n_bits`` (the value at n/2, from the same queries and
+noise) and ``stability_bits`` (value at n − value at n/2); ``boot_ci_low``, ``boot_ci_high``;
+``underflow_frac``; ``queries``; ``blocks``.
+
+Validity (``valid=False`` keeps the number, with ``invalid_reason``): the cell is invalid when
+resub − LOO > max(GAP_LIMIT_BITS, GAP_FRACTION·value) (β too small for n: the query's own sample
+carries the densities), or |stability| > max(STABILITY_LIMIT_BITS, STABILITY_FRACTION·value), or a
+joint kernel sum underflowed; with ``null_rule=True`` also when |null| > max(NULL_LIMIT_BITS,
+NULL_FRACTION·value).  Thresholds and the measurements behind them: next to the constants.
+
+Interval: ``ci_low``/``ci_high`` = the 2.5/97.5% percentiles of the block bootstrap (``bootstrap``
+replicates of the mean over seeds; replicate b is the same block resample for every cell and
+seed, kept in ``replicate_bits``, so IE can be differenced replicate by replicate).  It covers
+sampling and query variability, not bias (e.g. shuffled pairs: LOO −0.01 bit, interval above it
+but below 0).  Several seeds (other queries, noise, null pairing) are averaged replicate-wise.
 """
 from __future__ import annotations
 
@@ -70,16 +89,29 @@ import numpy as np
 
 from .base import LOG2E, Estimator, MIEstimate, _check_finite, resolve_device
 
-# Headline: leave-one-out (see module docstring; measured in tests/unit/test_smoothed.py and
-# benchmarks/bench_smoothed.py --truth).
+# registry names of this module's estimators (read by estimators/__init__.py without importing it)
+REGISTRY = {"smoothed": "SmoothedMI"}
+
+# Default β grid (estimate_grid without betas) and single β (estimate_many / estimate_mi).
+# Measured on SmolLM2-135M activations (ICL countries, 4 shots, n = 4096, d = 576, layers 0, 1, 8,
+# 15, 22, 29, all 8 positions; benchmarks/bench_smoothed.py --activations): β = 0.6 and 0.8 were
+# valid in every cell in both modes; β = 0.4 in every cell of positions 0-4 but in 0-2 of 5 at the
+# last positions (5, 7); β <= 0.3 invalid at most late-position cells.  0.4 is the resolution
+# frontier at this n (larger n makes it valid), 0.6 / 0.8 are measurable everywhere.
+DEFAULT_BETAS = (0.4, 0.6, 0.8)
+# Headline: leave-one-out (measurements in the module docstring).
 HEADLINE_VARIANT = "loo"
 # Validity thresholds (bits): a cell is invalid when a figure exceeds max(LIMIT, FRACTION * value).
-# Measured (benchmarks/bench_smoothed.py --truth; linear Gaussian, n = 4000, queries = 4000):
-# the LOO error is about -(0.3..0.6) x the resub-LOO gap (d = 64, beta = 0.6: gap 43-51% of the
-# value, error -14..-27%; d = 16, beta = 0.6: gap 8-9%, error +5/-13% with 6% MC error), and the
-# null tracks it at about half the gap; on K = 32 separated points the null is 7% of the (exact)
-# value at beta = 0.2.  Real SmolLM2 cells at valid betas have |stability| <= 0.01 bit.  Floors of
-# 0.02 bit keep MC noise on near-zero values from flagging cells.
+# Measured (benchmarks/bench_smoothed.py --truth --n 4000 --queries 4000: linear Gaussian): the LOO
+# error is about -(0.3..0.6) x the resub-LOO gap (d = 64, beta = 0.6: gap 43-51% of the value, error
+# -14..-27%; d = 16, beta = 0.6: gap 8-9%, error +5/-13% with 6% MC error).  On SmolLM2 (see
+# DEFAULT_BETAS) cells passing the gap rule had |stability| <= 0.03 bit, so the stability rule only
+# catches what the gap misses.  Floors of 0.02 bit keep MC noise on near-zero values from flagging.
+# The null is not in the default rule (setting null_rule): it is the bias for *independent* pairs.
+# Every cell it flagged beyond the gap rule was accurate where the truth is known (Gaussian d = 4,
+# beta = 0.2: null -1.2 bit, error -0.5%; K = 32 points, beta = 0.1: null -1.7 bit, value exact),
+# and on SmolLM2 it alone flagged 25 (raw) / 34 (standardised) of 240 cells, all at positions whose
+# prefixes repeat (gap ~0), at beta <= 0.4.
 NULL_LIMIT_BITS = 0.02
 NULL_FRACTION = 0.1
 GAP_LIMIT_BITS = 0.02
@@ -491,19 +523,19 @@ def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict
 
 # --------------------------------------------------------------------------- validity and results
 
-def validity(bits: float, null_bits: float, stability_bits: float, gap_bits: float, underflow: float) -> tuple[bool, str | None]:
-    """The validity rule of the module docstring: (valid, reason)."""
-    if not math.isfinite(bits) or underflow > 0:
-        return False, f"joint kernel underflow in {underflow:.0%} of queries: beta too small"
-    gap_limit = max(GAP_LIMIT_BITS, GAP_FRACTION * bits)
-    if gap_bits > gap_limit:
-        return False, f"resub-LOO gap {gap_bits:.2f} bit > limit {gap_limit:.2f}: own samples carry the density, beta too small for n"
-    null_limit = max(NULL_LIMIT_BITS, NULL_FRACTION * bits)
-    if abs(null_bits) > null_limit:
-        return False, f"null {null_bits:+.2f} bit, |null| > limit {null_limit:.2f}: beta too small for n"
-    stab_limit = max(STABILITY_LIMIT_BITS, STABILITY_FRACTION * bits)
-    if abs(stability_bits) > stab_limit:
-        return False, f"unstable: n/2->n changed {stability_bits:+.2f} bit (limit {stab_limit:.2f})"
+def validity(bits: float, diag: dict[str, float], null_rule: bool = False) -> tuple[bool, str | None]:
+    """The validity rule of the module docstring: (valid, reason); ``null_rule`` adds |null|."""
+    if not math.isfinite(bits) or diag["underflow_frac"] > 0:
+        return False, f"joint kernel underflow in {diag['underflow_frac']:.0%} of queries: beta too small"
+    gap, limit = diag["resub_loo_gap_bits"], max(GAP_LIMIT_BITS, GAP_FRACTION * bits)
+    if gap > limit:
+        return False, f"resub-LOO gap {gap:.2f} bit > limit {limit:.2f}: own samples carry the density, beta too small for n"
+    stab, limit = diag["stability_bits"], max(STABILITY_LIMIT_BITS, STABILITY_FRACTION * bits)
+    if abs(stab) > limit:
+        return False, f"unstable: n/2->n changed {stab:+.2f} bit (limit {limit:.2f})"
+    null, limit = diag["null_bits"], max(NULL_LIMIT_BITS, NULL_FRACTION * bits)
+    if null_rule and abs(null) > limit:
+        return False, f"null {null:+.2f} bit, |null| > limit {limit:.2f}: beta too small for n"
     return True, None
 
 
@@ -561,12 +593,13 @@ class SmoothedMI(Estimator):
 
     name = "smoothed"
     defaults: ClassVar[dict[str, Any]] = {
-        "beta": 0.4,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
-        "betas": None,  # default grid of estimate_grid (None: [beta])
+        "beta": 0.6,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
+        "betas": None,  # grid of estimate_grid (None: DEFAULT_BETAS)
         "queries": 512,  # m query samples (m <= n)
         "standardise": False,  # per-coordinate unit variance on each side before smoothing
         "bootstrap": 200,  # block-bootstrap replicates for the 95% interval (0: none)
         "bootstrap_seed": 0,  # blocks and resamples depend on (n, bootstrap_seed) only: shared by all cells
+        "null_rule": False,  # True: |null| above its limit also invalidates (stricter; see NULL_LIMIT_BITS)
         "blocks": 64,  # bootstrap groups of samples (capped at n/4; even: the first half is n/2)
         "chunk": None,  # columns per chunk (None: from memory, 1 GiB on CPU, half the free GPU memory)
         "cell_batch": 16,  # cells whose figures (bootstrap) are computed at once
@@ -601,7 +634,7 @@ class SmoothedMI(Estimator):
         seeds = self._check_seeds(seeds)
         s = self.settings
         betas = [float(b) if isinstance(b, (int, float)) else b
-                 for b in (betas if betas is not None else (s["betas"] or [s["beta"]]))]
+                 for b in (betas if betas is not None else (s["betas"] or DEFAULT_BETAS))]
         if int(s["bootstrap"]) < 0 or int(s["blocks"]) < 2:
             raise ValueError(f"bootstrap must be >= 0 and blocks >= 2, got {s['bootstrap']} and {s['blocks']}")
         xs, ys = _check_inputs(xs, ys, int(s["queries"]), betas)
@@ -666,8 +699,7 @@ class SmoothedMI(Estimator):
                 diag.update(beta=beta, sigma_x=float(beta * radii[0, p]), sigma_y=float(beta * radii[1, p]), boot_ci_low=lo,
                             boot_ci_high=hi, half_n_bits=value - diag["stability_bits"], queries=float(s["queries"]),
                             blocks=float(layout.blocks))
-                valid, reason = validity(value, diag["null_bits"], diag["stability_bits"], diag["resub_loo_gap_bits"],
-                                         diag["underflow_frac"])
+                valid, reason = validity(value, diag, bool(s["null_rule"]))
                 row.append(MIEstimate(
                     bits=value, ceiling_bits=math.log2(layout.n), saturated=value >= math.log2(layout.n) - 0.1,
                     n_train=layout.n, n_eval=int(s["queries"]), method=self.name, seconds=elapsed / (P * len(betas)),
