@@ -70,6 +70,18 @@ def test_k_separated_points_give_log2_k_at_small_beta() -> None:
     assert abs(est.bits - 5.0) <= 0.1
     assert abs(est.diagnostics["resub_bits"] - 5.0) <= 0.1  # every query has copies: LOO = resub
     assert abs(est.diagnostics["resub_loo_gap_bits"]) < 0.05
+    assert est.valid, est.invalid_reason
+
+
+def test_null_rule_is_opt_in_and_flags_a_discrete_table_effect() -> None:
+    # K = 32 points at beta = 0.1: the value is exact, but shuffled pairs spread over a 32 x 32
+    # table that n = 2048 samples cannot fill, so the LOO null is far below 0
+    x, y, _ = discrete_injective(32, seed=0, n=2048, d=16)
+    default = estimate_mi(x, y, method="smoothed", beta=0.1, queries=256, bootstrap=0)
+    strict = estimate_mi(x, y, method="smoothed", beta=0.1, queries=256, bootstrap=0, null_rule=True)
+    assert default.valid and abs(default.bits - 5.0) <= 0.1
+    assert default.diagnostics["null_bits"] < -0.5
+    assert not strict.valid and strict.invalid_reason.startswith("null")
 
 
 def test_coincident_points_give_zero() -> None:
