@@ -4,7 +4,6 @@ logged job.yaml records them) > workflow YAML > defaults."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +62,8 @@ class ExtractSpec(_Section):
 class EstimateSpec(_Section):
     method: str = "infonce"
     seeds: list[int] = Field(default_factory=lambda: [0])
-    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    # share of the samples that reports the value (the rest trains, and 10% selects the checkpoint)
+    eval_fraction: float = Field(0.25, gt=0, lt=1)
     dims: str = "full"
     micro_reduce: Literal["mean", "sum"] = "mean"
     layers_per_task: int | None = Field(None, ge=1)
@@ -145,17 +145,14 @@ class JobSpec(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-# smallest train / held-out part that gives a usable bound (ceiling log2(32) = 5 bits)
-MIN_EVAL_SAMPLES = 32
+def split_problem(samples: int, eval_fraction: float, select_fraction: float = 0.1) -> str | None:
+    """Why `samples` cannot be split into train / select / report parts, or None when it can."""
+    from ie_flow.estimators.base import required_samples
 
-
-def split_problem(samples: int, eval_fraction: float) -> str | None:
-    """Why `samples` cannot be split into train / held-out parts, or None when it can."""
-    n_eval = int(samples * eval_fraction)
-    if n_eval >= MIN_EVAL_SAMPLES and samples - n_eval >= MIN_EVAL_SAMPLES:
+    need = required_samples(eval_fraction, select_fraction)
+    if samples >= need:
         return None
-    need = math.ceil(MIN_EVAL_SAMPLES / min(eval_fraction, 1 - eval_fraction))
-    return (f"samples={samples} is too few for a held-out split with eval_fraction={eval_fraction}: "
+    return (f"samples={samples} is too few for the train/select/report split with eval_fraction={eval_fraction}: "
             f"need at least {need} samples")
 
 

@@ -1,24 +1,35 @@
-"""Information Emergence from an MI table (IE_SPEC section 2). Pure functions, no I/O.
+"""Information Emergence from an MI table (docs/METHOD.md section 2). Pure functions, no I/O.
 
-MI table rows: layer, position, level, method, seed, bits, ceiling_bits, saturated, n_train, n_eval.
-level "macro" at position t is the in-context M_l(t) (the sequence-level variable of the prefix
-ending at t; IE uses the last position); level "micro" at t is the micro variable M_l^mi_t
-(in-context: the same value; isolated: token t run alone)."""
+MI table rows (one per cell, level, β and estimator seed): layer, position, level (macro|micro),
+method, seed, bits, ceiling_bits, saturated, n_train, n_eval, beta (NaN unless `smoothed`), ci_low,
+ci_high, valid, invalid_reason, the smoothed diagnostics, and the bootstrap replicates of the cell.
+Level "macro" at position t is the in-context M_l(t); IE uses the last position. Level "micro" at t is
+M_l^mi_t (in-context: the same value; isolated: token t run alone).
+
+Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)
+and the model summary are bootstrapped replicate by replicate (95% percentile interval); with several
+seeds the Student-t half-width over seeds is added in quadrature. A cell marked invalid is never
+averaged in: the layer's IE is then missing (NaN) and reported with the reason."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-MI_COLUMNS = ("layer", "position", "level", "method", "seed", "bits", "ceiling_bits", "saturated", "n_train", "n_eval")
+from ie_flow.estimators.base import seed_interval
+
+MI_COLUMNS = ("layer", "position", "level", "method", "seed", "bits", "ceiling_bits", "saturated", "n_train",
+              "n_eval", "beta", "ci_low", "ci_high", "valid", "invalid_reason", "null_bits", "mc_se_bits",
+              "resub_loo_gap_bits", "stability_bits", "replicates")
 
 
 @dataclass(frozen=True)
 class LayerEmergence:
     layer: int
-    ie: float  # mean over seeds
+    ie: float  # mean over seeds; NaN when a cell it needs is invalid
     ie_std_seeds: float
     ie_ci_low: float
     ie_ci_high: float
@@ -27,6 +38,8 @@ class LayerEmergence:
     ceiling_bits: float  # of the macro estimate
     macro_saturated: bool
     micro_saturated: int  # positions whose micro estimate hit its ceiling
+    valid: bool = True
+    invalid_reason: str | None = None
 
     @property
     def saturated(self) -> bool:
@@ -39,79 +52,197 @@ class Emergence:
     macro: np.ndarray  # (L, N) in-context M_l(t), mean over seeds
     micro: np.ndarray  # (L, N) micro M_l^mi_t, mean over seeds
     token_curves: np.ndarray  # (L, N) E_l(t) = M_l(t) - mean_{i<=t} M_l^mi_i
+    token_ci: np.ndarray  # (2, L, N) its 95% interval (== the curve where there are no replicates)
     saturated: np.ndarray  # (L, N) macro estimate saturated (any seed)
+    invalid: np.ndarray  # (L, N) macro or micro cell invalid
     ceilings: np.ndarray  # (L, N) ceiling bits of macro estimates
     ie_per_seed: np.ndarray  # (S, L) IE_l for each estimator seed
+    ie_replicates: np.ndarray  # (B, L) IE_l on each bootstrap resample (B = 0: none)
     seeds: list[int]
     micro_reduce: str
+    beta: float | None = None  # the smoothed estimator's resolution, None for the others
 
     @property
     def summary(self) -> dict[str, float]:
         ie = np.array([l.ie for l in self.layers])
+        ok = np.isfinite(ie)
+        if not ok.any():
+            return {"ie_mean": math.nan, "ie_max": math.nan, "ie_argmax_layer": -1, "ie_std_layers": math.nan,
+                    "ie_std_seeds": math.nan, "saturated_layers": 0, "invalid_layers": len(ie)}
+        mean = float(ie[ok].mean())
+        low, high = _interval(mean, self.ie_replicates[:, ok].mean(axis=1), self.ie_per_seed[:, ok].mean(axis=1))
         return {
-            "ie_mean": float(ie.mean()),
-            "ie_max": float(ie.max()),
-            "ie_argmax_layer": int(self.layers[int(ie.argmax())].layer),
-            "ie_std_layers": float(ie.std(ddof=1)) if len(ie) > 1 else 0.0,
+            "ie_mean": mean,
+            "ie_mean_ci_low": low,
+            "ie_mean_ci_high": high,
+            "ie_max": float(ie[ok].max()),
+            "ie_argmax_layer": int(self.layers[int(np.flatnonzero(ok)[ie[ok].argmax()])].layer),
+            "ie_std_layers": float(ie[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
             # spread of the model-level IE (mean over layers) across estimator seeds
-            "ie_std_seeds": float(self.ie_per_seed.mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
+            "ie_std_seeds": float(self.ie_per_seed[:, ok].mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
             "saturated_layers": int(sum(l.saturated for l in self.layers)),
+            "invalid_layers": int((~ok).sum()),
         }
 
     def layer_rows(self) -> list[dict[str, Any]]:
         return [{**asdict(l), "saturated": l.saturated} for l in self.layers]
 
 
-def _grid(rows: list[dict[str, Any]], level: str, layers: list[int], positions: int, seeds: list[int],
-          field: str) -> np.ndarray:
-    """(seeds, layers, positions) array of one field at one level; NaN where a row is missing."""
-    out = np.full((len(seeds), len(layers), positions), np.nan)
-    li = {l: i for i, l in enumerate(layers)}
-    si = {s: i for i, s in enumerate(seeds)}
+def _interval(point: float, replicates: np.ndarray, per_seed: np.ndarray) -> tuple[float, float]:
+    """95% interval: bootstrap percentiles around `point`, widened in quadrature by the t half-width
+    over seeds; (point, point) when there is neither."""
+    lo = hi = 0.0
+    reps = replicates[np.isfinite(replicates)]
+    if reps.size >= 2:
+        p_lo, p_hi = np.percentile(reps, [2.5, 97.5])
+        lo, hi = max(0.0, point - p_lo), max(0.0, p_hi - point)
+    if per_seed.size > 1 and np.isfinite(per_seed).all():
+        _, s_lo, s_hi = seed_interval(per_seed)
+        half = (s_hi - s_lo) / 2
+        lo, hi = math.hypot(lo, half), math.hypot(hi, half)
+    return point - lo, point + hi
+
+
+@dataclass
+class _Grids:
+    """The table's fields as (seeds, layers, positions) arrays, NaN where a row is missing."""
+
+    layers: list[int]
+    seeds: list[int]
+    positions: int
+    rows: list[dict[str, Any]]
+
+    def field(self, level: str, name: str) -> np.ndarray:
+        out = np.full((len(self.seeds), len(self.layers), self.positions), np.nan)
+        li = {l: i for i, l in enumerate(self.layers)}
+        si = {s: i for i, s in enumerate(self.seeds)}
+        for r in self.rows:
+            if r["level"] == level:
+                value = r.get(name)
+                out[si[r["seed"]], li[r["layer"]], r["position"]] = np.nan if value is None else float(value)
+        return out
+
+    def replicates(self, level: str) -> np.ndarray:
+        """(B, layers, positions) bootstrap replicates of each cell (shared across seeds); B = 0 if none.
+        A cell without replicates among cells with them (a constant side: exactly 0 on every
+        resample) repeats its value."""
+        found = {(r["layer"], r["position"]): (r.get("replicates") or [], r["bits"]) for r in self.rows
+                 if r["level"] == level}
+        b = max((len(reps) for reps, _ in found.values()), default=0)
+        out = np.full((b, len(self.layers), self.positions), np.nan)
+        li = {l: i for i, l in enumerate(self.layers)}
+        for (layer, pos), (reps, bits) in found.items():
+            out[:, li[layer], pos] = np.asarray(reps, dtype=float) if len(reps) == b else bits
+        return out
+
+    def reasons(self) -> dict[tuple[int, int], str]:
+        return {(r["layer"], r["position"]): f"{r['level']} t={r['position']}: {r['invalid_reason'] or 'invalid'}"
+                for r in self.rows if r.get("valid") is False}
+
+
+def split_by_beta(table: Any) -> dict[float | None, list[dict[str, Any]]]:
+    """Rows grouped by the smoothed estimator's β (None for estimators without one), β ascending."""
+    rows = table.to_pylist() if hasattr(table, "to_pylist") else list(table)
+    groups: dict[float | None, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["level"] == level:
-            out[si[r["seed"]], li[r["layer"]], r["position"]] = float(r[field])
-    return out
+        beta = r.get("beta")
+        groups.setdefault(None if beta is None or beta != beta else float(beta), []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: -1.0 if kv[0] is None else kv[0]))
 
 
-def information_emergence(table: Any, micro_reduce: str = "mean") -> Emergence:
-    """IE_l = M_l^ma - reduce_t M_l^mi_t per seed, then mean and interval over seeds (IE_SPEC 2)."""
+def information_emergence(table: Any, micro_reduce: str = "mean", beta: float | None = None) -> Emergence:
+    """IE_l = M_l^ma - reduce_t M_l^mi_t per seed, then mean and interval (docs/METHOD.md section 2).
+    A table with a β grid needs `beta` (see `emergence_by_beta`)."""
     if micro_reduce not in ("mean", "sum"):
         raise ValueError(f"micro_reduce must be 'mean' or 'sum', got {micro_reduce!r}")
-    rows = table.to_pylist() if hasattr(table, "to_pylist") else list(table)
-    if not rows:
+    groups = split_by_beta(table)
+    if not groups:
         raise ValueError("the MI table is empty")
+    if beta is None and len(groups) > 1:
+        raise ValueError(f"the MI table holds several β ({sorted(b for b in groups if b is not None)}): name one")
+    rows = groups[beta] if beta is not None or None in groups else next(iter(groups.values()))
     layers = sorted({int(r["layer"]) for r in rows})
-    seeds = sorted({int(r["seed"]) for r in rows})
-    positions = 1 + max(int(r["position"]) for r in rows)
-    macro = _grid(rows, "macro", layers, positions, seeds, "bits")
-    micro = _grid(rows, "micro", layers, positions, seeds, "bits")
+    grids = _Grids(layers, sorted({int(r["seed"]) for r in rows}), 1 + max(int(r["position"]) for r in rows), rows)
+    macro, micro = grids.field("macro", "bits"), grids.field("micro", "bits")
     if np.isnan(macro[:, :, -1]).any() or np.isnan(micro).all(axis=2).any():
         raise ValueError("the MI table lacks macro (last position) or micro rows for some layer/seed")
+    return _assemble(grids, macro, micro, micro_reduce, beta if beta is not None else _only_beta(rows))
+
+
+def _only_beta(rows: list[dict[str, Any]]) -> float | None:
+    beta = rows[0].get("beta")
+    return None if beta is None or beta != beta else float(beta)
+
+
+def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str, beta: float | None) -> Emergence:
     reduce = np.nanmean if micro_reduce == "mean" else np.nansum
-    ie_seed_layer = macro[:, :, -1] - reduce(micro, axis=2)  # (S, L)
-    sat = _grid(rows, "macro", layers, positions, seeds, "saturated") > 0
-    micro_sat = (_grid(rows, "micro", layers, positions, seeds, "saturated") > 0).any(axis=0)
-    ceil = np.nanmax(_grid(rows, "macro", layers, positions, seeds, "ceiling_bits"), axis=0)
-    s = len(seeds)
+    invalid = (g.field("macro", "valid") == 0).any(axis=0) | (g.field("micro", "valid") == 0).any(axis=0)
+    layer_invalid = invalid[:, -1] | (invalid & ~np.isnan(micro).all(axis=0)).any(axis=1)
+    ie_seed = macro[:, :, -1] - reduce(micro, axis=2)  # (S, L)
+    ie_seed[:, layer_invalid] = np.nan
+    rep_macro, rep_micro = g.replicates("macro"), g.replicates("micro")
+    b = min(len(rep_macro), len(rep_micro))
+    ie_reps = rep_macro[:b, :, -1] - reduce(rep_micro[:b], axis=2) if b else np.zeros((0, len(g.layers)))
+    sat = g.field("macro", "saturated") > 0
+    micro_sat = (g.field("micro", "saturated") > 0).any(axis=0)
+    ceil = np.nanmax(g.field("macro", "ceiling_bits"), axis=0)
+    reasons = g.reasons()
     out_layers = []
-    for i, layer in enumerate(layers):
-        vals = ie_seed_layer[:, i]
-        mean = float(vals.mean())
-        std = float(vals.std(ddof=1)) if s > 1 else 0.0
-        half = 1.96 * std / np.sqrt(s)  # normal interval of the mean over seeds
+    for i, layer in enumerate(g.layers):
+        mean = float(ie_seed[:, i].mean())
+        low, high = _interval(mean, ie_reps[:, i], ie_seed[:, i]) if not layer_invalid[i] else (math.nan, math.nan)
+        why = "; ".join(v for (l, _), v in sorted(reasons.items()) if l == layer) if layer_invalid[i] else None
         out_layers.append(LayerEmergence(
-            layer=layer, ie=mean, ie_std_seeds=std, ie_ci_low=mean - half, ie_ci_high=mean + half,
-            mi_macro=float(macro[:, i, -1].mean()), mi_micro=float(reduce(micro[:, i], axis=1).mean()),
-            ceiling_bits=float(ceil[i, -1]), macro_saturated=bool(sat[:, i, -1].any()),
-            micro_saturated=int(micro_sat[i].sum()),
+            layer=layer, ie=mean, ie_std_seeds=float(ie_seed[:, i].std(ddof=1)) if len(g.seeds) > 1 else 0.0,
+            ie_ci_low=low, ie_ci_high=high, mi_macro=float(macro[:, i, -1].mean()),
+            mi_micro=float(reduce(micro[:, i], axis=1).mean()), ceiling_bits=float(ceil[i, -1]),
+            macro_saturated=bool(sat[:, i, -1].any()), micro_saturated=int(micro_sat[i].sum()),
+            valid=not layer_invalid[i], invalid_reason=why,
         ))
-    macro_mean, micro_mean = macro.mean(axis=0), micro.mean(axis=0)
-    # mean of the micro values so far; positions not stored (extract.positions) are left out
-    seen = np.cumsum(~np.isnan(micro_mean), axis=1)
-    running_micro = np.nancumsum(micro_mean, axis=1) / np.maximum(seen, 1)
+    curves, curve_ci = _token_curves(macro.mean(axis=0), micro.mean(axis=0), rep_macro[:b], rep_micro[:b])
+    curves[invalid] = np.nan
     return Emergence(
-        layers=out_layers, macro=macro_mean, micro=micro_mean, token_curves=macro_mean - running_micro,
-        saturated=sat.any(axis=0), ceilings=ceil, ie_per_seed=ie_seed_layer, seeds=seeds,
-        micro_reduce=micro_reduce,
+        layers=out_layers, macro=macro.mean(axis=0), micro=micro.mean(axis=0), token_curves=curves,
+        token_ci=curve_ci, saturated=sat.any(axis=0), invalid=invalid, ceilings=ceil, ie_per_seed=ie_seed,
+        ie_replicates=ie_reps, seeds=g.seeds, micro_reduce=micro_reduce, beta=beta,
     )
+
+
+def _running_micro(micro: np.ndarray) -> np.ndarray:
+    """Mean of the micro values so far along the last axis; positions not stored are left out."""
+    seen = np.cumsum(~np.isnan(micro), axis=-1)
+    return np.nancumsum(micro, axis=-1) / np.maximum(seen, 1)
+
+
+def _token_curves(macro: np.ndarray, micro: np.ndarray, rep_macro: np.ndarray, rep_micro: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """E_l(t) and its 95% bootstrap interval ((2, L, N); the curve itself where there are no replicates)."""
+    curves = macro - _running_micro(micro)
+    if not len(rep_macro):
+        return curves, np.stack([curves, curves])
+    reps = rep_macro - _running_micro(rep_micro)
+    return curves, np.nanpercentile(reps, [2.5, 97.5], axis=0)
+
+
+def emergence_by_beta(table: Any, micro_reduce: str = "mean") -> dict[float | None, Emergence]:
+    """One Emergence per β of a smoothed table ({None: ...} for other estimators)."""
+    return {beta: information_emergence(table, micro_reduce, beta) for beta in split_by_beta(table)}
+
+
+def headline_beta(*profiles: dict[float | None, Emergence]) -> float | None:
+    """The smallest β at which every layer of every given profile (a model and its control) is
+    valid; None when there is none (or no β at all)."""
+    common = set.intersection(*(set(p) for p in profiles)) - {None}
+    for beta in sorted(common):
+        if all(l.valid for p in profiles for l in p[beta].layers):
+            return beta
+    return None
+
+
+def choose_beta(*profiles: dict[float | None, Emergence]) -> tuple[float | None, bool]:
+    """The β a run's headline uses, and whether it is valid in every cell: the smallest β valid
+    everywhere (the same for a model and its control), else the smallest β (flagged not valid)."""
+    if None in profiles[0]:
+        return None, True
+    beta = headline_beta(*profiles)
+    return (beta, True) if beta is not None else (min(profiles[0]), False)

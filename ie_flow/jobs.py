@@ -225,14 +225,19 @@ def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
 def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
            seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any) -> JobOutcome:
     """IE from the MI table, the summary record on storage, then the tracking run."""
-    from ie_flow.emergence import information_emergence
+    from ie_flow.emergence import choose_beta, emergence_by_beta
 
-    em = information_emergence(estimated.table, job.estimate.micro_reduce)
+    profiles = emergence_by_beta(estimated.table, job.estimate.micro_reduce)
+    beta, beta_valid = choose_beta(profiles)
+    if not beta_valid:
+        log.warning("warning: no β of %s is valid in every cell; the headline shows β = %g, marked invalid",
+                    sorted(profiles), beta)
+    em = profiles[beta]
     record = ResultsRecord(
         job=job.model_dump(mode="json"), job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
         manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
-        tracking_uri=job.tracking.uri if job.tracking.enabled else None,
+        tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
     )
     estimated.results.write_summary(record)
     outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids)

@@ -31,7 +31,7 @@ def _from_storage(folder: ResultsFolder) -> LoadedResult:
     from ie_flow.emergence import information_emergence
 
     record, table = folder.load()
-    return LoadedResult(record, table, information_emergence(table, record.micro_reduce), folder)
+    return LoadedResult(record, table, information_emergence(table, record.micro_reduce, record.beta), folder)
 
 
 def _from_mlflow(run_id: str, tracking_uri: str) -> LoadedResult:
@@ -53,7 +53,7 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> LoadedResult:
         table = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="mi.parquet",
                                                                   dst_path=tmp))
     record.mlflow_run_id = run_id
-    return LoadedResult(record, table, information_emergence(table, record.micro_reduce), None)
+    return LoadedResult(record, table, information_emergence(table, record.micro_reduce, record.beta), None)
 
 
 def load_result(target: str | None, storage_uri: str, tracking_uri: str, endpoint_url: str | None = None) -> LoadedResult:
@@ -65,30 +65,37 @@ def load_result(target: str | None, storage_uri: str, tracking_uri: str, endpoin
     return _from_storage(results_folder(target, endpoint_url))
 
 
+def _layer_notes(l: Any) -> str:
+    if not l.valid:
+        return f"invalid: {l.invalid_reason}"
+    sat = (["macro"] if l.macro_saturated else []) + ([f"{l.micro_saturated} micro"] if l.micro_saturated else [])
+    return ", ".join(sat) or "-"
+
+
 def format_table(result: LoadedResult) -> str:
     em, record = result.emergence, result.record
+    beta = f", beta={em.beta:g}" if em.beta is not None else ""
     lines = [
         f"Information Emergence of {result.label}  (bits; micro={record.manifest['micro']}, "
-        f"reduce={em.micro_reduce}, estimator={record.estimator}, seeds={em.seeds})",
-        f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'interval':>17}  {'ceiling':>7}  saturation",
+        f"reduce={em.micro_reduce}, estimator={record.estimator}{beta}, seeds={em.seeds})",
+        f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  notes",
     ]
     for l in em.layers:
-        sat = []
-        if l.macro_saturated:
-            sat.append("macro")
-        if l.micro_saturated:
-            sat.append(f"{l.micro_saturated} micro")
         lines.append(
             f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
-            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {', '.join(sat) or '-'}"
+            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l)}"
         )
     s = em.summary
+    interval = (f" [{s['ie_mean_ci_low']:.3f}, {s['ie_mean_ci_high']:.3f}]"
+                if s.get("ie_mean_ci_low", s["ie_mean"]) != s.get("ie_mean_ci_high", s["ie_mean"]) else "")
     lines.append(
-        f"model IE: mean {s['ie_mean']:.3f}  max {s['ie_max']:.3f} (layer {s['ie_argmax_layer']})  "
+        f"model IE: mean {s['ie_mean']:.3f}{interval}  max {s['ie_max']:.3f} (layer {s['ie_argmax_layer']})  "
         f"std over layers {s['ie_std_layers']:.3f}  std over seeds {s['ie_std_seeds']:.3f}"
     )
     if s["saturated_layers"]:
         lines.append(f"note: {s['saturated_layers']} layer(s) have estimates at their ceiling: those are lower bounds")
+    if s.get("invalid_layers"):
+        lines.append(f"note: {s['invalid_layers']} layer(s) have an invalid cell: left out of the model IE")
     entropy = record.manifest.get("prefix_entropy_bits")
     if entropy:
         lines.append("prefix entropy per position (caps M_l(t)): " + " ".join(f"{b:.2f}" for b in entropy))

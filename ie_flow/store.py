@@ -141,6 +141,9 @@ class ResultsRecord(BaseModel):
     layers: list[dict[str, Any]]
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
+    beta: float | None = None
+    beta_valid: bool = True
 
     @property
     def model_name(self) -> str:

@@ -36,7 +36,7 @@ def test_run_and_submit_take_the_same_job_options(ie_flow):
     [
         (["--model", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),
         (["--model", "./missing/folder"], "model path not found"),
-        (["--samples", "50"], "need at least 160 samples"),
+        (["--samples", "50"], "need at least 128 samples"),
         (["--samples", "abc"], "Invalid value for '--samples'"),
         (["--estimator", "infonse"], "did you mean 'infonce'"),
         (["--executor", "serail"], "unknown executor 'serail'"),

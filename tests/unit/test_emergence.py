@@ -1,11 +1,11 @@
-"""IE from an MI table (IE_SPEC section 2), checked against hand-computed values."""
+"""IE from an MI table (docs/METHOD.md section 2), checked against hand-computed values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ie_flow.emergence import information_emergence
+from ie_flow.emergence import emergence_by_beta, headline_beta, information_emergence
 
 
 def _rows(values: dict[tuple[int, int, int], float], ceiling: float = 10.0, micro: dict | None = None):
@@ -67,3 +67,48 @@ def test_bad_tables():
         information_emergence([])
     with pytest.raises(ValueError, match="micro_reduce"):
         information_emergence(_rows({(0, 0, 0): 1.0}), "median")
+
+
+def _cell(layer, pos, bits, beta=float("nan"), valid=True, reps=(), reason=None):
+    return [{"layer": layer, "position": pos, "level": level, "method": "smoothed", "seed": 0, "bits": bits,
+             "ceiling_bits": float("inf"), "saturated": False, "n_train": 100, "n_eval": 100, "beta": beta,
+             "valid": valid, "invalid_reason": reason, "replicates": list(reps)} for level in ("macro", "micro")]
+
+
+def test_an_invalid_cell_is_never_averaged_in():
+    rows = _cell(0, 0, 1.0) + _cell(0, 1, 3.0) + _cell(1, 0, 1.0, valid=False, reason="null 0.6 bit") + _cell(1, 1, 5.0)
+    em = information_emergence(rows)
+    assert em.layers[0].valid and em.layers[0].ie == pytest.approx(3 - 2)
+    assert not em.layers[1].valid and np.isnan(em.layers[1].ie) and "null 0.6 bit" in em.layers[1].invalid_reason
+    assert em.summary["ie_mean"] == pytest.approx(1.0) and em.summary["invalid_layers"] == 1
+    assert np.isnan(em.token_curves[1, 0]) and em.invalid[1].tolist() == [True, False]
+
+
+def test_intervals_come_from_shared_bootstrap_replicates():
+    # replicate b of every cell is the same resample: IE_b = M_b(1) - mean(M_b(0), M_b(1))
+    m0 = np.linspace(0.8, 1.2, 41)
+    m1 = np.linspace(2.0, 4.0, 41)
+    rows = _cell(0, 0, 1.0, reps=m0) + _cell(0, 1, 3.0, reps=m1)
+    em = information_emergence(rows)
+    ie_reps = m1 - (m0 + m1) / 2
+    lo, hi = np.percentile(ie_reps, [2.5, 97.5])
+    assert em.layers[0].ie == pytest.approx(1.0)
+    assert em.layers[0].ie_ci_low == pytest.approx(lo) and em.layers[0].ie_ci_high == pytest.approx(hi)
+    np.testing.assert_allclose(em.token_ci[:, 0, 1], np.percentile(m1 - (m0 + m1) / 2, [2.5, 97.5]))
+
+
+def test_beta_grid_profiles_and_the_headline_beta():
+    rows = []
+    for beta, valid_last in ((0.3, False), (0.4, True), (0.6, True)):
+        for layer in (0, 1):
+            rows += _cell(layer, 0, 1.0 / beta, beta) + _cell(layer, 1, 2.0 / beta, beta, valid=valid_last or layer == 0)
+    with pytest.raises(ValueError, match="several β"):
+        information_emergence(rows)
+    profiles = emergence_by_beta(rows)
+    assert list(profiles) == [0.3, 0.4, 0.6]
+    assert profiles[0.4].beta == 0.4 and profiles[0.4].layers[1].ie == pytest.approx(2 / 0.4 - 1.5 / 0.4)
+    assert headline_beta(profiles) == 0.4
+    control = {b: information_emergence([{**r, "valid": r["beta"] != 0.4 or r["layer"] == 0} for r in rows], beta=b)
+               for b in (0.3, 0.4, 0.6)}
+    assert headline_beta(profiles, control) == 0.6  # the same β for a model and its control
+    assert headline_beta({None: profiles[0.6]}) is None

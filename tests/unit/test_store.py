@@ -80,10 +80,10 @@ def test_stage_2_writes_one_file_per_layer_and_the_table(extracted):
     assert len(rows) == 2 * 8 * 2
     for layer in (0, 1):
         part = est.results.storage.read_parquet(est.results.layer_file(layer)).to_pylist()
-        assert part == [r for r in rows if r["layer"] == layer]
-    assert est.results.storage.read_parquet("mi.parquet").equals(est.table)
+        assert json.dumps(part) == json.dumps([r for r in rows if r["layer"] == layer])  # NaN-safe
+    assert json.dumps(est.results.storage.read_parquet("mi.parquet").to_pylist()) == json.dumps(rows)
     again = estimate_mi(job, ex.folder)  # markers: nothing redone
-    assert again.reused_layers == 2 and again.table.equals(est.table)
+    assert again.reused_layers == 2 and json.dumps(again.table.to_pylist()) == json.dumps(rows)
 
 
 def test_latest_results_is_the_newest_summary(tmp_path):
@@ -100,6 +100,6 @@ def test_latest_results_is_the_newest_summary(tmp_path):
 
 
 def test_split_problem_names_the_samples_needed():
-    assert split_problem(4096, 0.2) is None
-    assert split_problem(100, 0.2) == ("samples=100 is too few for a held-out split with eval_fraction=0.2: "
-                                       "need at least 160 samples")
+    assert split_problem(4096, 0.25) is None
+    assert split_problem(100, 0.25) == ("samples=100 is too few for the train/select/report split with "
+                                        "eval_fraction=0.25: need at least 128 samples")
