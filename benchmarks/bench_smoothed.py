@@ -33,7 +33,8 @@ BETAS = (0.4, 0.6, 0.8)
 
 def layer_chain(layers: int, positions: int, n: int, d: int, seed: int = 0) -> np.ndarray:
     """(layers + 1, positions, n, d) float32 activations: token embeddings (K = 16 values per
-    position) mixed down a chain H' = tanh(H + (H U) V) + noise, 2 massive coordinates (~100)."""
+    position) mixed down a chain H' = tanh(H + (H U) V) + noise, with 2 massive coordinates
+    (~100 +- 30: they hold most of tr Cov, so they set sigma in raw mode)."""
     r = np.random.default_rng(seed)
     h = np.empty((layers + 1, positions, n, d), dtype=np.float32)
     emb = r.standard_normal((16, d)).astype(np.float32)
@@ -42,7 +43,7 @@ def layer_chain(layers: int, positions: int, n: int, d: int, seed: int = 0) -> n
         u = r.standard_normal((d, 32), dtype=np.float32) / math.sqrt(d)
         v = r.standard_normal((32, d), dtype=np.float32)
         nxt = np.tanh(h[l] + (h[l] @ u) @ v) + 0.05 * r.standard_normal(h[l].shape, dtype=np.float32)
-        nxt[..., :2] = 100.0 + nxt[..., :2]  # massive activations: large, nearly constant
+        nxt[..., :2] = 100.0 + 30.0 * nxt[..., :2]  # massive activations: large, and most of the variance
         h[l + 1] = nxt
     return h
 

@@ -468,7 +468,8 @@ def _weighted_logsum(t: Any, weights: Any) -> Any:
 
     top = t.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    return ((t - top).exp() @ weights.T).log() + top
+    # float32 matmul: the kernel weights are in [0, 1] and the sums' logs need ~1e-6 only
+    return ((t - top).float().exp_() @ weights.T).log_().double() + top
 
 
 def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
@@ -476,10 +477,11 @@ def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
     multiplicities; a query counts as often as its block."""
     import torch
 
-    w, qblock = layout_t["weights"], layout_t["qblock"]
+    w32, qblock = layout_t["weights"], layout_t["qblock"]
+    w = w32.double()
     wq = w[:, qblock].T  # (m, B)
     total = w @ layout_t["counts"]  # (B,)
-    lj, la, lb = (_weighted_logsum(parts[k], w) for k in ("J", "A", "B"))
+    lj, la, lb = (_weighted_logsum(parts[k], w32) for k in ("J", "A", "B"))
     if loo:
         v = lj - la - lb + torch.log((total - wq).clamp_min(1.0))
     else:
@@ -563,7 +565,7 @@ def _layout_tensors(layout: _Layout, draw: _Draw, weights: Any, device: Any) -> 
         "half_queries": torch.as_tensor(np.flatnonzero(qblock < half), device=device),
         "qblock": torch.as_tensor(qblock, device=device),
         "counts": torch.as_tensor(layout.block_counts, dtype=torch.float64, device=device),
-        "weights": weights,
+        "weights": weights.float(),
     }
 
 
