@@ -25,6 +25,8 @@ class ModelSpec(_Section):
     revision: str | None = None
     # auto: float32 on CPU, bfloat16 on GPU
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # weights seed of a `random:NAME` model (the random-weight control)
+    seed: int = 0
 
 
 class CorpusSpec(_Section):
@@ -39,6 +41,9 @@ class CorpusSpec(_Section):
     window: Literal["first", "last"] = "first"
     # number of names per ICL category (K); None = all single-token names (max 16)
     names: int | None = Field(None, ge=2, le=16)
+    # permute the tokens inside each window (seeded; the corpus's token multiset is kept): the
+    # shuffled-token control of text corpora
+    shuffle_tokens: bool = False
 
 
 class ExtractSpec(_Section):
@@ -97,6 +102,16 @@ class EstimateSpec(_Section):
         return v
 
 
+class ControlSpec(_Section):
+    """A control measured in the same run (docs/METHOD.md section 7): the same job on a copy that
+    should carry no meaning, estimated with `estimator` on both, and model minus control per layer."""
+
+    kind: Literal["none", "random", "shuffled"] = "none"
+    estimator: str = "smoothed"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 1  # weights seed of the random copy
+
+
 class StorageSpec(_Section):
     uri: str = DEFAULT_STORAGE
     # S3-compatible endpoint (MinIO, moto); credentials come from the environment only
@@ -133,12 +148,26 @@ class JobSpec(_Section):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    control: ControlSpec = Field(default_factory=ControlSpec)
 
     @model_validator(mode="after")
     def _split_fits(self) -> "JobSpec":
         problem = split_problem(self.corpus.samples, self.estimate.eval_fraction)
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _control_exists(self) -> "JobSpec":
+        from ie_flow.corpora import ICL_CORPORA
+        from ie_flow.models import RANDOM_PREFIX
+
+        kind = self.control.kind
+        if kind == "random" and self.model.name.startswith(RANDOM_PREFIX):
+            raise ValueError(f"--control random needs a trained model: {self.model.name} has no random copy of its own")
+        if kind == "shuffled" and self.corpus.name in ICL_CORPORA:
+            raise ValueError(f"--control shuffled is for text corpora: shuffling {self.corpus.name}'s names "
+                             "and commas changes what the sequences are, not only their order")
         return self
 
     def to_yaml(self) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ie_flow import IEFlowError, __version__
 from ie_flow.config import JobSpec, split_problem
+from ie_flow.control import control_job
 from ie_flow.executors import Completion, Executor, get_executor
 from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, ResultsRecord, StorageRoot
 
@@ -45,6 +46,7 @@ class JobOutcome:
     results: ResultsFolder
     input_ids: np.ndarray | None = None
     tracking_error: str | None = None
+    comparison: Any = None  # control.ControlComparison when the job had a control
 
 
 def executor_for(job: JobSpec) -> Executor:
@@ -70,7 +72,7 @@ class ExtractPlan:
             "model": j.model.name, "revision": j.model.revision, "dtype": j.model.dtype,
             "corpus_digest": self.corpus.digest, "storage_dtype": j.extract.storage_dtype,
             "micro": j.extract.micro, "layers": j.extract.layers, "positions": j.extract.positions,
-            "shard_size": j.extract.shard_size, "seed": j.corpus.seed,
+            "shard_size": j.extract.shard_size, "seed": j.corpus.seed, "model_seed": j.model.seed,
         }
 
 
@@ -89,9 +91,28 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     if problem:  # a text corpus can give fewer windows than asked for
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
+    check_estimator_settings(job, corpus.num_samples)
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
     return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
+
+
+def check_estimator_settings(job: JobSpec, samples: int) -> None:
+    """Unknown or bad estimator settings (a β <= 0, more queries than samples) fail before any work."""
+    from ie_flow.control import measured_job
+    from ie_flow.estimators import get_estimator
+
+    for spec in [job.estimate] + ([measured_job(job).estimate] if job.control.kind != "none" else []):
+        try:
+            settings = get_estimator(spec.method, **spec.settings).settings
+        except ValueError as e:
+            raise IEFlowError(f"estimator {spec.method}: {e}") from None
+        betas = [settings["beta"], *(settings.get("betas") or [])] if "beta" in settings else []
+        if any(not b > 0 for b in betas):
+            raise IEFlowError(f"estimator {spec.method}: every beta must be > 0, got {betas}")
+        if settings.get("queries", 0) > samples:
+            raise IEFlowError(f"estimator {spec.method}: queries={settings['queries']} exceeds the {samples} "
+                              "samples; lower settings.queries")
 
 
 def check_reuse(plan: ExtractPlan, force: bool) -> None:
@@ -124,7 +145,7 @@ def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | N
     log.info("stage 1: %s on %s (%d sequences x %d tokens) -> %s", job.model.name, corpus.dataset_id,
              corpus.num_samples, corpus.num_tokens, folder.storage.url())
     step = ExtractShards(
-        job.model.name, job.model.revision, job.model.dtype, job.corpus.seed, folder, job.extract.batch_size,
+        job.model.name, job.model.revision, job.model.dtype, job.model.seed, folder, job.extract.batch_size,
         boundaries_for_layers(job.extract.layers, None), job.extract.storage_dtype, job.extract.micro,
         None if job.extract.positions is None else plan.positions,
     )
@@ -203,15 +224,40 @@ def job_run(job: JobSpec, model_key: str, dataset_id: str) -> Any:
 
 
 def run_job(job: JobSpec) -> JobOutcome:
-    """The whole job: stage 1, stage 2, IE, summary on storage, MLflow (a run that opens RUNNING
-    when the job starts and ends FINISHED, or FAILED with the error)."""
+    """The whole job: stage 1, stage 2, the control if asked for, IE, summary on storage, MLflow (a
+    run that opens RUNNING when the job starts and ends FINISHED, or FAILED with the error)."""
     t0 = time.perf_counter()
     plan = plan_extract(job)  # every check that needs no model runs before the tracking run opens
+    control_plan = plan_extract(control_job(job)) if job.control.kind != "none" else None
     with job_run(job, plan.source.key, plan.corpus.dataset_id) as tracked:
         extracted = extract_activations(job, plan=plan)
         estimated = estimate_mi(job, extracted.folder)
-        seconds = {"extract": extracted.seconds, "estimate": estimated.seconds, "total": time.perf_counter() - t0}
-        return finish(job, extracted.folder, extracted.manifest, estimated, seconds, extracted.input_ids, tracked)
+        seconds = {"extract": extracted.seconds, "estimate": estimated.seconds}
+        comparison = run_control(job, extracted.folder, control_plan, tracked, seconds) if control_plan else None
+        seconds["total"] = time.perf_counter() - t0
+        return finish(job, extracted.folder, extracted.manifest, estimated, seconds, extracted.input_ids, tracked,
+                      comparison)
+
+
+def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked: Any,
+                seconds: dict[str, float]) -> Any:
+    """The control estimator on the model's activations and on the control's; model minus control.
+    Each measurement is its own results folder and a child of the job's MLflow run."""
+    from ie_flow.control import ControlComparison, compare, measured_job
+
+    t0 = time.perf_counter()
+    model_job, ctrl_job = measured_job(job), plan.job
+    model_est = estimate_mi(model_job, folder)
+    seconds["control_model_estimate"] = time.perf_counter() - t0
+    ctrl = extract_activations(ctrl_job, plan=plan)
+    ctrl_est = estimate_mi(ctrl_job, ctrl.folder)
+    seconds["control_extract"], seconds["control_estimate"] = ctrl.seconds, ctrl_est.seconds
+    for sub_job, sub_folder, manifest, est in ((model_job, folder, folder.load_manifest(), model_est),
+                                                (ctrl_job, ctrl.folder, ctrl.manifest, ctrl_est)):
+        finish(sub_job, sub_folder, manifest, est, {"estimate": est.seconds}, None, tracked.child(sub_job))
+    beta, valid, em, ec, layers = compare(model_est.table, ctrl_est.table, job.estimate.micro_reduce)
+    return ControlComparison(job.control.kind, job.control.estimator, beta, valid, em, ec, layers,
+                             model_est.results.mi_uri, ctrl_est.results.mi_uri)
 
 
 def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
@@ -223,7 +269,7 @@ def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
 
 
 def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
-           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any) -> JobOutcome:
+           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> JobOutcome:
     """IE from the MI table, the summary record on storage, then the tracking run."""
     from ie_flow.emergence import choose_beta, emergence_by_beta
 
@@ -238,8 +284,9 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
         manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
         tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
+        control=comparison.record() if comparison else None,
     )
     estimated.results.write_summary(record)
-    outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids)
+    outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)
     outcome.tracking_error = tracked.log(outcome)
     return outcome

@@ -56,6 +56,7 @@ JOB_OPTIONS: dict[str, tuple[Any, str]] = {
     "experiment": (ExperimentOpt, "tracking.experiment"),
     "no_tracking": (Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")], "tracking.enabled"),
     "ray_address": (RayAddressOpt, "runtime.ray_address"),
+    "control": (_opt("A control in the same run: random (the model with random seeded weights), shuffled (tokens permuted inside each window; text corpora) or none."), "control.kind"),
     "executor": (_opt("Where units of work run: ray (default; local runtime or --ray-address) or serial (in-process, for debugging)."), "runtime.executor"),
 }
 INT_LISTS = {"seeds", "layers", "positions"}

@@ -99,6 +99,10 @@ def format_table(result: LoadedResult) -> str:
     entropy = record.manifest.get("prefix_entropy_bits")
     if entropy:
         lines.append("prefix entropy per position (caps M_l(t)): " + " ".join(f"{b:.2f}" for b in entropy))
+    if record.control:
+        from ie_flow.control import format_comparison
+
+        lines += ["", format_comparison(record.control, em, record.estimator)]
     return "\n".join(lines)
 
 
@@ -119,6 +123,7 @@ def json_summary(result: LoadedResult) -> dict[str, Any]:
             for l in result.emergence.layers
         ],
         "seconds": r.seconds,
+        "control": r.control,
     }
 
 

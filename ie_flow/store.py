@@ -144,6 +144,8 @@ class ResultsRecord(BaseModel):
     # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
     beta: float | None = None
     beta_valid: bool = True
+    # the control measured in the same run (control.ControlComparison.record), if any
+    control: dict[str, Any] | None = None
 
     @property
     def model_name(self) -> str:

@@ -69,9 +69,8 @@ def job_params(job: dict[str, Any]) -> dict[str, str]:
 def find_run(client: Any, experiment_id: str, results_uri: str) -> Any | None:
     """The run that already holds these results (relogging updates it instead of duplicating)."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.results_uri = '{results_uri}'",
-                              max_results=20, order_by=["attributes.start_time DESC"])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # not a per-seed child
-    return parents[0] if parents else None
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def open_run(job: Any, title: str, results_uri: str) -> str:
@@ -103,16 +102,17 @@ def fail_run(uri: str, run_id: str, error: str) -> None:
 
 
 def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, input_ids: Any = None,
-                run_id: str | None = None) -> str:
+                run_id: str | None = None, parent_run_id: str | None = None) -> str:
     """Log a finished job's results into `run_id`, or into the run that already holds these results,
-    or a new run; the run ends FINISHED. Returns its id."""
+    or a new run (a child of `parent_run_id` if given); the run ends FINISHED. Returns its id."""
     import mlflow
 
     client = _client(uri)
     exp = _experiment_id(client, experiment)
     run = client.get_run(run_id) if run_id else find_run(client, exp, record.results_uri)
     if run is None:
-        run = client.create_run(exp, run_name=_title(record), tags={"results_uri": record.results_uri})
+        tags = {"results_uri": record.results_uri, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = client.create_run(exp, run_name=_title(record), tags=tags)
         from mlflow.entities import Param
 
         params = job_params(record.job)
@@ -123,7 +123,10 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
     with mlflow.start_run(run_id=run_id):  # ends FINISHED when the block exits normally
         mlflow.set_tags(_result_tags(record))
         if first_time:
+            _log_manifest_params(client, run_id, record.manifest)
             _log_metrics(client, run_id, record, em)
+            if record.control:
+                _log_control_metrics(client, run_id, record.control)
             if input_ids is not None:
                 _log_dataset(record, input_ids)
             if len(em.seeds) > 1:
@@ -162,6 +165,31 @@ def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 
 
+def _log_manifest_params(client: Any, run_id: str, manifest: dict[str, Any]) -> None:
+    """What stage 1 found (not in the config): the window length, sample count, blocks, width."""
+    from mlflow.entities import Param
+
+    facts = {"tokens": manifest["tokens"], "samples": manifest["samples"], "layers": manifest["num_blocks"],
+             "hidden_size": manifest["hidden_size"], "storage_dtype": manifest["storage_dtype"],
+             "micro": manifest["micro"]}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in facts.items()])
+
+
+def _log_control_metrics(client: Any, run_id: str, control: dict[str, Any]) -> None:
+    """Model minus control per layer (step = layer), from the comparison's record."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    keys = {"model_ie": "control_model_ie", "control_ie": "control_ie", "diff": "control_diff",
+            "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high"}
+    metrics = [Metric(name, float(row[k]), now, row["layer"]) for row in control["layers"] for k, name in keys.items()
+               if row[k] is not None and math.isfinite(row[k])]
+    if control.get("beta") is not None:
+        metrics.append(Metric("control_beta", float(control["beta"]), now, 0))
+    for i in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+
+
 def _log_dataset(record: Any, input_ids: Any) -> None:
     import mlflow
 
@@ -184,6 +212,10 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
         table.to_pandas().to_csv(d / "mi.csv", index=False)
         pq.write_table(table, d / "mi.parquet")
         write_plots(em, _title(record), d)
+        if record.control:
+            from ie_flow.plots import plot_control
+
+            plot_control(record.control, d / "control_difference.png", f"model - {record.control['kind']} control")
         (d / "job.yaml").write_text(record.job_yaml)
         (d / "summary.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2, default=str))
         mlflow.log_artifacts(tmp)
@@ -214,6 +246,7 @@ class JobRun:
         self.job, self.title, self.results_uri = job, title, results_uri
         self.enabled = job.tracking.enabled
         self.run_id: str | None = None
+        self.parent_id: str | None = None
 
     def __enter__(self) -> "JobRun":
         if self.enabled:
@@ -232,6 +265,12 @@ class JobRun:
         except Exception as e:  # noqa: BLE001 - the original error is what the user must see
             log.warning("warning: could not mark MLflow run %s FAILED: %s", self.run_id, first_line(e))
 
+    def child(self, job: Any) -> "JobRun":
+        """The tracking of a measurement inside this job (the control's): a nested run, opened when logged."""
+        sub = JobRun(job, self.title, "")
+        sub.enabled, sub.parent_id = self.enabled and self.run_id is not None, self.run_id
+        return sub
+
     def log(self, outcome: Any) -> str | None:
         """Log the results and end the run FINISHED; an error line (never an exception) if tracking fails."""
         if not self.enabled:
@@ -239,7 +278,7 @@ class JobRun:
         uri, record = self.job.tracking.uri, outcome.record
         try:
             run_id = log_results(record, outcome.table, outcome.emergence, uri, self.job.tracking.experiment,
-                                 outcome.input_ids, self.run_id)
+                                 outcome.input_ids, self.run_id, self.parent_id)
         except Exception as e:  # noqa: BLE001 - any tracking failure must not lose the computed results
             return (f"could not log to MLflow at {uri}: {first_line(e)}. The results are on storage at "
                     f"{record.results_uri}; log them later with: {relog_command(record.results_uri, uri)}")

@@ -78,8 +78,18 @@ def path_safe(name: str) -> str:
 
 
 def build_corpus(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:
-    """Build the corpus a CorpusSpec names: a built-in ICL generator, a built-in text corpus
-    (python-docs, fortunes) or a text/JSONL/Parquet file."""
+    """Build the corpus a CorpusSpec names (see `_windows`); with `shuffle_tokens`, the tokens of
+    each window permuted (seeded): the shuffled-token control, with the same token multiset."""
+    corpus = _windows(spec, tokenizer, endpoint_url)
+    if not spec.shuffle_tokens:
+        return corpus
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5A0FF1E]))
+    ids = rng.permuted(corpus.input_ids, axis=1)
+    return Corpus(f"{corpus.name}-shuffled", ids, {**corpus.settings, "shuffle_tokens": True})
+
+
+def _windows(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:
+    """A built-in ICL generator, a built-in text corpus (python-docs, fortunes) or a text/JSONL/Parquet file."""
     from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA, builtin_corpus
 
     if spec.name in ICL_CORPORA:

@@ -108,8 +108,9 @@ class RayExecutor(Executor):
         import ray
 
         init_ray(self.address)
+        # SPREAD: one worker per node before a second on any (a model per node, all nodes' cores used)
         actor_class = ray.remote(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=plan.retries,
-                                 max_task_retries=0)(StepWorker)
+                                 max_task_retries=0, scheduling_strategy="SPREAD")(StepWorker)
         # up to max_workers: those the cluster cannot place yet start when an autoscaler adds nodes
         actors = [actor_class.remote(step, plan.threads) for _ in range(min(plan.max_workers, len(groups)))]
         try:

@@ -20,7 +20,7 @@ SHARD = 64  # 4 shards: work for both nodes' actors
 
 def _workflow(path, tiny_llama, storage: str, endpoint: str, tracking: str) -> None:
     path.write_text(
-        "# ie-flow submit THIS --address http://HEAD:8265   |   ie-flow run THIS\n" + yaml.safe_dump({
+        "# ie-flow submit THIS --ray-address http://HEAD:8265   |   ie-flow run THIS\n" + yaml.safe_dump({
             "name": "cluster-it",
             "model": {"name": str(tiny_llama)},
             "corpus": {"name": "icl-countries", "shots": 4, "samples": SAMPLES, "seed": 0},
@@ -45,12 +45,12 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     _workflow(workflow, tiny_llama, storage, s3_server.endpoint, mlflow_server.uri)
 
     # -- submit and wait; the client needs only the Jobs API address and the cluster token
-    sub = cli("submit", str(workflow), "--address", ray_cluster.address, "--wait", "--timeout", "480", "--json",
+    sub = cli("submit", str(workflow), "--ray-address", ray_cluster.address, "--wait", "--timeout", "480", "--json",
               env=ray_cluster.env, timeout=540)
     out = json.loads(sub.stdout.strip().splitlines()[-1]) if sub.stdout.strip() else {}
     job_id = out.get("job_id")
     if sub.returncode != 0 or out.get("status") != "SUCCEEDED":
-        job_logs = cli("logs", job_id, "--address", ray_cluster.address, env=ray_cluster.env).stdout if job_id else ""
+        job_logs = cli("logs", job_id, "--ray-address", ray_cluster.address, env=ray_cluster.env).stdout if job_id else ""
         pytest.fail(f"{sub.describe()}\n--- job logs ---\n{job_logs[-8000:]}")
     out = sub.json()
     result = out["result"]
@@ -76,14 +76,14 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "ie")) == \
         [(l["layer"], l["ie"]) for l in result["layers"]]
 
-    # -- the job ran on the cluster: its extraction actors were placed on both nodes
+    # -- the job ran on the cluster: its worker actors (SPREAD) were placed on both nodes
     nodes = _extractor_nodes(ray_cluster)
-    assert len(nodes) == 2, f"extraction actors ran on {len(nodes)} node(s): {nodes}"
+    assert len(nodes) == 2, f"worker actors ran on {len(nodes)} node(s): {nodes}"
 
     # -- status and logs of the job
-    status = cli("status", job_id, "--address", ray_cluster.address, env=ray_cluster.env, timeout=60)
+    status = cli("status", job_id, "--ray-address", ray_cluster.address, env=ray_cluster.env, timeout=60)
     assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED"), status.describe()
-    logs = cli("logs", job_id, "--address", ray_cluster.address, env=ray_cluster.env, timeout=60)
+    logs = cli("logs", job_id, "--ray-address", ray_cluster.address, env=ray_cluster.env, timeout=60)
     assert logs.returncode == 0 and "stage 1" in logs.stdout and "stage 2" in logs.stdout, logs.describe()
     json_lines = [json.loads(l) for l in logs.stdout.splitlines() if l.startswith("{") and l.endswith("}")]
     assert json_lines and json_lines[-1] == result
@@ -97,7 +97,7 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     assert local_result["corpus_digest"] == result["corpus_digest"]
     local_table = pq.read_table(local_result["results"])
     assert local_table.schema == cluster_table.schema
-    assert local_table.equals(cluster_table), (
+    assert local_table.to_pandas().equals(cluster_table.to_pandas()), (  # pandas: NaN equals NaN
         f"cluster and local MI tables differ:\n{cluster_table.to_pandas()}\n{local_table.to_pandas()}")
     assert local_result["layers"] == result["layers"]
     # the activations behind them are the same bytes
@@ -106,7 +106,7 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
 
 
 def _extractor_nodes(ray_cluster) -> set[str]:
-    """Node ids of the Ray Data actors that ran ActivationExtractor (Ray's state API, via the CLI)."""
+    """Node ids of the worker actors that ran the steps (Ray's state API, via the CLI)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -117,4 +117,4 @@ def _extractor_nodes(ray_cluster) -> set[str]:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     actors = json.loads(proc.stdout)
-    return {a["node_id"] for a in actors if "ActivationExtractor" in a.get("class_name", "")}
+    return {a["node_id"] for a in actors if "StepWorker" in a.get("class_name", "")}

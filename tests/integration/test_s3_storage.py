@@ -58,9 +58,9 @@ def test_corpus_and_activations_on_s3_equal_direct_model_call(storage_dtype, com
     from ie_flow.config import CorpusSpec
     from ie_flow.corpora import build_corpus
     from ie_flow.models import load_model
-    from ie_flow.stages.estimate import read_boundary
     from ie_flow.stages.extract import capture_boundaries
     from ie_flow.storage import Storage
+    from ie_flow.store import DatasetFolder, Manifest
 
     s3_server = s3_credentials
     corpus_uri, lines = s3_corpus
@@ -115,9 +115,10 @@ def test_corpus_and_activations_on_s3_equal_direct_model_call(storage_dtype, com
 
     # -- activations read back through Storage / read_boundary equal a direct capture
     store = Storage(manifest_uri.rsplit("/", 1)[0], s3_server.endpoint)
+    folder = DatasetFolder(store)
     direct = capture_boundaries(loaded, expected_ids, BATCH, manifest["boundaries"])
     for b in manifest["boundaries"]:
-        got = read_boundary(store, manifest, b)
+        got = folder.read_boundary(Manifest.model_validate(manifest), b)
         assert got.shape == (SAMPLES, TOKENS, 32) and got.dtype == np.float32
         if storage_dtype == "float32":
             np.testing.assert_array_equal(got, direct[b], err_msg=f"boundary {b} not bit-exact")

@@ -77,6 +77,21 @@ def test_bad_workflow_files(ie_flow, tmp_path):
     ie_flow("run", tmp_path / "none.yaml").assert_one_error("workflow file not found")
 
 
+@pytest.mark.parametrize("settings, needle", [
+    ("estimate:\n  method: smoothed\n  settings: {betas: [0.4, 0]}\n", "every beta must be > 0"),
+    ("estimate:\n  method: smoothed\n  settings: {queries: 5000}\n", "queries=5000 exceeds the 4096 samples"),
+    ("estimate:\n  method: smoothed\n  settings: {betaz: [0.4]}\n", "unknown setting 'betaz'"),
+    ("control:\n  kind: shuffled\n", "--control shuffled is for text corpora"),
+    ("model:\n  name: random:smollm2-135m\ncontrol:\n  kind: random\n", "has no random copy"),
+])
+def test_bad_estimator_and_control_settings(settings, needle, ie_flow, tiny_llama, tmp_path):
+    spec = tmp_path / "w.yaml"
+    spec.write_text(settings)
+    model = [] if "random:" in settings else ["--model", tiny_llama]
+    ie_flow("run", spec, *model, "--storage", tmp_path / "s", "--no-tracking").assert_one_error(needle)
+    assert not (tmp_path / "s" / "activations").exists()
+
+
 def test_submit_refuses_places_only_this_machine_sees(ie_flow, tmp_path):
     ie_flow("submit", "--storage", tmp_path / "data", "--tracking-uri", "http://mlflow:5000",
             "--ray-address", "http://head:8265").assert_one_error("is a local folder, which other nodes cannot see")

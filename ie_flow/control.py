@@ -1,0 +1,120 @@
+"""The control in the same run (docs/METHOD.md section 7): the same job on a copy that should carry
+no meaning (`random`: the model with random seeded weights; `shuffled`: the tokens of each window
+permuted), measured with the resolution-aware estimator on both, and model minus control per layer
+with a bootstrap interval. Both sides use the same β (the smallest valid in every cell of both) and the
+same bootstrap resamples (same n and seed), so the difference is bootstrapped replicate by replicate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ie_flow.config import EstimateSpec, JobSpec
+from ie_flow.emergence import Emergence, _interval, choose_beta, emergence_by_beta
+from ie_flow.models import RANDOM_PREFIX
+
+
+def measured_job(job: JobSpec) -> JobSpec:
+    """The job with the control's estimator (the same model and corpus)."""
+    spec = EstimateSpec(method=job.control.estimator, seeds=job.estimate.seeds, micro_reduce=job.estimate.micro_reduce,
+                        dims=job.estimate.dims, settings=job.control.settings)
+    return job.model_copy(update={"estimate": spec})
+
+
+def control_job(job: JobSpec) -> JobSpec:
+    """The control copy of a job: random weights (seeded) or shuffled tokens."""
+    measured = measured_job(job)
+    if job.control.kind == "random":
+        model = job.model.model_copy(update={"name": RANDOM_PREFIX + job.model.name, "seed": job.control.seed})
+        return measured.model_copy(update={"model": model})
+    corpus = job.corpus.model_copy(update={"shuffle_tokens": True})
+    return measured.model_copy(update={"corpus": corpus})
+
+
+@dataclass(frozen=True)
+class LayerDifference:
+    layer: int
+    model_ie: float
+    control_ie: float
+    diff: float  # model - control; NaN when either side is invalid at the headline β
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class ControlComparison:
+    kind: str
+    estimator: str
+    beta: float | None
+    beta_valid: bool
+    model: Emergence
+    control: Emergence
+    layers: list[LayerDifference]
+    model_results: str = ""  # mi.parquet URIs of the two measurements
+    control_results: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """What summary.json keeps of the comparison."""
+        return {
+            "kind": self.kind, "estimator": self.estimator, "beta": self.beta, "beta_valid": self.beta_valid,
+            "model_results": self.model_results, "control_results": self.control_results,
+            "layers": [{"layer": d.layer, "model_ie": d.model_ie, "control_ie": d.control_ie, "diff": d.diff,
+                        "ci_low": d.ci_low, "ci_high": d.ci_high} for d in self.layers],
+        }
+
+
+def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") -> tuple[float | None, bool, Emergence,
+                                                                                       Emergence, list[LayerDifference]]:
+    """IE of both tables at their common headline β, and model - control per layer."""
+    pm, pc = emergence_by_beta(model_table, micro_reduce), emergence_by_beta(control_table, micro_reduce)
+    beta, valid = choose_beta(pm, pc)
+    em, ec = pm[beta], pc[beta]
+    b = min(len(em.ie_replicates), len(ec.ie_replicates))
+    rows = []
+    for i, (lm, lc) in enumerate(zip(em.layers, ec.layers)):
+        diff = lm.ie - lc.ie
+        reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, i]
+        low, high = _interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
+        rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high))
+    return beta, valid, em, ec, rows
+
+
+def _apart(row: dict[str, Any]) -> bool:
+    """The difference's interval excludes 0."""
+    return row["diff"] is not None and math.isfinite(row["diff"]) and (row["ci_low"] > 0 or row["ci_high"] < 0)
+
+
+def format_comparison(control: dict[str, Any], main: Emergence | None = None, main_label: str = "") -> str:
+    """Side by side per layer: the main estimator's IE (`*` saturated), the control estimator's IE of
+    the model and of the control at the headline β, and their difference with its interval (from a
+    ControlComparison's record, so `ie-flow report` prints it from summary.json too)."""
+    est, kind = control["estimator"], control["kind"]
+    beta = "" if control["beta"] is None else f", β = {control['beta']:g}" + (
+        "" if control["beta_valid"] else " (no β valid in every cell: read with care)")
+    head = f"{'layer':>5}  " + (f"{main_label + ' IE':>13}  " if main else "") + \
+        f"{est + ' IE':>12}  {kind + ' ctrl':>12}  {'difference':>10}  {'95% interval':>17}"
+    lines = [f"model vs {kind} control, {est}{beta}", head]
+    main_ie = {l.layer: l for l in main.layers} if main else {}
+    for d in control["layers"]:
+        m = main_ie.get(d["layer"])
+        first = f"{m.ie:>12.3f}{'*' if m.saturated else ' '}  " if m else ""
+        lines.append(f"{d['layer']:>5}  {first}{d['model_ie']:>12.3f}  {d['control_ie']:>12.3f}  {d['diff']:>10.3f}  "
+                     f"[{d['ci_low']:>7.3f}, {d['ci_high']:>7.3f}]{'  *' if _apart(d) else ''}")
+    lines.append(summary_sentence(control))
+    return "\n".join(lines)
+
+
+def summary_sentence(control: dict[str, Any]) -> str:
+    """The plain sentence on what the run shows."""
+    est, kind, rows = control["estimator"], control["kind"], control["layers"]
+    diffs = [d for d in rows if d["diff"] is not None and math.isfinite(d["diff"])]
+    if not diffs:
+        return f"No layer has a valid {est} IE for both the model and its {kind} control: nothing to compare."
+    apart = [d for d in diffs if _apart(d)]
+    higher = sum(d["diff"] > 0 for d in apart)
+    return (f"In {len(apart)} of {len(rows)} layers (marked *) the model's {est} IE differs from its {kind} control "
+            f"beyond the 95% interval ({higher} higher, {len(apart) - higher} lower); mean difference "
+            f"{np.mean([d['diff'] for d in diffs]):+.3f} bits.")

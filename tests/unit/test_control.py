@@ -1,0 +1,88 @@
+"""The control in the same run: how the control job is derived, the replicate-wise difference, and a
+whole job with `--control random` on a tiny model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from ie_flow.config import load_job
+from ie_flow.control import compare, control_job, measured_job
+
+
+def _rows(beta, layer_bits, reps_shift=0.0):
+    """Two positions per layer; replicates = bits + a per-replicate offset shared by all cells."""
+    offsets = np.linspace(-0.1, 0.1, 21) + reps_shift
+    rows = []
+    for layer, (m0, m1) in enumerate(layer_bits):
+        for pos, bits in ((0, m0), (1, m1)):
+            for level in ("macro", "micro"):
+                rows.append({"layer": layer, "position": pos, "level": level, "method": "smoothed", "seed": 0,
+                             "bits": bits, "ceiling_bits": float("inf"), "saturated": False, "n_train": 64,
+                             "n_eval": 64, "beta": beta, "valid": True, "invalid_reason": None,
+                             "replicates": list(bits + offsets * (1 + pos))})
+    return rows
+
+
+def test_difference_is_bootstrapped_replicate_by_replicate():
+    model = _rows(0.6, [(1.0, 3.0), (1.0, 2.0)])
+    control = _rows(0.6, [(1.0, 1.5), (1.0, 2.0)])
+    beta, valid, em, ec, layers = compare(model, control)
+    assert beta == 0.6 and valid
+    # IE = M(1) - mean(M(0), M(1)) = (M(1) - M(0)) / 2; its replicate offset is (2o - o) / 2 = o / 2
+    assert layers[0].diff == pytest.approx((3 - 1) / 2 - (1.5 - 1) / 2)
+    # the shared offsets cancel in the difference: a zero-width interval
+    assert layers[0].ci_low == pytest.approx(layers[0].diff) and layers[0].ci_high == pytest.approx(layers[0].diff)
+    assert layers[1].diff == pytest.approx(0.0)
+
+
+def test_control_jobs_keep_everything_but_what_they_control():
+    job = load_job(None, {"control.kind": "random", "corpus.samples": 512})
+    ctrl = control_job(job)
+    assert ctrl.model.name == "random:smollm2-135m" and ctrl.model.seed == 1
+    assert ctrl.corpus == job.corpus and ctrl.estimate.method == "smoothed"
+    assert measured_job(job).model == job.model and measured_job(job).estimate.method == "smoothed"
+    text = load_job(None, {"control.kind": "shuffled", "corpus.name": "python-docs"})
+    assert control_job(text).corpus.shuffle_tokens and control_job(text).model == text.model
+
+
+def test_shuffled_tokens_keep_each_window_multiset(tiny_llama):
+    from ie_flow.corpora import build_corpus
+    from ie_flow.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_llama))
+    spec = load_job(None, {"corpus.samples": 256}).corpus
+    plain = build_corpus(spec, tok)
+    shuffled = build_corpus(spec.model_copy(update={"shuffle_tokens": True}), tok)
+    assert np.array_equal(np.sort(plain.input_ids, axis=1), np.sort(shuffled.input_ids, axis=1))
+    assert (plain.input_ids != shuffled.input_ids).any() and shuffled.digest != plain.digest
+
+
+def test_run_with_a_random_control(tiny_llama, tmp_path):
+    from ie_flow.cli import run_cli
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = run_cli(["run", "--model", str(tiny_llama), "--samples", "640", "--estimator", "gaussian",
+                        "--control", "random", "--executor", "serial", "--storage", str(tmp_path / "d"),
+                        "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--json"])
+    assert code == 0
+    out = json.loads(buf.getvalue())
+    control = out["control"]
+    assert control["kind"] == "random" and control["estimator"] == "smoothed" and control["beta"] in (0.4, 0.6, 0.8)
+    assert [d["layer"] for d in control["layers"]] == [0, 1]
+    for d in control["layers"]:
+        assert d["diff"] == pytest.approx(d["model_ie"] - d["control_ie"])
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    assert "random-tiny-llama" in control["control_results"]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    children = client.search_runs([client.get_run(out["mlflow_run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{out['mlflow_run_id']}'")
+    assert sorted(c.data.tags["model"] for c in children) == [str(tiny_llama), f"random:{tiny_llama}"]
+    assert len(client.get_metric_history(out["mlflow_run_id"], "control_diff")) == 2
