@@ -1,6 +1,6 @@
-"""Accuracy and cost of every estimator on the ground-truth tasks (IE_SPEC section 6).
+"""Accuracy and cost of every estimator on the ground-truth tasks (docs/METHOD.md section 6).
 
-For each estimator and task: estimate, truth, error, seconds.  ``mine-paper`` (IE_SPEC section 4)
+For each estimator and task: estimate, truth, error, seconds.  ``mine-paper`` (docs/METHOD.md section 4)
 is too slow to run its 10,000 full-batch steps on every task here, so: its seconds per step are
 MEASURED over a short run and MULTIPLIED OUT to 10,000 steps, and its accuracy comes from a
 CHEAPER run (fewer steps, same protocol otherwise); both are said so in the output.  Finally the
@@ -91,7 +91,7 @@ def main() -> None:
     # mine-paper: seconds/step measured, multiplied out; accuracy from a cheaper run
     accuracy_run = ("its FULL 10,000-step run" if mp_steps >= 10_000 else
                     f"a CHEAPER run of {mp_steps} steps (same protocol, shorter schedule)")
-    print(f"\nmine-paper (IE_SPEC section 4): seconds per step MEASURED over {timing_steps} steps and "
+    print(f"\nmine-paper (docs/METHOD.md section 4): seconds per step MEASURED over {timing_steps} steps and "
           f"MULTIPLIED OUT to 10,000 steps; accuracy from {accuracy_run}")
     print(f"{'task':18s} {'s/step':>7s} {'est. s @10k':>11s} {'truth':>7s} {'estimate':>9s} {'error':>7s}")
     mp: dict[str, tuple[float, float]] = {}

@@ -2,7 +2,7 @@
 
 Side by side in one run:
   bare     : a plain `model(input_ids)` loop over the same batches (no hooks, no storage, no Ray)
-  pipeline : `run_extract` = Ray Data actor + forward hooks on all 30 blocks + Parquet to storage
+  pipeline : `extract_activations` = Ray worker actor + forward hooks on all 30 blocks + Parquet to storage
 Ratio = pipeline tokens/s while extracting / bare tokens/s (target >= 0.8). Model load and Ray
 start-up are printed separately. Memory: actor and driver peak RSS at 1x, 2x and 8x the corpus:
 bounded streaming means it must not grow with the corpus.
@@ -58,7 +58,7 @@ def main() -> None:
     from ie_flow.config import load_job
     from ie_flow.corpora import build_corpus
     from ie_flow.models import load_tokenizer
-    from ie_flow.stages.extract import run_extract
+    from ie_flow.jobs import extract_activations
 
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
@@ -71,13 +71,13 @@ def main() -> None:
                 "extract.batch_size": args.batch_size, "extract.shard_size": 512, "tracking.enabled": False,
             })
             t0 = time.perf_counter()
-            res = run_extract(job)
+            res = extract_activations(job)
             wall = time.perf_counter() - t0
-            busy = sum(float(s["seconds"]) for s in res.shard_stats)
-            actor_peak = max(float(s["peak_rss_mb"]) for s in res.shard_stats)
+            busy = sum(float(s["_seconds"]) for s in res.stats)
+            actor_peak = max(float(s["_peak_rss_mb"]) for s in res.stats)
             driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            tokens = n * res.manifest["tokens"]
-            stored = sum(f["bytes"] for s in res.manifest["shards"] for f in s["files"].values())
+            tokens = n * res.manifest.tokens
+            stored = sum(f.bytes for s in res.manifest.shards for f in s.files.values())
             rows.append((factor, n, tokens / busy, tokens / wall, actor_peak, driver_peak, stored / 2**20))
             if factor == 1:
                 first_job, pipe_tps, base_tokens = job, tokens / busy, tokens

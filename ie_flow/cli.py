@@ -138,10 +138,11 @@ def estimate(
 
 
 @app.command()
-@job_command("storage", "s3_endpoint", "tracking_uri", "experiment", workflow=False)
+@job_command("storage", "s3_endpoint", "tracking_uri", workflow=False)
 def report(
     job: JobSpec,
     target: Annotated[Optional[str], typer.Argument(help="MLflow run id, results folder URI, or nothing for the latest job.")] = None,
+    experiment: ExperimentOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder to write the plots (PNG) into.")] = None,
     log_run: Annotated[bool, typer.Option("--log", help="Log these results to MLflow (e.g. after the server was down).")] = False,
     as_json: AsJson = False,
@@ -157,7 +158,7 @@ def report(
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
         with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
             run_id = log_results(result.record, result.table, result.emergence, job.tracking.uri,
-                                 job.tracking.experiment)
+                                 experiment or result.record.job["tracking"]["experiment"])
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
         result.results.write_summary(result.record)
     plots = write_plots(result.emergence, result.label, out) if out else []

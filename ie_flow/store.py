@@ -14,6 +14,7 @@ path or reads a manifest key by hand."""
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -169,11 +170,11 @@ class ResultsRecord(BaseModel):
         return self.job["estimate"]["micro_reduce"]
 
 
+@dataclass(frozen=True)
 class DatasetFolder:
     """activations/{model}/{dataset}: one model's activations on one corpus."""
 
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
+    storage: Storage
 
     @property
     def manifest_uri(self) -> str:
@@ -233,19 +234,19 @@ class DatasetFolder:
         self.storage.remove("")
 
 
+@dataclass(frozen=True)
 class ResultsFolder:
     """results/{model}/{dataset}/{run}: one estimator run on one dataset folder."""
 
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-
-    @property
-    def mi_uri(self) -> str:
-        return self.storage.url(MI_TABLE)
+    storage: Storage
 
     @staticmethod
     def layer_file(layer: int) -> str:
         return f"layers/layer={layer:03d}.parquet"
+
+    @property
+    def mi_uri(self) -> str:
+        return self.storage.url(MI_TABLE)
 
     def gather_layers(self, layers: list[int]) -> Any:
         """Concatenate the per-layer tables into mi.parquet; returns the table."""

@@ -49,7 +49,7 @@ class Corpus:
 
     def prefix_entropy_bits(self) -> list[float]:
         """Plug-in entropy (bits) of the distinct prefixes x_1..x_t at each position t: for a
-        deterministic model this caps M_l(t), so IE has to be read next to it (IE_SPEC section 6)."""
+        deterministic model this caps M_l(t), so IE has to be read next to it (docs/METHOD.md section 6)."""
         out = []
         for t in range(self.num_tokens):
             _, counts = np.unique(self.input_ids[:, : t + 1], axis=0, return_counts=True)

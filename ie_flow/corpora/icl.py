@@ -1,4 +1,4 @@
-"""Synthetic in-context-learning sequences (IE_SPEC section 3.1): `name,name,...` from one category."""
+"""Synthetic in-context-learning sequences (docs/METHOD.md section 3.1): `name,name,...` from one category."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def icl_corpus(
 ) -> "Corpus":
     """`samples` sequences of `shots` distinct names, each followed by a comma (2*shots tokens).
     Names are drawn uniformly without replacement, so position 0 carries log2 K bits, position 2
-    log2 K(K-1), ... (IE_SPEC section 6)."""
+    log2 K(K-1), ... (docs/METHOD.md section 6)."""
     from ie_flow.corpora import Corpus
 
     k = names or NAMES_PER_CATEGORY

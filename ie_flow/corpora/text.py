@@ -1,5 +1,5 @@
 """Text corpora (plain text, JSONL, Parquet; local or s3://) cut into N-token windows inside one
-sentence, skipping windows that contain `: ? - ;` or a newline (IE_SPEC section 3.2)."""
+sentence, skipping windows that contain `: ? - ;` or a newline (docs/METHOD.md section 3.2)."""
 
 from __future__ import annotations
 

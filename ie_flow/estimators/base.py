@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 LOG2E = 1.0 / math.log(2.0)  # nats -> bits
-SATURATION_MARGIN_BITS = 0.1  # IE_SPEC section 5: within 0.1 bit of the ceiling = lower bound only
+SATURATION_MARGIN_BITS = 0.1  # docs/METHOD.md section 5: within 0.1 bit of the ceiling = lower bound only
 MIN_TRAIN = 64  # fewer training samples than this cannot fit any critic meaningfully
 MIN_EVAL = 32  # fewer held-out samples than this gives a meaningless held-out bound
 MIN_SELECT = 32  # fewer selection samples than this cannot rank checkpoints

@@ -1,4 +1,4 @@
-"""Dimension options of IE_SPEC section 2: ``full`` | ``first:K`` | ``project:K``."""
+"""Dimension options of docs/METHOD.md section 2: ``full`` | ``first:K`` | ``project:K``."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,4 @@
-"""The reference estimator of IE_SPEC section 4 ("paper mode"), reproduced for parity only.
+"""The reference estimator of docs/METHOD.md section 4 ("paper mode"), reproduced for parity only.
 
 Donsker-Varadhan with a joint MLP critic on [x; y]:
 2d -> 768 -> 384 -> 192 -> 96 -> 48 -> 24 -> 12 -> 6 -> 3 -> 1, LeakyReLU, Xavier-normal weights,

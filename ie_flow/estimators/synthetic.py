@@ -1,4 +1,4 @@
-"""Ground-truth pairs with known MI (IE_SPEC section 6), shared by tests and benchmarks."""
+"""Ground-truth pairs with known MI (docs/METHOD.md section 6), shared by tests and benchmarks."""
 from __future__ import annotations
 
 import math

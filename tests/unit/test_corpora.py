@@ -35,7 +35,7 @@ def test_icl_sequences_are_names_and_commas(tok):
         tok(c.settings["names"][0], add_special_tokens=False).input_ids[0], comma,
         tok(c.settings["names"][1], add_special_tokens=False).input_ids[0], comma,
     ]
-    # uniform draws: prefix entropy ~ log2 K, log2 K(K-1) (IE_SPEC section 6), capped by log2 n
+    # uniform draws: prefix entropy ~ log2 K, log2 K(K-1) (docs/METHOD.md section 6), capped by log2 n
     h = c.prefix_entropy_bits()
     assert abs(h[0] - 4) < 0.02 and h[0] == h[1]
     assert abs(h[2] - math.log2(16 * 15)) < 0.2 and h[7] <= math.log2(2000) + 1e-9

@@ -1,4 +1,4 @@
-"""Ground truth for the default estimator (IE_SPEC section 6, issue 4), fixed seeds, n = 5,000.
+"""Ground truth for the default estimator (docs/METHOD.md section 6, issue 4), fixed seeds, n = 5,000.
 
 - jointly Gaussian pairs, I = -(d/2) log2(1 - rho^2) for d correlated coordinate pairs,
   mixed by random rotations on both sides ("dense") or with only 3 correlated pairs ("sparse");
