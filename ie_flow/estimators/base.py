@@ -301,3 +301,11 @@ class Estimator:
     @staticmethod
     def _clock() -> float:
         return time.perf_counter()
+
+    def _start(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int], **checks: Any
+               ) -> tuple[float, tuple[int, ...], np.ndarray, np.ndarray]:
+        """How every estimate_many begins: the clock, the seeds and the validated (P, n, d) stacks."""
+        t0 = self._clock()
+        seeds = self._check_seeds(seeds)
+        xs, ys = validate_pairs(xs, ys, batched=True, **checks)
+        return t0, seeds, xs, ys

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .base import LOG2E, Estimator, MIEstimate, validate_pairs
+from ..progress import Progress
+from .base import LOG2E, Estimator, MIEstimate, resolve_device, seed_interval
 
 # registry names of this module's estimators (read by estimators/__init__.py without importing it)
 REGISTRY = {"mine-paper": "MinePaper"}
@@ -54,93 +55,87 @@ class MinePaper(Estimator):
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
     ) -> list[MIEstimate]:
         import torch
-        import torch.nn.functional as F
 
-        from .base import resolve_device, seed_interval
-
-        t0 = self._clock()
-        seeds = self._check_seeds(seeds)
         s = self.settings
-        xs, ys = validate_pairs(xs, ys, eval_fraction=s["eval_fraction"], drop_constant=s["drop_constant"], batched=True)
+        t0, seeds, xs, ys = self._start(xs, ys, seeds, eval_fraction=s["eval_fraction"], drop_constant=s["drop_constant"])
         dev = resolve_device(device)
-        P, n, dx = xs.shape
-        dy = ys.shape[2]
         X = torch.as_tensor(np.ascontiguousarray(xs, dtype=np.float32), device=dev)
         Y = torch.as_tensor(np.ascontiguousarray(ys, dtype=np.float32), device=dev)
+        # the protocol runs 10,000 full-batch steps: say how far it is (a line a minute without a terminal)
+        with Progress(f"mine-paper training ({len(xs)} pairs)", len(seeds) * int(s["steps"]), "step",
+                      terminal=False) as progress:
+            runs = [self._train_seed(X, Y, int(seed), dev, progress) for seed in seeds]
+        return self._estimates(runs, seeds, xs.shape[1], self._clock() - t0, str(dev))
+
+    def _train_seed(self, X: Any, Y: Any, seed: int, dev: Any, progress: Progress) -> tuple[Any, Any, list]:
+        """One seed of the protocol: (best training estimate per pair in nats, diverged, trace)."""
+        import torch
+
+        s, (P, n, _) = self.settings, X.shape
+        critic, params = _critic(P, X.shape[2] + Y.shape[2], seed, s["negative_slope"], dev)
+        opt = torch.optim.Adam(params, lr=s["lr"])
+        best = torch.full((P,), -math.inf, dtype=torch.float64)
+        dead = torch.zeros(P, dtype=torch.bool)
+        perm_gen = torch.Generator().manual_seed(seed + 7919)
+        trace: list[list[float]] = []
         steps = int(s["steps"])
-        per_seed: list[np.ndarray] = []
-        div_seed: list[np.ndarray] = []
-        traces: list[list[list[float]]] = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
-            dims = (dx + dy,) + WIDTHS
-            ws, bs = [], []
-            for fi, fo in zip(dims[:-1], dims[1:]):
-                std = math.sqrt(2.0 / (fi + fo))  # xavier_normal_
-                w = (torch.randn(fi, fo, generator=gen) * std).expand(P, fi, fo).clone()
-                ws.append(w.to(dev).requires_grad_(True))
-                bs.append(torch.zeros(P, 1, fo, device=dev, requires_grad=True))
-            opt = torch.optim.Adam(ws + bs, lr=s["lr"])
-            best = torch.full((P,), -math.inf, dtype=torch.float64)
-            dead = torch.zeros(P, dtype=torch.bool)
-            perm_gen = torch.Generator().manual_seed(int(seed) + 7919)
-            trace: list[list[float]] = []
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = poly_warmup_lr(step, steps, s["lr"], s["warmup"], s["lr_end"])
+            perm = torch.randperm(n, generator=perm_gen).to(dev)
+            t = critic(torch.cat([torch.cat([X, Y], dim=2), torch.cat([X, Y[:, perm]], dim=2)], dim=1))  # (P, 2n)
+            mi = t[:, :n].mean(1) - (t[:, n:].logsumexp(1) - math.log(n))  # (P,) nats
+            val = mi.detach().double().cpu()
+            if s["record_trace"]:
+                trace.append((val * LOG2E).tolist())
+            dead |= ~torch.isfinite(val)  # the reference stops at the first NaN; we flag it as diverged
+            best = torch.where(~dead & (val > best), val, best)
+            progress.update(1)
+            if dead.all():
+                break
+            loss = -torch.where((~dead).to(dev), mi, torch.zeros((), device=dev)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return best, dead, trace
 
-            def critic(z: torch.Tensor) -> torch.Tensor:
-                for i, (w, b) in enumerate(zip(ws, bs)):
-                    z = torch.baddbmm(b, z, w)
-                    if i < len(ws) - 1:
-                        z = F.leaky_relu(z, s["negative_slope"])
-                return z.squeeze(-1)
-
-            for step in range(steps):
-                for g in opt.param_groups:
-                    g["lr"] = poly_warmup_lr(step, steps, s["lr"], s["warmup"], s["lr_end"])
-                perm = torch.randperm(n, generator=perm_gen).to(dev)
-                joint = torch.cat([X, Y], dim=2)
-                marg = torch.cat([X, Y[:, perm]], dim=2)
-                t = critic(torch.cat([joint, marg], dim=1))  # (P, 2n)
-                mi = t[:, :n].mean(1) - (t[:, n:].logsumexp(1) - math.log(n))  # (P,) nats
-                val = mi.detach().double().cpu()
-                if s["record_trace"]:
-                    trace.append((val * LOG2E).tolist())
-                nan = ~torch.isfinite(val)
-                dead |= nan  # the reference stops at the first NaN; we flag it as diverged
-                live = ~dead
-                best = torch.where(live & (val > best), val, best)
-                if not live.any():
-                    break
-                loss = -torch.where(live.to(dev), mi, torch.zeros((), device=dev)).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            traces.append(trace)
-            per_seed.append((best * LOG2E).numpy())
-            div_seed.append(dead.numpy())
-        elapsed = self._clock() - t0
+    def _estimates(self, runs: list[tuple[Any, Any, list]], seeds: tuple[int, ...], n: int, elapsed: float,
+                   device: str) -> list[MIEstimate]:
+        s, P = self.settings, len(runs[0][0])
         out = []
         for p in range(P):
-            vals = tuple(float(v[p]) for v in per_seed)
-            diverged = any(bool(d[p]) for d in div_seed)
+            vals = tuple(float(best[p] * LOG2E) for best, _, _ in runs)
+            diverged = any(bool(dead[p]) for _, dead, _ in runs)
             mean, lo, hi = seed_interval(vals) if not diverged else (math.nan,) * 3
-            out.append(
-                MIEstimate(
-                    bits=mean,
-                    ceiling_bits=None,
-                    saturated=False,
-                    n_train=n,
-                    n_eval=0,
-                    method=self.name,
-                    seconds=elapsed / P,
-                    seeds=seeds,
-                    bits_per_seed=vals,
-                    ci_low=lo,
-                    ci_high=hi,
-                    settings={**s, "device": str(dev), "reported": "max training-batch DV x log2(e)",
-                              "preprocess": "none (the paper's protocol: raw inputs)",
-                              "batch_pairs": P, "batch_seconds": elapsed,
-                              **({"trace_bits": [[row[p] for row in tr] for tr in traces]} if s["record_trace"] else {})},
-                    diverged=diverged,
-                )
-            )
+            trace = {"trace_bits": [[row[p] for row in tr] for _, _, tr in runs]} if s["record_trace"] else {}
+            settings = {**s, "device": device, "reported": "max training-batch DV x log2(e)",
+                        "preprocess": "none (the paper's protocol: raw inputs)", "batch_pairs": P,
+                        "batch_seconds": elapsed, **trace}
+            out.append(MIEstimate(bits=mean, ceiling_bits=None, saturated=False, n_train=n, n_eval=0, method=self.name,
+                                  seconds=elapsed / P, seeds=seeds, bits_per_seed=vals, ci_low=lo, ci_high=hi,
+                                  settings=settings, diverged=diverged))
         return out
+
+
+def _critic(P: int, d_in: int, seed: int, negative_slope: float, dev: Any) -> tuple[Any, list[Any]]:
+    """P independent copies of the reference MLP on [x; y] (Xavier-normal weights, zero bias), as
+    batched matrices; returns (forward function, parameters)."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    dims = (d_in,) + WIDTHS
+    ws, bs = [], []
+    for fi, fo in zip(dims[:-1], dims[1:]):
+        std = math.sqrt(2.0 / (fi + fo))  # xavier_normal_
+        ws.append((torch.randn(fi, fo, generator=gen) * std).expand(P, fi, fo).clone().to(dev).requires_grad_(True))
+        bs.append(torch.zeros(P, 1, fo, device=dev, requires_grad=True))
+
+    def forward(z: Any) -> Any:
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            z = torch.baddbmm(b, z, w)
+            if i < len(ws) - 1:
+                z = F.leaky_relu(z, negative_slope)
+        return z.squeeze(-1)
+
+    return forward, ws + bs

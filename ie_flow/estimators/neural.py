@@ -22,7 +22,6 @@ from .base import (
     is_saturated,
     resolve_device,
     split_three,
-    validate_pairs,
 )
 from .trainer import TrainConfig, resolve_precision, train_batched
 from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
@@ -104,11 +103,9 @@ class NeuralEstimator(Estimator):
     ) -> list[MIEstimate]:
         import torch
 
-        t0 = self._clock()
-        seeds = self._check_seeds(seeds)
         s = self.settings
-        xs, ys = validate_pairs(xs, ys, eval_fraction=s["eval_fraction"], drop_constant=s["drop_constant"],
-                                batched=True, select_fraction=s["select_fraction"])
+        t0, seeds, xs, ys = self._start(xs, ys, seeds, eval_fraction=s["eval_fraction"],
+                                        drop_constant=s["drop_constant"], select_fraction=s["select_fraction"])
         cfg = self._config()
         dev = resolve_device(device)
         P, n = xs.shape[0], xs.shape[1]
@@ -209,20 +206,6 @@ class NeuralEstimator(Estimator):
         )
 
 
-class InfoNCE(NeuralEstimator):
-    """Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates)."""
-
-    name = "infonce"
-    bound = "infonce"
-
-
-class DonskerVaradhan(NeuralEstimator):
-    """DV bound E_p[T] - log E_q[e^T] with a stable log-mean-exp."""
-
-    name = "dv"
-    bound = "dv"
-
-
 class MINE(NeuralEstimator):
     """DV bound trained with MINE's moving-average correction of the partition-term gradient
     (setting ``ema``: the moving-average rate; 0 or None switches it off = plain DV)."""
@@ -236,15 +219,14 @@ class MINE(NeuralEstimator):
         return float(e) if e else None
 
 
-class SMILE(NeuralEstimator):
-    """DV with the partition term on clip(T, -clip, clip) (clip=5 by default)."""
-
-    name = "smile"
-    bound = "smile"
+def _plain_bound(class_name: str, name: str, bound: str, doc: str) -> type[NeuralEstimator]:
+    """An estimator that is only its bound, trained and evaluated like the others."""
+    return type(class_name, (NeuralEstimator,), {"name": name, "bound": bound, "__doc__": doc, "__module__": __name__})
 
 
-class NWJ(NeuralEstimator):
-    """Nguyen-Wainwright-Jordan bound E_p[T] - E_q[e^(T-1)]."""
-
-    name = "nwj"
-    bound = "nwj"
+InfoNCE = _plain_bound("InfoNCE", "infonce", "infonce",
+                       "Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates).")
+DonskerVaradhan = _plain_bound("DonskerVaradhan", "dv", "dv",
+                               "DV bound E_p[T] - log E_q[e^T] with a stable log-mean-exp.")
+SMILE = _plain_bound("SMILE", "smile", "smile", "DV with the partition term on clip(T, -clip, clip) (clip=5 by default).")
+NWJ = _plain_bound("NWJ", "nwj", "nwj", "Nguyen-Wainwright-Jordan bound E_p[T] - E_q[e^(T-1)].")

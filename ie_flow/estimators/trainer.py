@@ -202,6 +202,27 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+@dataclass
+class _Run:
+    """What training tracks per pair: the best checkpoint on the select rows and whether it goes on."""
+
+    best: dict[str, Params]
+    best_val: torch.Tensor  # (P,) float64, nats
+    best_step: np.ndarray
+    bad_evals: torch.Tensor
+    diverged: torch.Tensor
+    active: torch.Tensor
+    log_ema: torch.Tensor  # MINE: per-pair log moving average of E[e^T]
+    history: list[tuple[int, np.ndarray]]
+
+    @classmethod
+    def start(cls, critic: SeparableCritic, P: int) -> "_Run":
+        best = {s: {k: v.detach().clone() for k, v in p.items()} for s, p in critic.state().items()}
+        return cls(best, torch.full((P,), -math.inf, dtype=torch.float64), np.zeros(P, dtype=np.int64),
+                   torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.bool), torch.ones(P, dtype=torch.bool),
+                   torch.full((P,), math.nan, dtype=torch.float32), [])
+
+
 def train_batched(
     xs: torch.Tensor,
     ys: torch.Tensor,
@@ -216,132 +237,147 @@ def train_batched(
     """Train P critics on (P, n, dx) / (P, n, dy) stacks on the train rows, early-stop each on
     the select rows and return its bound on the report rows (see the module docstring).
     ``boot_weights`` (B, n): weights of each sample id in B bootstrap resamples."""
+    from ie_flow.progress import Progress
+
     P, n, dx = xs.shape
-    dy = ys.shape[2]
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     tr = torch.as_tensor(train_idx, dtype=torch.long)
     ev = torch.as_tensor(select_idx, dtype=torch.long)  # early stopping runs on the select rows
-    n_tr, n_ev = tr.numel(), ev.numel()
-    X = _Prepared(xs, tr, cfg, device)
-    Y = _Prepared(ys, tr, cfg, device)
-
-    critic = SeparableCritic(P, dx, dy, hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed, device=device)
+    X, Y = _Prepared(xs, tr, cfg, device), _Prepared(ys, tr, cfg, device)
+    critic = SeparableCritic(P, dx, ys.shape[2], hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed,
+                             device=device)
     params = critic.parameters()
     groups = [{"params": params}, {"params": [critic.log_scale], "lr": cfg.scale_lr, "weight_decay": 0.0}]
     # fused: one kernel per tensor instead of ~10 passes over all P critics' weights per step
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     params = params + [critic.log_scale]
-    best: dict[str, Params] = {s: {k: v.detach().clone() for k, v in p.items()} for s, p in critic.state().items()}
-    best_val = torch.full((P,), -math.inf, dtype=torch.float64)
-    best_step = np.zeros(P, dtype=np.int64)
-    bad_evals = torch.zeros(P, dtype=torch.long)
-    diverged = torch.zeros(P, dtype=torch.bool)
-    active = torch.ones(P, dtype=torch.bool)
-    log_ema = torch.full((P,), math.nan, dtype=torch.float32)  # MINE: per-pair log moving average
-    history: list[tuple[int, np.ndarray]] = []
-
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBA7C]))
-    B = min(cfg.batch_size, n_tr)
-    diag = torch.arange(B, device=device)
-    order, cursor = rng.permutation(n_tr), 0
+    run = _Run.start(critic, P)
+    batches = _Batches(tr, min(cfg.batch_size, tr.numel()), seed)
     step = 0
     # step 0 only evaluates the initial critic (T == 0: bound exactly 0), so a pair that never
     # beats "no information" reports ~0 instead of a worse training state
-    for step in range(0, cfg.max_steps + 1):
-        if step > 0:
-            if cursor + B > n_tr:  # new epoch: reshuffle (drop the ragged tail)
-                order, cursor = rng.permutation(n_tr), 0
-            bidx = tr[torch.as_tensor(order[cursor : cursor + B])]
-            cursor += B
-            # pairs that stopped early drop out of the batch (their best checkpoint is kept);
-            # the others' trajectories do not change, since no pair's update depends on another
-            act_idx = active.nonzero().squeeze(1)
-            sel = None if act_idx.numel() == P else act_idx.to(device)
+    # a line every two minutes: inside a stage it runs under the stage's own progress bar
+    with Progress(f"training {P} critics", cfg.max_steps, "step", terminal=False, every_s=120) as progress:
+        for step in range(0, cfg.max_steps + 1):
+            if step > 0:
+                _train_step(critic, opt, params, run, X, Y, batches.next(), cfg, device)
+                progress.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                _early_stopping(critic, run, X, Y, ev, step, cfg, device)
+                if not run.active.any():
+                    break
+    report = _final_evaluation(critic, run.best, X, Y, tr, ev, torch.as_tensor(report_idx, dtype=torch.long), cfg,
+                               seed, device, boot_weights)
+    return _result(report, run, step)
 
-            def pick(t: torch.Tensor) -> torch.Tensor:
-                return t if sel is None else t.index_select(0, sel)
 
-            xp = {k: pick(v) for k, v in critic.x.items()}
-            yp = {k: pick(v) for k, v in critic.y.items()}
-            with _autocast(device, cfg.precision):
-                fx = critic.side_q(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
-                gy = critic.side_q(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
-                S = critic.scores(fx, gy, pick(critic.log_scale)).float()
-            if cfg.ema is not None:
-                pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
-                lme = bounds.neg_logmeanexp(S, diag)
-                value = pos_mean - lme
-                lme_d = lme.detach()
-                prev = log_ema[act_idx].to(device)
-                new_ema = torch.where(torch.isnan(prev), lme_d, torch.logaddexp(
-                    prev + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema)))
-                log_ema[act_idx] = new_ema.cpu()
-                # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
-                # instead of the minibatch value, which removes most of the minibatch gradient bias.
-                objective = pos_mean - lme * torch.exp(lme_d - new_ema)
-            elif cfg.bound == "smile":
-                # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV,
-                # the gradient comes from the Jensen-Shannon f-GAN bound.  Training on the
-                # clipped DV itself is unbounded (E_p[T] is not clipped) and blew up to 1e21 bits.
-                value = bounds.smile(S, diag, cfg.clip)
-                objective = bounds.js_fgan(S, diag)
-            else:
-                value = bounds.bound(cfg.bound, S, diag, cfg.clip)
-                objective = value
-            finite = torch.isfinite(value.detach()).cpu()
-            if not finite.all():
-                diverged[act_idx[~finite]] = True
-                active &= ~diverged
-            loss = -torch.where(finite.to(device), objective, torch.zeros((), device=device)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if diverged.any():  # keep dead pairs' NaNs out of their optimiser state
-                dmask = diverged.to(device)
-                for p_ in params:
-                    if p_.grad is not None:
-                        p_.grad[dmask] = 0.0
-            opt.step()
+class _Batches:
+    """Minibatches of training rows, reshuffled each epoch (the ragged tail dropped)."""
 
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device,
-                            pairs=active.nonzero().squeeze(1)).double()
-            history.append((step, val.numpy().copy()))
-            with torch.no_grad():
-                bad = ~torch.isfinite(val)
-                diverged |= bad & active
-                improved = active & ~bad & (val > best_val + cfg.min_delta)
-                if improved.any():
-                    ii = improved.nonzero().squeeze(1).to(device)
-                    for side, p in critic.state().items():
-                        for k, v in p.items():
-                            best[side][k][ii] = v.detach()[ii]
-                    best_val[improved] = val[improved]
-                    best_step[improved.numpy()] = step
-                bad_evals = torch.where(improved, torch.zeros_like(bad_evals), bad_evals + 1)
-                active &= (bad_evals < cfg.patience) & ~diverged
-                if cfg.stop_near_ceiling > 0 and cfg.bound == "infonce":  # the DV family has no log n cap
-                    active &= ~(best_val >= math.log(n_ev) - cfg.stop_near_ceiling * math.log(2))
-            if not active.any():
-                break
+    def __init__(self, tr: torch.Tensor, size: int, seed: int) -> None:
+        self.tr, self.size = tr, size
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBA7C]))
+        self.order, self.cursor = self.rng.permutation(tr.numel()), 0
 
-    report = _final_evaluation(critic, best, X, Y, tr, torch.as_tensor(select_idx, dtype=torch.long),
-                               torch.as_tensor(report_idx, dtype=torch.long), cfg, seed, device, boot_weights)
-    div = diverged.numpy() | ~np.isfinite(report["nats"])
+    def next(self) -> torch.Tensor:
+        if self.cursor + self.size > self.tr.numel():
+            self.order, self.cursor = self.rng.permutation(self.tr.numel()), 0
+        rows = self.tr[torch.as_tensor(self.order[self.cursor : self.cursor + self.size])]
+        self.cursor += self.size
+        return rows
+
+
+def _train_step(critic: SeparableCritic, opt: Any, params: list[torch.Tensor], run: _Run, X: "_Prepared",
+                Y: "_Prepared", bidx: torch.Tensor, cfg: TrainConfig, device: torch.device) -> None:
+    """One optimiser step of the pairs still active; a pair whose value is not finite is diverged."""
+    P = run.active.numel()
+    # pairs that stopped early drop out of the batch (their best checkpoint is kept);
+    # the others' trajectories do not change, since no pair's update depends on another
+    act_idx = run.active.nonzero().squeeze(1)
+    sel = None if act_idx.numel() == P else act_idx.to(device)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t if sel is None else t.index_select(0, sel)
+
+    xp = {k: pick(v) for k, v in critic.x.items()}
+    yp = {k: pick(v) for k, v in critic.y.items()}
+    with _autocast(device, cfg.precision):
+        fx = critic.side_q(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+        gy = critic.side_q(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
+        S = critic.scores(fx, gy, pick(critic.log_scale)).float()
+    value, objective = _objective(S, torch.arange(S.shape[1], device=device), cfg, run, act_idx, device)
+    finite = torch.isfinite(value.detach()).cpu()
+    if not finite.all():
+        run.diverged[act_idx[~finite]] = True
+        run.active &= ~run.diverged
+    loss = -torch.where(finite.to(device), objective, torch.zeros((), device=device)).sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.diverged.any():  # keep dead pairs' NaNs out of their optimiser state
+        dmask = run.diverged.to(device)
+        for p_ in params:
+            if p_.grad is not None:
+                p_.grad[dmask] = 0.0
+    opt.step()
+
+
+def _objective(S: torch.Tensor, diag: torch.Tensor, cfg: TrainConfig, run: _Run, act_idx: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the bound's value, what the optimiser maximises) of a batch of scores."""
+    if cfg.ema is not None:
+        pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
+        lme = bounds.neg_logmeanexp(S, diag)
+        lme_d = lme.detach()
+        prev = run.log_ema[act_idx].to(device)
+        new_ema = torch.where(torch.isnan(prev), lme_d, torch.logaddexp(
+            prev + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema)))
+        run.log_ema[act_idx] = new_ema.cpu()
+        # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
+        # instead of the minibatch value, which removes most of the minibatch gradient bias.
+        return pos_mean - lme, pos_mean - lme * torch.exp(lme_d - new_ema)
+    if cfg.bound == "smile":
+        # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV,
+        # the gradient comes from the Jensen-Shannon f-GAN bound.  Training on the
+        # clipped DV itself is unbounded (E_p[T] is not clipped) and blew up to 1e21 bits.
+        return bounds.smile(S, diag, cfg.clip), bounds.js_fgan(S, diag)
+    value = bounds.bound(cfg.bound, S, diag, cfg.clip)
+    return value, value
+
+
+def _early_stopping(critic: SeparableCritic, run: _Run, X: "_Prepared", Y: "_Prepared", ev: torch.Tensor, step: int,
+                    cfg: TrainConfig, device: torch.device) -> None:
+    """Evaluate on the select rows; keep each pair's best checkpoint; stop pairs that stopped improving."""
+    n_ev = ev.numel()
+    val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device,
+                    pairs=run.active.nonzero().squeeze(1)).double()
+    run.history.append((step, val.numpy().copy()))
+    with torch.no_grad():
+        bad = ~torch.isfinite(val)
+        run.diverged |= bad & run.active
+        improved = run.active & ~bad & (val > run.best_val + cfg.min_delta)
+        if improved.any():
+            ii = improved.nonzero().squeeze(1).to(device)
+            for side, p in critic.state().items():
+                for k, v in p.items():
+                    run.best[side][k][ii] = v.detach()[ii]
+            run.best_val[improved] = val[improved]
+            run.best_step[improved.numpy()] = step
+        run.bad_evals = torch.where(improved, torch.zeros_like(run.bad_evals), run.bad_evals + 1)
+        run.active &= (run.bad_evals < cfg.patience) & ~run.diverged
+        if cfg.stop_near_ceiling > 0 and cfg.bound == "infonce":  # the DV family has no log n cap
+            run.active &= ~(run.best_val >= math.log(n_ev) - cfg.stop_near_ceiling * math.log(2))
+
+
+def _result(report: dict[str, Any], run: _Run, steps: int) -> TrainResult:
+    div = run.diverged.numpy() | ~np.isfinite(report["nats"])
 
     def masked(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else np.where(div.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
 
     return TrainResult(
-        nats=masked(report["nats"]),
-        nats_half=masked(report["half"]),
-        nats_train=masked(report["train"]),
-        nats_replicates=masked(report["replicates"]),
-        diverged=div,
-        best_step=best_step,
-        steps=step,
-        n_candidates=report["n_candidates"],
-        n_candidates_half=report["n_candidates_half"],
-        history=history,
+        nats=masked(report["nats"]), nats_half=masked(report["half"]), nats_train=masked(report["train"]),
+        nats_replicates=masked(report["replicates"]), diverged=div, best_step=run.best_step, steps=steps,
+        n_candidates=report["n_candidates"], n_candidates_half=report["n_candidates_half"], history=run.history,
     )
 
 

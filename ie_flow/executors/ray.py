@@ -82,6 +82,9 @@ class StepWorker:
     def __init__(self, step: Step, threads: int) -> None:
         import torch
 
+        from ie_flow.logs import configure_logging
+
+        configure_logging()  # ie-flow's progress lines reach the driver; the libraries' logs do not
         torch.set_num_threads(max(1, threads))
         step.setup()
         self.step = step
