@@ -1,8 +1,10 @@
 """Resolution-aware MI (docs/METHOD.md section 7): ``M^β = I(X + σx Z1 ; Y + σy Z2)``.
 
 σ = β · sqrt(tr Cov) of that side (its RMS radius about the mean), Z1, Z2 independent standard
-normals.  Invariant to scaling, shifting and rotating either side; falls as β grows; between 0
-and the entropy of the (distinct) samples.  Option ``standardise`` first scales every coordinate
+normals.  Invariant to scaling, shifting and rotating either side (the estimate: within Monte-Carlo
+error, since each side's noise draw is keyed by its content); falls as β grows; between 0 and the
+entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
+the settings, never on the other cells of the call.  Option ``standardise`` first scales every coordinate
 of each side to unit variance (so a few massive activation dimensions do not set σ alone; exactly
 constant coordinates are dropped); it is labelled in ``settings["mode"]`` ("standardised" / "raw").
 A side that is constant gives exactly 0.
@@ -39,7 +41,9 @@ How the work is shared (why a β grid, the null, n/2 and the bootstrap cost litt
   side, G = X_q Xᵀ and W = Z Xᵀ (one matmul), computed once for all β (common random numbers).
 - Sides are deduplicated by content: in a layer chain Y of cell (l, t) is X of cell (l+1, t), so
   its matmul and marginal kernel sums are done once (it has the same noise in both roles; a cell
-  whose X equals its Y still gets independent noise on each side).
+  whose X equals its Y still gets independent noise on each side).  Sides of one width are
+  processed in groups (one batched matmul), and cells whose sides are consecutive (a chain) in
+  runs of slices, ``cell_batch`` at a time: few large operations rather than many small ones.
 - Kernels are stored as exp(logit − row max + 36) in float32; a cell's joint kernel is the product
   of its two sides' kernels (no exp per cell).  Columns are streamed in chunks of whole units
   (setting ``chunk``; by default 1 GiB of kernels on CPU, half the free memory on CUDA) and
@@ -82,6 +86,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -129,7 +134,7 @@ UNIT_MAX = 2048  # columns per unit at most (a chunk holds at least one unit, wh
 # --------------------------------------------------------------------------- input preparation
 
 def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    bad = [b for b in betas if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0)]
+    bad = [b for b in betas if not (isinstance(b, numbers.Real) and math.isfinite(b) and b > 0)]
     if bad or not betas:
         raise ValueError(f"beta must be a finite number > 0 (the noise scale relative to the data's RMS radius), got {bad or list(betas)}")
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -159,15 +164,18 @@ def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]
 def _fingerprint(a: np.ndarray) -> tuple:
     flat = a.reshape(-1)
     sample = np.ascontiguousarray(flat[:: max(1, flat.size // 4096)])
-    return a.shape, a.dtype.str, hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+    return a.shape, a.dtype.str, hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
 
 
-def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Distinct side arrays and, per cell, the index of its X and Y side.
+def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[int]]:
+    """Distinct side arrays, per cell the index of its X and Y side, and per side a noise key.
 
     Equal content -> one side (a layer chain shares Y of (l, t) with X of (l+1, t)).  A cell whose
-    two sides are equal still gets two entries: X and Y noise must be independent."""
+    two sides are equal still gets two entries: X and Y noise must be independent.  The noise key
+    comes from the content (fingerprint, and how many earlier sides share it), so a cell's noise
+    and hence its estimate do not depend on the other cells of the call or their order."""
     sides: list[np.ndarray] = []
+    keys: list[int] = []
     by_key: dict[tuple, list[int]] = {}
 
     def index_of(a: np.ndarray, avoid: int = -1) -> int:
@@ -176,12 +184,13 @@ def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.nd
             if i != avoid and np.array_equal(sides[i], a):
                 return i
         sides.append(a)
+        keys.append(int(key[2], 16) + len(by_key.get(key, [])))
         by_key.setdefault(key, []).append(len(sides) - 1)
         return len(sides) - 1
 
     sx = np.array([index_of(xs[p]) for p in range(xs.shape[0])], dtype=np.int64)
     sy = np.array([index_of(ys[p], avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
-    return sides, sx, sy
+    return sides, sx, sy, keys
 
 
 @dataclass
@@ -290,7 +299,7 @@ class _Draw:
     noise: list  # per side: (m, d) float32 tensor
 
 
-def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], device: Any) -> _Draw:
+def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: list[int], device: Any) -> _Draw:
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5300]))
@@ -310,8 +319,11 @@ def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], device: Any) -
     null_pos[pos < 0] = np.flatnonzero(pos < 0)  # padding pairs with itself (masked anyway)
     qindex = np.full(pos.size, -1, dtype=np.int64)
     qindex[qpos] = np.arange(m)
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 0x5301)  # on CPU: same noise on any device
-    noise = [torch.randn((m, s.data.shape[1]), generator=gen).to(device) for s in sides]
+    noise = []
+    for side, key in zip(sides, noise_keys):  # drawn on CPU: the same noise on any device
+        state = np.random.SeedSequence([int(seed), key, 0x5301]).generate_state(1, np.uint64)[0]
+        gen = torch.Generator().manual_seed(int(state) >> 1)
+        noise.append(torch.randn((m, side.data.shape[1]), generator=gen).to(device))
     return _Draw(pos, qpos, starts, ends, null_pos, qindex[null_pos[qpos]], noise)
 
 
@@ -354,30 +366,46 @@ class _Chunk:
     seg_end: Any
 
 
-def _side_kernels(side: _Side, rows: Any, noise: Any, chunk: _Chunk, sigmas: list[float], out: Any) -> tuple:
-    """Fill ``out`` (betas, m, c) with exp(logit − row max + OFFSET) of every query against the
-    chunk's columns; return the row maxima and the queries' own logits (betas, …).
+def _runs(first: np.ndarray, second: np.ndarray | None, limit: int) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive items whose indices (in ``first`` and ``second``) both go
+    up by one, at most ``limit`` long: such a run is a slice of the kernel store, not a copy."""
+    runs, start = [], 0
+    for i in range(1, first.size + 1):
+        step = i < first.size and first[i] == first[i - 1] + 1 and (second is None or second[i] == second[i - 1] + 1)
+        if not step or i - start == limit:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def _group_kernels(group: list[_Side], lhs: Any, chunk: _Chunk, sigmas: Any, out: Any) -> tuple:
+    """Fill ``out`` (sides, betas, m, c) with exp(logit − row max + OFFSET) of every query against the
+    chunk's columns, for a group of sides of one width; return the row maxima and the queries' own
+    logits (sides, betas, …).  ``lhs`` (sides, 2m, d): prepared query rows, then the noise.
 
     Logit of query j, column i (terms constant in i dropped; they cancel between the densities):
     (x_q·x_i − ||x_i||²/2)/σ² + z_j·x_i/σ.  The own column is masked (left out)."""
     import torch
 
-    m = rows.shape[0]
-    cols = (side.data.index_select(0, chunk.cols) - side.mean) * side.scale
-    gram = torch.cat([(rows - side.mean) * side.scale, noise]) @ cols.T  # (2m, c): X_q Xᵀ and Z Xᵀ
-    half_sq = 0.5 * cols.square().sum(1)
-    half_sq[chunk.pad] = math.inf  # padding columns: kernel 0
-    base = gram[:m] - half_sq
+    m = lhs.shape[1] // 2
+    mean = torch.stack([s.mean for s in group])[:, None]
+    scale = torch.stack([s.scale for s in group])[:, None]
+    cols = (torch.stack([s.data.index_select(0, chunk.cols) for s in group]) - mean) * scale
+    gram = torch.bmm(lhs, cols.transpose(1, 2))  # (sides, 2m, c): X_q Xᵀ and Z Xᵀ
+    half_sq = 0.5 * cols.square().sum(-1)
+    half_sq[:, chunk.pad] = math.inf  # padding columns: kernel 0
+    base = gram[:, :m] - half_sq[:, None]
     row_max, selfs = [], []
-    for b, sigma in enumerate(sigmas):
-        logit = torch.add(base, gram[m:], alpha=sigma).mul_(1.0 / sigma**2)
-        selfs.append(logit[chunk.own_rows, chunk.own_cols])
-        logit[chunk.own_rows, chunk.own_cols] = -math.inf
-        rmax = logit.amax(1)
+    for b in range(sigmas.shape[1]):
+        sigma = sigmas[:, b, None, None]
+        logit = torch.addcmul(base, gram[:, m:], sigma).div_(sigma.square())
+        selfs.append(logit[:, chunk.own_rows, chunk.own_cols])
+        logit[:, chunk.own_rows, chunk.own_cols] = -math.inf
+        rmax = logit.amax(-1)
         rmax = torch.where(torch.isfinite(rmax), rmax, torch.zeros_like(rmax))
-        torch.exp(logit.sub_((rmax - _OFFSET)[:, None]), out=out[b])
+        torch.exp(logit.sub_((rmax - _OFFSET)[..., None]), out=out[:, b])
         row_max.append(rmax)
-    return torch.stack(row_max), torch.stack(selfs)
+    return torch.stack(row_max, 1), torch.stack(selfs, 1)
 
 
 def _unit_logs(sums: Any, shift: Any) -> Any:
@@ -386,22 +414,22 @@ def _unit_logs(sums: Any, shift: Any) -> Any:
 
 
 def _cell_unit_logs(ex: Any, ey: Any, rx: Any, ry: Any, null_row: Any, chunk: _Chunk, unit: int, buf: Any) -> tuple:
-    """Per-unit log-sums of one cell's joint kernels and of its shuffled-pair joint kernels.
+    """Per-unit log-sums of the joint kernels and of the shuffled-pair joint kernels of a run of
+    cells (ex, ey: (cells, betas, m, c) kernels of their X and Y sides; rx, ry: row shifts).
 
     Joint kernel = product of the two sides' kernels (their row shifts add).  The null pairs
     query j's X with query null_row[j]'s Y and column i's X with column i+1's Y inside each
     segment (the segment's end wraps to its start): a shifted product plus the wrap terms."""
     import torch
 
-    nb, m, c = ex.shape
-    shape = (nb, m, c // unit, unit)
+    shape = (*ex.shape[:-1], ex.shape[-1] // unit, unit)
     joint = torch.linalg.vecdot(ex.view(shape), ey.view(shape))
-    eyr = ey.index_select(1, null_row)
+    eyr = ey.index_select(2, null_row)
     torch.mul(ex[..., :-1], eyr[..., 1:], out=buf[..., :-1])
     buf[..., -1] = 0.0
     buf[..., chunk.seg_end] = ex[..., chunk.seg_end] * eyr[..., chunk.seg_start]
     null = buf.view(shape).sum(-1)
-    return _unit_logs(joint, rx + ry - 2 * _OFFSET), _unit_logs(null, rx + ry[:, null_row] - 2 * _OFFSET)
+    return _unit_logs(joint, rx + ry - 2 * _OFFSET), _unit_logs(null, rx + ry[..., null_row] - 2 * _OFFSET)
 
 
 def _chunks(layout: _Layout, draw: _Draw, device: Any):
@@ -419,32 +447,47 @@ def _chunks(layout: _Layout, draw: _Draw, device: Any):
                      as_t(draw.seg_start[segs] - c0), as_t(draw.seg_end[segs] - c0))
 
 
+def _group_rows(sides: list[_Side], groups: list[tuple[int, int]], draw: _Draw, device: Any) -> list:
+    """Per side group: (sides, 2m, d) prepared query rows stacked on the noise (once per seed)."""
+    import torch
+
+    qrows = torch.as_tensor(draw.pos_sample[draw.qpos], device=device)
+    out = []
+    for g0, g1 in groups:
+        rows = torch.stack([(s.data.index_select(0, qrows) - s.mean) * s.scale for s in sides[g0:g1]])
+        out.append(torch.cat([rows, torch.stack(draw.noise[g0:g1])], 1))
+    return out
+
+
 def _sums_for_seed(sides: list[_Side], sx: np.ndarray, sy: np.ndarray, layout: _Layout, draw: _Draw,
-                   betas: list[float], device: Any) -> _Sums:
+                   betas: list[float], batch: int, device: Any) -> _Sums:
     import torch
 
     m, nb, P, S, K = draw.qpos.size, len(betas), sx.size, len(sides), layout.blocks
     acc = lambda lead: torch.full((lead, nb, m, K), -math.inf, dtype=torch.float64, device=device)  # noqa: E731
     sums = _Sums(acc(S), torch.zeros((S, nb, m), dtype=torch.float64, device=device), acc(P), acc(P))
-    qrows = torch.as_tensor(draw.pos_sample[draw.qpos], device=device)
     null_row = torch.as_tensor(draw.null_row, device=device)
-    sigmas = [[b * s.radius if s.radius > 0 else 1.0 for b in betas] for s in sides]
+    sigmas = torch.tensor([[b * s.radius if s.radius > 0 else 1.0 for b in betas] for s in sides], device=device)
+    widths = np.array([s.data.shape[1] for s in sides])
+    groups = _runs(np.arange(S), widths + np.arange(S), batch)  # consecutive sides of one width
+    lhs = _group_rows(sides, groups, draw, device)
+    cell_runs = _runs(sx, sy, batch)
     for chunk in _chunks(layout, draw, device):
-        c = chunk.cols.numel()
+        c, shape = chunk.cols.numel(), (nb, m, chunk.cols.numel() // layout.unit, layout.unit)
         store = torch.empty((S, nb, m, c), dtype=torch.float32, device=device)
         row_max = torch.empty((S, nb, m), dtype=torch.float32, device=device)
-        for i, side in enumerate(sides):
-            rows = side.data.index_select(0, qrows)
-            row_max[i], selfs = _side_kernels(side, rows, draw.noise[i], chunk, sigmas[i], store[i])
-            sums.self_logit[i][:, chunk.own_rows] = selfs.double()
-            unit_sums = store[i].view(nb, m, c // layout.unit, layout.unit).sum(-1)
-            _accumulate(sums.marg[i], _unit_logs(unit_sums, row_max[i] - _OFFSET), layout, chunk.u0)
-        buf = torch.empty((nb, m, c), dtype=torch.float32, device=device)
-        for p in range(P):
-            joint, null = _cell_unit_logs(store[sx[p]], store[sy[p]], row_max[sx[p]], row_max[sy[p]], null_row,
-                                          chunk, layout.unit, buf)
-            _accumulate(sums.joint[p], joint, layout, chunk.u0)
-            _accumulate(sums.null[p], null, layout, chunk.u0)
+        for (g0, g1), rows in zip(groups, lhs):
+            row_max[g0:g1], selfs = _group_kernels(sides[g0:g1], rows, chunk, sigmas[g0:g1], store[g0:g1])
+            sums.self_logit[g0:g1, :, chunk.own_rows] = selfs.double()
+            unit_sums = store[g0:g1].view(g1 - g0, *shape).sum(-1)
+            _accumulate(sums.marg[g0:g1], _unit_logs(unit_sums, row_max[g0:g1] - _OFFSET), layout, chunk.u0)
+        buf = torch.empty((batch, nb, m, c), dtype=torch.float32, device=device)
+        for p0, p1 in cell_runs:
+            x, y, k = slice(sx[p0], sx[p0] + p1 - p0), slice(sy[p0], sy[p0] + p1 - p0), p1 - p0
+            joint, null = _cell_unit_logs(store[x], store[y], row_max[x], row_max[y], null_row, chunk,
+                                          layout.unit, buf[:k])
+            _accumulate(sums.joint[p0:p1], joint, layout, chunk.u0)
+            _accumulate(sums.null[p0:p1], null, layout, chunk.u0)
         del store, buf
     return sums
 
@@ -604,7 +647,7 @@ class SmoothedMI(Estimator):
         "null_rule": False,  # True: |null| above its limit also invalidates (stricter; see NULL_LIMIT_BITS)
         "blocks": 64,  # bootstrap groups of samples (capped at n/4; even: the first half is n/2)
         "chunk": None,  # columns per chunk (None: from memory, 1 GiB on CPU, half the free GPU memory)
-        "cell_batch": 16,  # cells whose figures (bootstrap) are computed at once
+        "cell_batch": 16,  # sides / cells whose kernels and figures are formed at once (one op each)
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
     }
 
@@ -635,7 +678,7 @@ class SmoothedMI(Estimator):
         t0 = self._clock()
         seeds = self._check_seeds(seeds)
         s = self.settings
-        betas = [float(b) if isinstance(b, (int, float)) else b
+        betas = [float(b) if isinstance(b, numbers.Real) else b
                  for b in (betas if betas is not None else (s["betas"] or DEFAULT_BETAS))]
         if int(s["bootstrap"]) < 0 or int(s["blocks"]) < 2:
             raise ValueError(f"bootstrap must be >= 0 and blocks >= 2, got {s['bootstrap']} and {s['blocks']}")
@@ -656,9 +699,9 @@ class SmoothedMI(Estimator):
 
         s = self.settings
         m, n = int(s["queries"]), xs.shape[1]
-        side_arrays, sx_np, sy_np = dedup_sides(xs, ys)
+        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys)
         sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
-        per_col = 4.0 * m * len(betas) * (len(sides) + 2)  # kernel store + one cell's temporaries
+        per_col = 4.0 * m * len(betas) * (len(sides) + 2 * int(s["cell_batch"]))  # kernel store + temporaries
         rng = layout_rng(n, int(s["bootstrap_seed"]))
         layout = _with_chunk(_layout(n, int(s["blocks"]), rng), _chunk_budget(s["chunk"], per_col, dev))
         weights = torch.as_tensor(
@@ -668,8 +711,8 @@ class SmoothedMI(Estimator):
         sx, sy = torch.as_tensor(sx_np, device=dev), torch.as_tensor(sy_np, device=dev)
         per_seed = []
         for seed in seeds:
-            draw = _draw(layout, m, seed, sides, dev)
-            sums = _sums_for_seed(sides, sx_np, sy_np, layout, draw, betas, dev)
+            draw = _draw(layout, m, seed, sides, noise_keys, dev)
+            sums = _sums_for_seed(sides, sx_np, sy_np, layout, draw, betas, int(s["cell_batch"]), dev)
             layout_t = _layout_tensors(layout, draw, weights, dev)
             null_row = torch.as_tensor(draw.null_row, device=dev)
             per_seed.append(_figures_for_seed(sums, sx, sy, layout_t, null_row, len(betas), int(s["cell_batch"])))
