@@ -30,12 +30,20 @@ log = logging.getLogger("ie_flow")
 EXIT_STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class Stopped(BaseException):
-    """SIGTERM or Ctrl-C: stop where we are; finished units keep their completion markers."""
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C: stop where we are; finished units keep their completion markers.
+
+    A KeyboardInterrupt, because Ray's blocking calls (ray.wait, ray.get) run signal handlers
+    inside their C++ loop and only pass a KeyboardInterrupt on (as a new one, without our
+    signal number: `_signals` keeps it); any other exception raised there is swallowed, and
+    SIGTERM was ignored for the rest of the job."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+_signals: list[int] = []  # signals received by main()'s handler, latest last
 
 
 @contextlib.contextmanager
@@ -100,13 +108,15 @@ def run(job: JobSpec, as_json: AsJson = False) -> None:
 def extract(
     job: JobSpec,
     force: Annotated[bool, typer.Option(help="Discard existing activations for this job and extract again.")] = False,
+    repair: Annotated[bool, typer.Option(help="Check every shard file against its sha256 and extract again only "
+                                              "the shards that are damaged or missing.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Stage 1 alone: capture every block's input/output to Parquet; prints the manifest URI."""
     from ie_flow.jobs import extract_activations
 
     with _stdout_to_stderr(as_json):
-        res = extract_activations(job, force=force)
+        res = extract_activations(job, force=force, repair=repair)
     m = res.manifest
     info = {"manifest": res.folder.manifest_uri, "reused": res.reused, "seconds": res.seconds,
             "samples": m.samples, "tokens": m.tokens, "corpus_digest": m.dataset.digest}
@@ -374,8 +384,8 @@ def run_cli(args: list[str] | None = None) -> int:
     try:
         result = app(args=args, standalone_mode=False)  # returns the code of typer.Exit / --help
         return result if isinstance(result, int) else 0
-    except (Stopped, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
+        signum = e.signum if isinstance(e, Stopped) else (_signals[-1] if _signals else signal.SIGINT)
         typer.echo(f"stopped ({signal.Signals(signum).name}): finished units are kept; run the same command "
                    "again to resume", err=True)
         return EXIT_STOPPED[signum]
@@ -385,6 +395,7 @@ def run_cli(args: list[str] | None = None) -> int:
 
 def main() -> None:
     def stop_here(signum: int, frame: Any) -> None:
+        _signals.append(signum)
         raise Stopped(signum)
 
     # SIGTERM (Kubernetes, Slurm, `ray job stop`) stops like Ctrl-C: one line, a documented code,

@@ -128,39 +128,72 @@ def check_reuse(plan: ExtractPlan, force: bool) -> None:
             "use another --storage, or `ie-flow extract --force` to replace them")
 
 
-def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | None = None) -> Extracted:
-    """Stage 1: shards without a completion marker are extracted; then the manifest is written."""
-    from ie_flow.stages.extract import ExtractShards, boundaries_for_layers, shard_units
+def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | None = None,
+                        repair: bool = False) -> Extracted:
+    """Stage 1: shards without a completion marker are extracted; then the manifest is written.
+    `repair`: shards whose files fail their sha256 check are extracted again, the others kept."""
+    from ie_flow.locks import locked
 
     t0 = time.perf_counter()
+    if force and repair:
+        raise IEFlowError("--force re-extracts everything and --repair only damaged shards: use one of them")
     plan = plan or plan_extract(job)
     check_reuse(plan, force)
-    folder, corpus = plan.folder, plan.corpus
-    if folder.has_manifest() and not force:
+    folder = plan.folder
+    if folder.has_manifest() and not (force or repair):
         log.info("stage 1: reusing complete activations at %s", folder.manifest_uri)
+        return Extracted(folder, folder.load_manifest(), time.perf_counter() - t0, True, plan.corpus.input_ids)
+    with locked(folder.storage, "stage 1"):  # one job at a time writes this folder
+        return _extract_locked(plan, force, repair, t0)
+
+
+def _extract_locked(plan: ExtractPlan, force: bool, repair: bool, t0: float) -> Extracted:
+    from ie_flow.executors.resources import plan_model_workers
+    from ie_flow.stages.extract import ExtractShards, boundaries_for_layers, shard_units
+
+    job, folder, corpus, x = plan.job, plan.folder, plan.corpus, plan.job.extract
+    if folder.has_manifest() and not (force or repair):  # another job finished it while we waited
         return Extracted(folder, folder.load_manifest(), time.perf_counter() - t0, True, corpus.input_ids)
     if force:
         folder.clear()
     folder.write_job_settings(plan.settings)
+    units, completion = shard_units(corpus.input_ids, x.shard_size), Completion(folder.storage)
+    if repair:
+        forget_damaged(folder, units, completion)
     log.info("stage 1: %s on %s (%d sequences x %d tokens) -> %s", job.model.name, corpus.dataset_id,
              corpus.num_samples, corpus.num_tokens, folder.storage.url())
     step = ExtractShards(
-        job.model.name, job.model.revision, job.model.dtype, job.model.seed, folder, job.extract.batch_size,
-        boundaries_for_layers(job.extract.layers, None), job.extract.storage_dtype, job.extract.micro,
-        None if job.extract.positions is None else plan.positions,
+        job.model.name, job.model.revision, job.model.dtype, job.model.seed, folder, x.batch_size,
+        boundaries_for_layers(x.layers, None), x.storage_dtype, x.micro,
+        None if x.positions is None else plan.positions,
     )
     executor = executor_for(job)
-    x = job.extract
-    from ie_flow.executors.resources import plan_model_workers
-
     workers = plan_model_workers(executor.resources(), x.num_actors, x.num_gpus_per_actor, x.num_cpus_per_actor,
                                  x.max_actors)
-    records = executor.run(step, shard_units(corpus.input_ids, x.shard_size), Completion(folder.storage), workers)
+    records = executor.run(step, units, completion, workers)
     manifest = build_manifest(plan, records)
     folder.write_manifest(manifest)
     seconds = time.perf_counter() - t0
     log.info("stage 1: done in %.1f s: %s", seconds, folder.manifest_uri)
     return Extracted(folder, manifest, seconds, False, corpus.input_ids, executor.stats)
+
+
+def forget_damaged(folder: DatasetFolder, units: list[Any], completion: Completion) -> None:
+    """Remove the completion marker of every finished shard whose files fail their sha256 (the
+    checksums its marker recorded), and the manifest until they are extracted again."""
+    damaged = 0
+    for unit in units:
+        if not completion.is_done(unit):
+            continue
+        problems = [p for rel, info in completion.record(unit)["files"].items()
+                    if (p := folder.file_problem(rel, info["sha256"]))]
+        if problems:
+            log.warning("repair: %s: %s; extracting it again", unit.id, "; ".join(problems))
+            completion.clear(unit)
+            damaged += 1
+    if damaged:
+        folder.remove_manifest()
+    log.info("repair: %d damaged shard(s) of %d", damaged, len(units))
 
 
 def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest:
@@ -188,6 +221,7 @@ def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest
 def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     """Stage 2: layers without a completion marker are estimated, a group of layers per call."""
     from ie_flow.executors.resources import plan_compute_workers
+    from ie_flow.locks import locked
     from ie_flow.stages.estimate import EstimateLayers, layer_units
 
     t0 = time.perf_counter()
@@ -202,9 +236,10 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     executor = executor_for(job)
     workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task, spec.num_gpus_per_task) \
         if todo else None
-    if workers:
-        executor.run(EstimateLayers(folder, manifest, spec, out), units, completion, workers)
-    table = out.gather_layers(manifest.layers)
+    with locked(out.storage, "stage 2"):  # one job at a time writes this results folder
+        if workers:
+            executor.run(EstimateLayers(folder, manifest, spec, out), units, completion, workers)
+        table = out.gather_layers(manifest.layers)
     seconds = time.perf_counter() - t0
     log.info("stage 2: done in %.1f s: %s", seconds, out.mi_uri)
     return Estimated(out, table, seconds, len(units) - len(todo))

@@ -98,6 +98,28 @@ class Storage:
             f.write(data)
         os.replace(tmp, path)
 
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """Write `data` only if nothing is at `rel` (an atomic exclusive create); False if something is.
+
+        Local: O_CREAT | O_EXCL. S3: a conditional PUT (If-None-Match: *), which AWS S3, MinIO and
+        moto honour; a server that ignores the header overwrites instead (docs/RELIABILITY.md)."""
+        path = self.path(rel)
+        try:
+            if self.is_s3:
+                self.fs.pipe_file(path, data, mode="create")
+                return True
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if "PreconditionFailed" in str(e) or "412" in str(e):
+                return False
+            raise
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 

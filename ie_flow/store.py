@@ -197,8 +197,8 @@ class DatasetFolder:
         """All shards of one boundary as (samples, positions, d) float32, in sample order."""
         import pyarrow as pa
 
-        table = pa.concat_tables([self.storage.read_parquet(self.boundary_file(boundary, s.shard, variant))
-                                  for s in manifest.shards])
+        table = pa.concat_tables([self.read_verified(rel, s.files[rel].sha256) for s in manifest.shards
+                                  for rel in [self.boundary_file(boundary, s.shard, variant)]])
         positions = len(manifest.positions)
         if table.num_rows != manifest.samples * positions:
             raise IEFlowError(
@@ -206,8 +206,35 @@ class DatasetFolder:
                 "positions: the activations are damaged; rerun `ie-flow extract --force`")
         return table_vectors(table, positions)
 
+    def _checksum_problem(self, rel: str, data: bytes, sha256: str) -> str | None:
+        from ie_flow.storage import sha256 as digest
+
+        found = digest(data)
+        return None if found == sha256 else \
+            f"{self.storage.url(rel)} is damaged (sha256 {found[:12]}..., the manifest says {sha256[:12]}...)"
+
+    def file_problem(self, rel: str, sha256: str) -> str | None:
+        """Why the file at `rel` is not the one whose checksum is `sha256`, or None when it is."""
+        if not self.storage.exists(rel):
+            return f"{self.storage.url(rel)} is missing"
+        return self._checksum_problem(rel, self.storage.read_bytes(rel), sha256)
+
+    def read_verified(self, rel: str, sha256: str) -> Any:
+        """A shard file as a table, after checking its bytes against the manifest's sha256."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = self.storage.read_bytes(rel)
+        problem = self._checksum_problem(rel, data, sha256)
+        if problem:
+            raise IEFlowError(f"{problem}; re-extract it with `ie-flow extract --repair` and the job's options")
+        return pq.read_table(pa.BufferReader(data))
+
     def has_manifest(self) -> bool:
         return self.storage.exists(MANIFEST)
+
+    def remove_manifest(self) -> None:
+        self.storage.remove(MANIFEST)
 
     def write_manifest(self, manifest: Manifest) -> None:
         self.storage.write_json(MANIFEST, manifest.model_dump(mode="json"))
@@ -231,7 +258,12 @@ class DatasetFolder:
         self.storage.write_json(JOB_SETTINGS, settings)
 
     def clear(self) -> None:
-        self.storage.remove("")
+        """Remove everything but the lock of the job that clears it."""
+        from ie_flow.locks import LOCK
+
+        for name in self.storage.list(""):
+            if name != LOCK:
+                self.storage.remove(name)
 
 
 @dataclass(frozen=True)

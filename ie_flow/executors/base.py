@@ -60,6 +60,10 @@ class Completion:
     def mark(self, unit: WorkUnit, record: dict[str, Any]) -> None:
         self.folder.write_json(self._marker(unit), record)
 
+    def clear(self, unit: WorkUnit) -> None:
+        """Forget that `unit` is done (its data is damaged): the next run does it again."""
+        self.folder.remove(self._marker(unit))
+
     def count(self) -> int:
         return len(self.folder.list(DONE))
 
@@ -96,7 +100,7 @@ class Executor:
                         # deterministic and a resumed job's equal an uninterrupted job's
                         self.stats.append({k: v for k, v in record.items() if k.startswith("_")})
                         completion.mark(unit, {k: v for k, v in record.items() if not k.startswith("_")})
-                    progress.update(sum(u.weight for u in group), f"{group[0].id}..{group[-1].id} done",
+                    progress.update(sum(u.weight for u in group), f"{_span(group)} done",
                                     milestone=plan.units_per_call > 1)
         return [completion.record(u) for u in units]
 
@@ -104,3 +108,7 @@ class Executor:
                  ) -> Iterator[tuple[list[WorkUnit], list[dict[str, Any]]]]:
         """Run every group; yield (group, its records) as each finishes, in any order."""
         raise NotImplementedError
+
+
+def _span(group: list[WorkUnit]) -> str:
+    return group[0].id if len(group) == 1 else f"{group[0].id}..{group[-1].id}"

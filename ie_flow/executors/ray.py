@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from typing import Any, Iterator
 
@@ -128,7 +129,7 @@ def _work_queue(actors: list[Any], queue: deque, retries: int
     """Hand groups to idle actors until all are done; a group whose actor died goes back on the
     queue (at most `retries` times); an error raised by the step itself ends the run."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
     starting = {actor.ready.remote(): actor for actor in actors}
     running: dict[Any, tuple[Any, list[WorkUnit]]] = {}
@@ -146,6 +147,9 @@ def _work_queue(actors: list[Any], queue: deque, retries: int
             try:
                 ray.get(ref)
                 idle.append(actor)
+            except ActorUnavailableError:  # still restarting after its process died: ask again shortly
+                time.sleep(0.2)
+                starting[actor.ready.remote()] = actor
             except RayActorError as e:  # the step's setup failed on this worker: nothing else will work
                 raise RuntimeError(f"a worker could not start: {e}") from None
             continue
