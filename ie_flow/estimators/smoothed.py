@@ -197,8 +197,20 @@ def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.nd
 class _Side:
     data: Any  # (n, d) float32 tensor on the device
     mean: Any  # (d,)
-    scale: Any  # (d,) 1 (raw) or 1/sd (standardised; 0 for constant coordinates)
+    scale: Any  # (d,) 1/sd (standardised; 0 for constant coordinates) or None (raw)
     radius: float  # sqrt(tr Cov) after scaling; sigma = beta * radius
+
+
+def _exactly_constant(t: Any, mean: Any, var: Any) -> Any:
+    """Columns whose values are all equal (their computed variance is rounding error only)."""
+    import torch
+
+    suspect = var <= 1e-10 * mean.double().square() + 1e-300
+    constant = torch.zeros(var.shape, dtype=torch.bool, device=var.device)
+    if bool(suspect.any()):
+        cols = suspect.nonzero().flatten()
+        constant[cols] = (t[:, cols] == t[0, cols]).all(0)
+    return constant
 
 
 def _side(a: np.ndarray, standardise: bool, device: Any) -> _Side:
@@ -207,15 +219,18 @@ def _side(a: np.ndarray, standardise: bool, device: Any) -> _Side:
     arr = a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
     t = torch.from_numpy(arr).to(device)
     mean = t.mean(0)
-    var = (t - mean).square().mean(0).double()
-    constant = (t == t[0]).all(0)  # exactly constant columns (var may be a rounding error above 0)
+    centred = t - mean
     if standardise:
-        scale = torch.where(constant, 0.0, 1.0 / var.sqrt().clamp_min(1e-300))
+        var = centred.square_().mean(0).double()
+        constant = _exactly_constant(t, mean, var)
+        scale = torch.where(constant, 0.0, 1.0 / var.sqrt().clamp_min(1e-300)).float()
         tr = float((~constant).sum())  # unit variance per kept coordinate
-    else:
-        scale = torch.ones_like(var)
-        tr = float(var.masked_fill(constant, 0.0).sum())
-    return _Side(t, mean, scale.float(), math.sqrt(max(tr, 0.0)))
+    else:  # only tr Cov is needed; a side whose values never change has radius 0 exactly
+        tr = float(torch.linalg.vector_norm(centred).double().square()) / t.shape[0]
+        if tr <= 1e-10 * float(mean.double().square().sum()) + 1e-300 and bool((t == t[0]).all()):
+            tr = 0.0
+        scale = None
+    return _Side(t, mean, scale, math.sqrt(max(tr, 0.0)))
 
 
 # --------------------------------------------------------------------------- layout and draws
@@ -388,9 +403,12 @@ def _group_kernels(group: list[_Side], lhs: Any, chunk: _Chunk, sigmas: Any, out
     import torch
 
     m = lhs.shape[1] // 2
-    mean = torch.stack([s.mean for s in group])[:, None]
-    scale = torch.stack([s.scale for s in group])[:, None]
-    cols = (torch.stack([s.data.index_select(0, chunk.cols) for s in group]) - mean) * scale
+    cols = torch.empty((len(group), chunk.cols.numel(), lhs.shape[2]), dtype=lhs.dtype, device=lhs.device)
+    for g, side in enumerate(group):
+        torch.index_select(side.data, 0, chunk.cols, out=cols[g])
+    cols.sub_(torch.stack([s.mean for s in group])[:, None])
+    if group[0].scale is not None:
+        cols.mul_(torch.stack([s.scale for s in group])[:, None])
     gram = torch.bmm(lhs, cols.transpose(1, 2))  # (sides, 2m, c): X_q Xᵀ and Z Xᵀ
     half_sq = 0.5 * cols.square().sum(-1)
     half_sq[:, chunk.pad] = math.inf  # padding columns: kernel 0
@@ -454,7 +472,9 @@ def _group_rows(sides: list[_Side], groups: list[tuple[int, int]], draw: _Draw, 
     qrows = torch.as_tensor(draw.pos_sample[draw.qpos], device=device)
     out = []
     for g0, g1 in groups:
-        rows = torch.stack([(s.data.index_select(0, qrows) - s.mean) * s.scale for s in sides[g0:g1]])
+        rows = torch.stack([s.data.index_select(0, qrows) - s.mean for s in sides[g0:g1]])
+        if sides[g0].scale is not None:
+            rows.mul_(torch.stack([s.scale for s in sides[g0:g1]])[:, None])
         out.append(torch.cat([rows, torch.stack(draw.noise[g0:g1])], 1))
     return out
 
