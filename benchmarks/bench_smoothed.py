@@ -90,8 +90,6 @@ def speed(args: argparse.Namespace) -> None:
     print(f"stack: {xs.shape[0]} cells ({layers} layers x {args.positions} positions), n={args.n}, d={args.d}, "
           f"betas={list(BETAS)}, queries={args.queries}; generated in {time.perf_counter() - t0:.1f}s; "
           f"load average {os.getloadavg()[0]:.1f}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     est = SmoothedMI(queries=args.queries, bootstrap=200)
     t0 = time.perf_counter()
     grid = est.estimate_grid(xs, ys, betas=BETAS, seeds=(0,), device=args.device)
@@ -179,6 +177,10 @@ def main() -> None:
     ap.add_argument("--truth", action="store_true", help="Gaussian ground truth table instead of the speed test")
     ap.add_argument("--activations", default=None, help="activations folder (manifest.json + boundary=BBB/)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.truth:
         truth(args)
     elif args.activations:
