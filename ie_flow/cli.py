@@ -383,14 +383,19 @@ def run_cli(args: list[str] | None = None) -> int:
     """Run one command in this process and return its exit code (tests call this directly)."""
     try:
         result = app(args=args, standalone_mode=False)  # returns the code of typer.Exit / --help
-        return result if isinstance(result, int) else 0
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
-        signum = e.signum if isinstance(e, Stopped) else (_signals[-1] if _signals else signal.SIGINT)
-        typer.echo(f"stopped ({signal.Signals(signum).name}): finished units are kept; run the same command "
-                   "again to resume", err=True)
-        return EXIT_STOPPED[signum]
+        code = result if isinstance(result, int) else 0
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Stopped; main() recorded it) outside the command itself
+        code = EXIT_STOPPED[signal.SIGINT]
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into exit codes
         return _error_code(e)
+    if code != EXIT_STOPPED[signal.SIGINT]:
+        return code
+    # Typer turns a KeyboardInterrupt raised in a command (Ctrl-C; SIGTERM raises Stopped, which
+    # Ray's blocking calls pass on as a plain KeyboardInterrupt) into a silent exit 130
+    signum = _signals[-1] if _signals else signal.SIGINT
+    typer.echo(f"stopped ({signal.Signals(signum).name}): finished units are kept; run the same command "
+               "again to resume", err=True)
+    return EXIT_STOPPED[signum]
 
 
 def main() -> None:
@@ -401,6 +406,7 @@ def main() -> None:
     # SIGTERM (Kubernetes, Slurm, `ray job stop`) stops like Ctrl-C: one line, a documented code,
     # and no completion marker for a unit that did not finish
     signal.signal(signal.SIGTERM, stop_here)
+    signal.signal(signal.SIGINT, stop_here)
     _exit(run_cli())
 
 
