@@ -101,6 +101,97 @@ REGISTRY = {"smoothed": "SmoothedMI"}
 
 # Default β grid (estimate_grid without betas) and single β (estimate_many / estimate_mi).
 # Measured on SmolLM2-135M activations (ICL countries, 4 shots, n = 4096, d = 576, layers 0, 1, 8,
+# 15, 22, 29, all 8 positions; benchmarks/bench_smoothed.py --activations DIR): β = 0.6 and 0.8 were
+# valid in every cell in both modes; β = 0.4 in every cell of positions 0-4 and 6 (raw) but in only
+# 2 (raw) / 1 (standardised) of 5 layers at the last position; β <= 0.3 invalid at the last
+# position in every layer.  0.4 is the resolution frontier at this n (more samples make it valid).
+DEFAULT_BETAS = (0.4, 0.6, 0.8)
+        seeds=(0,),    # several: mean over seeds (see "Interval")
+        device=None,   # "cpu" / "cuda" / None (CUDA when available)
+    ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
+
+``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case.
+Bad input (beta <= 0, queries > n, NaN/inf, mismatched shapes) raises ValueError.
+
+Plug-in estimator (the empirical distribution smoothed by Gaussian kernels): draw m query samples
+(setting ``queries``, stratified over column units), set x̃ = x_q + σx z, ỹ = y_q + σy z', and
+average over queries ``log p(x̃,ỹ) − log p(x̃) − log p(ỹ)``, each density the mean of the Gaussian
+kernels of the n samples (normalising constants cancel), nats -> bits.  Two variants:
+- resubstitution (``resub_bits``): all n samples; exact in expectation for the *empirical*
+  distribution, so it climbs towards log2 n when β is too small for n (each query finds itself);
+- leave-one-out (``loo_bits``): the query's own sample dropped from all three densities.  LOO is
+  the headline ``bits``: on the Gaussian closed form (n = 4000) resub was 5-300% high wherever
+  the two differ (d = 16, β = 0.4: resub 1.02, LOO 0.79, truth 0.86; d = 64, β = 0.4: resub 0.84,
+  LOO 0.15, truth 0.35), and on discrete data (the LLM case: values repeat) both agree (K = 32
+  separated points: 5.006 / 4.995 bits for log2 K = 5).  LOO errs low when β is too small for n;
+  the diagnostics below say when.
+
+How the work is shared (why a β grid, the null, n/2 and the bootstrap cost little extra):
+- ||x̃_q − x_i||² = ||x_q − x_i||² + 2σ z_q·(x_q − x_i) + σ²||z_q||²; the terms constant in i
+  cancel between the three log-densities, so every kernel logit comes from two Gram matrices per
+  side, G = X_q Xᵀ and W = Z Xᵀ (one matmul), computed once for all β (common random numbers).
+- Sides are deduplicated by content: in a layer chain Y of cell (l, t) is X of cell (l+1, t), so
+  its matmul and marginal kernel sums are done once (it has the same noise in both roles; a cell
+  whose X equals its Y still gets independent noise on each side).  Sides of one width are
+  processed in groups (one batched matmul), and cells whose sides are consecutive (a chain) in
+  runs of slices, ``cell_batch`` at a time: few large operations rather than many small ones.
+- Kernels are stored as exp(logit − row max + 36) in float32; a cell's joint kernel is the product
+  of its two sides' kernels (no exp per cell).  Columns are streamed in chunks of whole units
+  (setting ``chunk``; by default 1 GiB of kernels on CPU, half the free memory on CUDA) and
+  reduced to per-block log-sums, so memory is bounded at any n; results do not depend on it.
+- The n samples are split into ``blocks`` random groups (depending on n and ``bootstrap_seed``
+  only).  Within each unit the queries come first: the shuffled-pair null pairs X of one position
+  with Y of the next inside each (unit, queries / others) segment, which is a shifted product of
+  the same kernels; the n/2 value uses the first half of the blocks; the bootstrap resamples
+  whole blocks (with their queries) with multiplicities.  All from the same per-block log-sums.
+Precision: Gram matrices and kernels in float32 (logits are O(1/β²); the fast path agrees with
+explicit float64 distances to ~1e-6 bit in the tests); per-block log-sums and all later steps in
+float64.  A joint kernel sum that underflows (more than ~159 nats below both sides' maxima, β far
+too small) is counted in ``underflow_frac`` and makes the cell invalid.
+
+Diagnostics (``MIEstimate.diagnostics``; bits unless named otherwise; means over seeds):
+``beta``; ``sigma_x``, ``sigma_y`` (noise scales in data units, or standardised units);
+``resub_bits``, ``loo_bits`` and ``resub_loo_gap_bits`` (resub − LOO: how much the query's own
+sample carries the densities; on the Gaussian truth the LOO error was about −0.3..−0.6 x the gap);
+``mc_se_bits`` (Monte-Carlo standard error over queries); ``null_bits`` (the headline estimator on
+shuffled pairs: its bias for independent data at this n and β.  Reported, never subtracted: the
+subtraction over-corrected every Gaussian case measured, e.g. d = 16, β = 0.3: 1.44 − (−0.93) =
+2.37 vs truth 1.88, and on discrete data the LOO null is a K×K-table effect, −1.7 bit for K = 32 at
+β = 0.1 while the value is exact); ``half_n_bits`` (the value at n/2, from the same queries and
+noise) and ``stability_bits`` (value at n − value at n/2); ``boot_ci_low``, ``boot_ci_high``;
+``underflow_frac``; ``queries``; ``blocks``.
+
+Validity (``valid=False`` keeps the number, with ``invalid_reason``): the cell is invalid when
+resub − LOO > max(GAP_LIMIT_BITS, GAP_FRACTION·value) (β too small for n: the query's own sample
+carries the densities), or |stability| > max(STABILITY_LIMIT_BITS, STABILITY_FRACTION·value), or a
+joint kernel sum underflowed; with ``null_rule=True`` also when |null| > max(NULL_LIMIT_BITS,
+NULL_FRACTION·value).  Thresholds and the measurements behind them: next to the constants.
+
+Interval: ``ci_low``/``ci_high`` = the estimate plus the 2.5/97.5% percentiles of the block
+bootstrap minus its median (``bootstrap`` replicates of the mean over seeds; centring matters only
+where β is too small: resamples hold ~63% distinct samples, which pushes a biased LOO value further
+down).  Replicate b is the same block resample for every cell and seed, kept in
+``replicate_bits``, so IE can be differenced replicate by replicate.  It covers
+sampling and query variability, not bias (e.g. shuffled pairs: LOO −0.01 bit, interval above it
+but below 0).  Several seeds (other queries, noise, null pairing) are averaged replicate-wise.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .base import LOG2E, Estimator, MIEstimate, _check_finite, resolve_device
+
+# registry names of this module's estimators (read by estimators/__init__.py without importing it)
+REGISTRY = {"smoothed": "SmoothedMI"}
+
+# Default β grid (estimate_grid without betas) and single β (estimate_many / estimate_mi).
+# Measured on SmolLM2-135M activations (ICL countries, 4 shots, n = 4096, d = 576, layers 0, 1, 8,
 # 15, 22, 29, all 8 positions; benchmarks/bench_smoothed.py --activations): β = 0.6 and 0.8 were
 # valid in every cell in both modes; β = 0.4 in every cell of positions 0-4 but in 0-2 of 5 at the
 # last positions (5, 7); β <= 0.3 invalid at most late-position cells.  0.4 is the resolution
