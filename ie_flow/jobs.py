@@ -233,10 +233,10 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     todo = [u for u in units if not completion.is_done(u)]
     log.info("stage 2: %s, %d layers x %d positions -> %s", spec.method, len(units), len(manifest.positions),
              out.storage.url())
-    executor = executor_for(job)
-    workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task, spec.num_gpus_per_task) \
-        if todo else None
-    with locked(out.storage, "stage 2"):  # one job at a time writes this results folder
+    with locked(out.storage, "stage 2"):  # one job at a time writes this results folder (taken before Ray starts)
+        executor = executor_for(job)
+        workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task,
+                                       spec.num_gpus_per_task) if todo else None
         if workers:
             executor.run(EstimateLayers(folder, manifest, spec, out), units, completion, workers)
         table = out.gather_layers(manifest.layers)

@@ -310,7 +310,7 @@ def test_second_job_on_the_same_folder_is_refused(tiny_llama, workflow, referenc
     wait_for(lambda: list(root.glob("results/*/*/*/_lock")), first, what="stage 2 of the first job")
     holder = json.loads(next(root.glob("results/*/*/*/_lock")).read_text())
     assert holder["pid"] == first.popen.pid and holder["host"] == socket.gethostname()
-    second = cli("estimate", str(dataset(root) / "manifest.json"), str(workflow), "--no-tracking")
+    second = cli("estimate", str(dataset(root) / "manifest.json"), "--workflow", str(workflow), "--no-tracking")
     assert first.popen.poll() is None, "the first job ended before the second one asked: make stage 2 longer"
     assert second.returncode == 2, second.describe()
     assert len(second.error_lines()) == 1 and "is in use by another ie-flow job" in second.error_lines()[0]
@@ -391,7 +391,7 @@ def test_mlflow_down_during_the_job_results_stay_and_relog_logs_once(mlflow_serv
     args = [a for a in job_args(tiny_llama, str(root), workflow) if a != "--no-tracking"]
     client = MlflowClient(mlflow_server.uri)
     try:
-        job = start(*args, "--estimator", "gaussian", "--tracking-uri", proxy.url, "--experiment", experiment)
+        job = start(*args, "--tracking-uri", proxy.url, "--experiment", experiment)
 
         def runs() -> list:
             exp = client.get_experiment_by_name(experiment)
