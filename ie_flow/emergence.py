@@ -7,7 +7,7 @@ Level "macro" at position t is the in-context M_l(t); IE uses the last position.
 M_l^mi_t (in-context: the same value; isolated: token t run alone).
 
 Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)
-and the model summary are bootstrapped replicate by replicate (95% percentile interval); with several
+and the model summary are bootstrapped replicate by replicate (95%, centred on the estimate); with several
 seeds the Student-t half-width over seeds is added in quadrature. A cell marked invalid is never
 averaged in: the layer's IE is then missing (NaN) and reported with the reason."""
 
@@ -89,13 +89,15 @@ class Emergence:
 
 
 def _interval(point: float, replicates: np.ndarray, per_seed: np.ndarray) -> tuple[float, float]:
-    """95% interval: bootstrap percentiles around `point`, widened in quadrature by the t half-width
-    over seeds; (point, point) when there is neither."""
+    """95% interval: the bootstrap replicates' 2.5/97.5% percentiles relative to their median, around
+    `point`, widened in quadrature by the t half-width over seeds; (point, point) when there is neither."""
     lo = hi = 0.0
     reps = replicates[np.isfinite(replicates)]
     if reps.size >= 2:
-        p_lo, p_hi = np.percentile(reps, [2.5, 97.5])
-        lo, hi = max(0.0, point - p_lo), max(0.0, p_hi - point)
+        # centred on the estimate: resamples repeat samples, which shifts a biased estimator's
+        # replicates as a whole (below the point at a ceiling); their spread is what counts
+        p_lo, mid, p_hi = np.percentile(reps, [2.5, 50, 97.5])
+        lo, hi = mid - p_lo, p_hi - mid
     if per_seed.size > 1 and np.isfinite(per_seed).all():
         _, s_lo, s_hi = seed_interval(per_seed)
         half = (s_hi - s_lo) / 2
@@ -220,8 +222,8 @@ def _token_curves(macro: np.ndarray, micro: np.ndarray, rep_macro: np.ndarray, r
     curves = macro - _running_micro(micro)
     if not len(rep_macro):
         return curves, np.stack([curves, curves])
-    reps = rep_macro - _running_micro(rep_micro)
-    return curves, np.nanpercentile(reps, [2.5, 97.5], axis=0)
+    p_lo, mid, p_hi = np.nanpercentile(rep_macro - _running_micro(rep_micro), [2.5, 50, 97.5], axis=0)
+    return curves, np.stack([curves - (mid - p_lo), curves + (p_hi - mid)])  # centred, as IE's
 
 
 def emergence_by_beta(table: Any, micro_reduce: str = "mean") -> dict[float | None, Emergence]:

@@ -85,16 +85,19 @@ def test_an_invalid_cell_is_never_averaged_in():
 
 
 def test_intervals_come_from_shared_bootstrap_replicates():
-    # replicate b of every cell is the same resample: IE_b = M_b(1) - mean(M_b(0), M_b(1))
+    # replicate b of every cell is the same resample: IE_b = M_b(1) - mean(M_b(0), M_b(1));
+    # the replicates sit below the estimate as a whole (a biased estimator on resamples)
     m0 = np.linspace(0.8, 1.2, 41)
-    m1 = np.linspace(2.0, 4.0, 41)
+    m1 = np.linspace(1.6, 3.2, 41) ** 1.1
     rows = _cell(0, 0, 1.0, reps=m0) + _cell(0, 1, 3.0, reps=m1)
     em = information_emergence(rows)
     ie_reps = m1 - (m0 + m1) / 2
-    lo, hi = np.percentile(ie_reps, [2.5, 97.5])
+    lo, mid, hi = np.percentile(ie_reps, [2.5, 50, 97.5])
     assert em.layers[0].ie == pytest.approx(1.0)
-    assert em.layers[0].ie_ci_low == pytest.approx(lo) and em.layers[0].ie_ci_high == pytest.approx(hi)
-    np.testing.assert_allclose(em.token_ci[:, 0, 1], np.percentile(m1 - (m0 + m1) / 2, [2.5, 97.5]))
+    # centred on the estimate: the replicates' spread around their median, placed around IE
+    assert em.layers[0].ie_ci_low == pytest.approx(1.0 - (mid - lo)) and em.layers[0].ie_ci_high == pytest.approx(1.0 + (hi - mid))
+    e_lo, e_mid, e_hi = np.percentile(m1 - (m0 + m1) / 2, [2.5, 50, 97.5])
+    np.testing.assert_allclose(em.token_ci[:, 0, 1], [1.0 - (e_mid - e_lo), 1.0 + (e_hi - e_mid)])
 
 
 def test_beta_grid_profiles_and_the_headline_beta():
