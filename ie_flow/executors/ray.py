@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -49,6 +50,8 @@ def init_ray(address: str | None = None) -> None:
         return
     check_ray_address(address)  # fail in a second, not after minutes of GCS retries
     verbose = logging.getLogger("ie_flow").isEnabledFor(logging.DEBUG)
+    if not sys.stderr.isatty():  # workers' lines in a log file: no colour codes around their prefixes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Ray's driver installs its own SIGTERM handler (it dumps a native stack); keep the CLI's
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
