@@ -5,6 +5,7 @@ decides where the units run and skips those already done."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,14 +78,16 @@ class ExtractPlan:
 
 
 def plan_extract(job: JobSpec) -> ExtractPlan:
+    """Resolve and check everything stage 1 needs; what needs no tokenizer is checked first (seconds)."""
     from ie_flow.corpora import build_corpus
-    from ie_flow.models import count_blocks, load_tokenizer, resolve_model
-    from ie_flow.stages.extract import boundaries_for_layers, kept_positions
+    from ie_flow.models import load_tokenizer, resolve_model
+    from ie_flow.stages.extract import kept_positions
 
     executor_for(job).check()
     root = StorageRoot(job.storage.uri, job.storage.endpoint_url)
     root.storage.check_writable()
     source = resolve_model(job.model.name, job.model.revision)
+    check_before_tokenizer(job)
     tokenizer = load_tokenizer(job.model.name, job.model.revision)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
     problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
@@ -92,9 +95,23 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
     check_estimator_settings(job, corpus.num_samples)
+    return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
+
+
+def check_before_tokenizer(job: JobSpec) -> None:
+    """Corpus name or path, positions, estimator settings and layers: none needs the tokenizer."""
+    from ie_flow.corpora import ICL_CORPORA, check_corpus_name
+    from ie_flow.models import count_blocks
+    from ie_flow.stages.extract import boundaries_for_layers, kept_positions
+
+    c = job.corpus
+    check_corpus_name(c.name)
+    if "://" not in c.name and "/" in c.name and not os.path.exists(c.name):
+        raise IEFlowError(f"corpus not found: {c.name} (not a built-in name, file or folder)")
+    kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
+    check_estimator_settings(job, c.samples)  # again with the windows the corpus really gives, below
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
-    return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
 
 
 def check_estimator_settings(job: JobSpec, samples: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,10 +294,15 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
 def count_blocks(name: str, revision: str | None = None) -> int:
     """The number of decoder blocks, from the model's config alone (no weights): lets a job check
     `--layers` before any work."""
-    import transformers
-
     source = resolve_model(name, revision)
     location, kwargs = _hf_location(source)
+    if source.kind == "folder" and (Path(location) / "config.json").is_file():  # no transformers import
+        config_json = json.loads((Path(location) / "config.json").read_text())
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(config_json.get(key), int):
+                return int(config_json[key])
+    import transformers
+
     try:
         config = transformers.AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError, KeyError) as e:
