@@ -83,7 +83,9 @@ def open_run(job: Any, title: str, results_uri: str) -> str:
     tags = {"mlflow.runName": title, "model": job.model.name, "corpus.name": job.corpus.name,
             "estimator": job.estimate.method, "units": "bits", "code_version": __version__,
             "storage_uri": job.storage.uri, "results_uri": results_uri}
-    if existing is not None:  # the same job again (a rerun after a failure): continue its run
+    # the same job again (a rerun after a failure) continues its run; one still RUNNING belongs to a
+    # job at work, which this one must not touch (if refused by that job's lock, this run ends FAILED)
+    if existing is not None and existing.info.status != "RUNNING":
         run_id = existing.info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
