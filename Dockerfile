@@ -26,9 +26,10 @@ LABEL org.opencontainers.image.title="ie-flow" \
       org.opencontainers.image.description="Information Emergence of language models on Ray (worker/driver image)"
 
 # wget: KubeRay's readiness/liveness probes; rsync + openssh-client: the Ray cluster launcher syncs
-# files into the container and the head's autoscaler reaches new worker hosts over ssh.
+# files into the container and the head's autoscaler reaches new worker hosts over ssh. fortunes: the
+# built-in `fortunes` corpus (/usr/share/games/fortunes).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates wget rsync openssh-client \
+ && apt-get install -y --no-install-recommends ca-certificates wget rsync openssh-client fortunes \
  && rm -rf /var/lib/apt/lists/*
 
 # Ubuntu 24.04 images ship a user `ubuntu` with uid 1000; Ray images (and the manifests) use uid 1000.
