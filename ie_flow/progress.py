@@ -25,8 +25,9 @@ class Progress:
     every milestone, and a last line at the end."""
 
     def __init__(self, desc: str, total: float, unit: str, terminal: bool | None = None,
-                 every_s: float = LINE_EVERY_S) -> None:
+                 every_s: float = LINE_EVERY_S, closing_line: bool = True) -> None:
         self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
+        self.closing_line = closing_line  # without a terminal: a last line at the end
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.done = self._reported = 0.0
         self._bar: Any = None
@@ -42,7 +43,7 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif exc[0] is None and self._reported < self.done:
+        elif exc[0] is None and self.closing_line and self._reported < self.done:
             self._line()
 
     def update(self, n: float = 1, note: str = "", milestone: bool = False) -> None:

@@ -257,7 +257,8 @@ def train_batched(
     # step 0 only evaluates the initial critic (T == 0: bound exactly 0), so a pair that never
     # beats "no information" reports ~0 instead of a worse training state
     # a line every five minutes, only when training is long: it runs under the stage's own progress bar
-    with Progress(f"training {P} critics", cfg.max_steps, "step", terminal=False, every_s=300) as progress:
+    with Progress(f"training {P} critics", cfg.max_steps, "step", terminal=False, every_s=300,
+                  closing_line=False) as progress:
         for step in range(0, cfg.max_steps + 1):
             if step > 0:
                 _train_step(critic, opt, params, run, X, Y, batches.next(), cfg, device)
