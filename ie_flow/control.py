@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow.config import EstimateSpec, JobSpec
-from ie_flow.emergence import Emergence, _interval, choose_beta, emergence_by_beta
+from ie_flow.emergence import Emergence, bootstrap_interval, choose_beta, emergence_by_beta
 from ie_flow.models import RANDOM_PREFIX
 
 
@@ -77,7 +77,7 @@ def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") ->
     for i, (lm, lc) in enumerate(zip(em.layers, ec.layers)):
         diff = lm.ie - lc.ie
         reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, i]
-        low, high = _interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
+        low, high = bootstrap_interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
         rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high))
     return beta, valid, em, ec, rows
 

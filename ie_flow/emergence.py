@@ -70,7 +70,7 @@ class Emergence:
             return {"ie_mean": math.nan, "ie_max": math.nan, "ie_argmax_layer": -1, "ie_std_layers": math.nan,
                     "ie_std_seeds": math.nan, "saturated_layers": 0, "invalid_layers": len(ie)}
         mean = float(ie[ok].mean())
-        low, high = _interval(mean, self.ie_replicates[:, ok].mean(axis=1), self.ie_per_seed[:, ok].mean(axis=1))
+        low, high = bootstrap_interval(mean, self.ie_replicates[:, ok].mean(axis=1), self.ie_per_seed[:, ok].mean(axis=1))
         return {
             "ie_mean": mean,
             "ie_mean_ci_low": low,
@@ -88,7 +88,7 @@ class Emergence:
         return [{**asdict(l), "saturated": l.saturated} for l in self.layers]
 
 
-def _interval(point: float, replicates: np.ndarray, per_seed: np.ndarray) -> tuple[float, float]:
+def bootstrap_interval(point: float, replicates: np.ndarray, per_seed: np.ndarray) -> tuple[float, float]:
     """95% interval: the bootstrap replicates' 2.5/97.5% percentiles relative to their median, around
     `point`, widened in quadrature by the t half-width over seeds; (point, point) when there is neither."""
     lo = hi = 0.0
@@ -192,7 +192,7 @@ def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str
     out_layers = []
     for i, layer in enumerate(g.layers):
         mean = float(ie_seed[:, i].mean())
-        low, high = _interval(mean, ie_reps[:, i], ie_seed[:, i]) if not layer_invalid[i] else (math.nan, math.nan)
+        low, high = bootstrap_interval(mean, ie_reps[:, i], ie_seed[:, i]) if not layer_invalid[i] else (math.nan, math.nan)
         why = "; ".join(v for (l, _), v in sorted(reasons.items()) if l == layer) if layer_invalid[i] else None
         out_layers.append(LayerEmergence(
             layer=layer, ie=mean, ie_std_seeds=float(ie_seed[:, i].std(ddof=1)) if len(g.seeds) > 1 else 0.0,

@@ -31,7 +31,7 @@ def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(layers, ie, marker="o", label="IE")
     ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.25,
-                    label=f"95% interval over {len(em.seeds)} seed(s)")
+                    label=f"95% interval (bootstrap over sequences; {len(em.seeds)} seed(s))")
     sat = [l.layer for l in em.layers if l.saturated]
     if sat:
         ax.scatter(sat, [em.layers[layers.index(s)].ie for s in sat], marker="x", color="red", zorder=3,
