@@ -243,8 +243,14 @@ def headline_beta(*profiles: dict[float | None, Emergence]) -> float | None:
 
 def choose_beta(*profiles: dict[float | None, Emergence]) -> tuple[float | None, bool]:
     """The β a run's headline uses, and whether it is valid in every cell: the smallest β valid
-    everywhere (the same for a model and its control), else the smallest β (flagged not valid)."""
+    everywhere (the same for a model and its control); else the β at which the most layers are valid
+    in every profile (the smaller on a tie), flagged not valid."""
     if None in profiles[0]:
         return None, True
     beta = headline_beta(*profiles)
-    return (beta, True) if beta is not None else (min(profiles[0]), False)
+    if beta is not None:
+        return beta, True
+    common = sorted(set.intersection(*(set(p) for p in profiles)))
+    valid_layers = {b: sum(all(p[b].layers[i].valid for p in profiles) for i in range(len(profiles[0][b].layers)))
+                    for b in common}
+    return max(common, key=lambda b: (valid_layers[b], -b)), False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ie_flow.emergence import emergence_by_beta, headline_beta, information_emergence
+from ie_flow.emergence import choose_beta, emergence_by_beta, headline_beta, information_emergence
 
 
 def _rows(values: dict[tuple[int, int, int], float], ceiling: float = 10.0, micro: dict | None = None):
@@ -115,3 +115,10 @@ def test_beta_grid_profiles_and_the_headline_beta():
                for b in (0.3, 0.4, 0.6)}
     assert headline_beta(profiles, control) == 0.6  # the same β for a model and its control
     assert headline_beta({None: profiles[0.6]}) is None
+    assert choose_beta(profiles, control) == (0.6, True) and choose_beta({None: profiles[0.6]}) == (None, True)
+    # no β valid everywhere: the one with the most layers valid in both, flagged
+    nowhere = {b: information_emergence([{**r, "valid": b == 0.6 and r["layer"] == 0} for r in rows], beta=b)
+               for b in (0.3, 0.4, 0.6)}
+    assert choose_beta(profiles, nowhere) == (0.6, False)  # one layer valid in both at 0.6, none elsewhere
+    tied = {b: information_emergence([{**r, "valid": r["layer"] == 0} for r in rows], beta=b) for b in (0.3, 0.4, 0.6)}
+    assert choose_beta(profiles, tied) == (0.3, False)  # every β ties at one layer: the smallest
