@@ -4,7 +4,8 @@ SMILE, NWJ.
 All share the batched separable critic and trainer; they differ only in the bound.  Each
 estimate comes with a 95% interval (bootstrap over the report rows' sample ids, critic fixed,
 combined with the t-interval over seeds), its ceiling and saturation flag, and the validity
-verdict of validity.py (a failed cell is retried once with ``safer_settings``)."""
+verdict of validity.py (a failed cell is retried once with ``safer_settings``); where the linear
+critic finds nothing, critic_check.py asks an MLP critic for a second opinion."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,12 +19,14 @@ from .base import (
     Estimator,
     MIEstimate,
     bootstrap_weights,
+    detection_limit_bits,
     estimate_interval,
     is_saturated,
     resolve_device,
     split_three,
 )
 from .trainer import TrainConfig, resolve_precision, train_batched
+from .critic_check import MLP_CRITIC, needs_check, second_opinion
 from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
 
 # registry names of this module's estimators (read by estimators/__init__.py without importing it)
@@ -47,6 +50,9 @@ _COMMON: dict[str, Any] = {
     "gap_limit_bits": GAP_LIMIT_BITS,
     "spread_limit_bits": SPREAD_LIMIT_BITS,
     "retry": True,
+    # critic_check.py: cells where the linear critic finds nothing get an MLP second opinion
+    # (never run when the critic is already an MLP)
+    "nonlinear_check": True,
     # CPU threads for this call (None: leave torch's setting).  On a busy 2-core machine two
     # OpenMP threads fighting other processes ran 5-10x slower than one thread.
     "threads": None,
@@ -81,6 +87,7 @@ class _SeedRuns:
     replicates: list = dataclasses.field(default_factory=list)
     diverged: list = dataclasses.field(default_factory=list)
     steps: list = dataclasses.field(default_factory=list)
+    never_left_zero: list = dataclasses.field(default_factory=list)  # (P,) the all-zero start was kept
     n_cand: int = 0
     n_tr: int = 0
     n_sel: int = 0
@@ -118,7 +125,22 @@ class NeuralEstimator(Estimator):
         finally:
             torch.set_num_threads(prev_threads)
         out = self._aggregate(runs, seeds, cfg, dev, P, t0)
-        return self._retry_failed(xs, ys, out, seeds, device) if s["retry"] else out
+        out = self._retry_failed(xs, ys, out, seeds, device) if s["retry"] else out
+        return self._check_critic(xs, ys, out, seeds, device)
+
+    def _check_critic(self, xs: np.ndarray, ys: np.ndarray, out: list[MIEstimate], seeds: tuple[int, ...],
+                      device: Any) -> list[MIEstimate]:
+        """The MLP second opinion on cells where the linear critic found little (critic_check.py)."""
+        s = self.settings
+        if s["hidden"] or s["layers"] or not s["nonlinear_check"]:
+            return out
+        low = [p for p, e in enumerate(out) if needs_check(e)]
+        if not low:
+            return out
+        mlp = type(self)(**{**s, **MLP_CRITIC, "retry": False, "nonlinear_check": False})
+        for p, e in zip(low, mlp.estimate_many(xs[low], ys[low], seeds, device)):
+            out[p] = second_opinion(out[p], e)
+        return out
 
     def _retry_failed(self, xs: np.ndarray, ys: np.ndarray, out: list[MIEstimate], seeds: tuple[int, ...],
                       device: Any) -> list[MIEstimate]:
@@ -151,6 +173,7 @@ class NeuralEstimator(Estimator):
             runs.replicates.append(None if res.nats_replicates is None else res.nats_replicates * LOG2E)
             runs.diverged.append(res.diverged)
             runs.steps.append(res.steps)
+            runs.never_left_zero.append(res.best_step == 0)
             runs.n_cand, runs.n_tr, runs.n_sel, runs.n_ev = res.n_candidates, len(tr), len(sel), len(ev)
         return runs
 
@@ -168,7 +191,7 @@ class NeuralEstimator(Estimator):
             "n_candidates": runs.n_cand,
             "n_select": runs.n_sel,
             "ceiling": f"log2(n_candidates): the report pool with negatives={cfg.negatives!r}",
-            "bootstrap_resamples": "report rows' sample ids, critic kept fixed",
+            "bootstrap_resamples": "report rows' sample ids as positives (candidate pool and critic kept fixed)",
             "steps_run": runs.steps,
             "batch_pairs": P,
             "batch_seconds": elapsed,
@@ -192,6 +215,8 @@ class NeuralEstimator(Estimator):
             gain = float(np.mean([bits_mat[p, i] - runs.half[i][p] for i in range(len(seeds))]))
         train_bits = float(np.mean(train_mat[p])) if not diverged else math.nan
         mean, lo, hi = estimate_interval(vals, rep, gain, train_bits - float(np.mean(vals))) if not diverged else (math.nan,) * 3
+        if not diverged and all(z[p] for z in runs.never_left_zero):  # nothing found: up to what was detectable
+            hi = max(hi, detection_limit_bits(runs.n_sel, self.settings["min_delta"]))
         reason = invalid_reason(mean, vals, train_bits, gap_limit_bits=s["gap_limit_bits"],
                                 spread_limit_bits=s["spread_limit_bits"])
         diagnostics = {"train_bits": train_bits, "gap_bits": train_bits - mean}

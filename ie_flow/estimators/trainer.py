@@ -407,7 +407,12 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
     w = torch.ones(1, X.t.shape[1])
     if boot_weights is not None:
         w = torch.cat([w, torch.as_tensor(boot_weights, dtype=torch.float32)])
-    w_rows, w_cand = w.index_select(1, rep).to(device), w.index_select(1, cand).to(device)
+    # only the rows are resampled; the candidate pool stays as drawn.  For a near-optimal critic a
+    # candidate's first-order influence on the bound is constant (E_x[p(y|x)/p(y)] = 1), so resampling
+    # the pool adds only second-order noise, which the bootstrap inflates: on uniform discrete K = 4
+    # and 16 it doubled the spread (0.006 and 0.014 bit against 0.003 and 0.008 across data draws)
+    w_rows = w.index_select(1, rep).to(device)
+    w_cand = torch.ones(w.shape[0], cand.numel(), device=device)
     values, half = [], []
     for _, S in _score_chunks(critic, best, X, Y, rep, cand, cfg, device):
         values.append(bounds.weighted_bound(name, S, pos.to(device), w_rows, w_cand, cfg.clip).double().cpu())
