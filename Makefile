@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma clean
+.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma reproduce clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ gemma: install
 # the embedded default, with the random-weight control measured in the same run
 demo: install
 	$(BIN)/ie-flow run --control random
+
+# The paper's four experiments (workflows/paper/), then docs/REPRODUCTION.md generated from their results.
+# Resumable: a rerun keeps the finished cells (ie-flow-data/reproduction/index.json).
+reproduce: install system-deps gemma
+	$(BIN)/ie-flow reproduce
 
 test: install system-deps
 	$(BIN)/python -m pytest tests -q

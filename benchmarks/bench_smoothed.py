@@ -94,6 +94,10 @@ def speed(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     grid = est.estimate_grid(xs, ys, betas=BETAS, seeds=(0,), device=args.device)
     batched = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        # the estimator streams the stacks in chunks: its peak GPU memory, against the data's size
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB for "
+              f"{(xs.nbytes + h[-1].nbytes) / 2**30:.1f} GiB of activations")
     sides = xs.shape[0] + args.positions
     gflop = sides * 2 * (2 * args.queries) * args.n * args.d / 1e9
     print(f"batched grid (estimate_grid, one call): {batched:.1f}s for {len(grid) * len(BETAS)} cell-betas "

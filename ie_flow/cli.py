@@ -204,6 +204,40 @@ def compare(
     typer.echo(f"plot: {out}")
 
 
+@app.command()
+@job_command("storage", "s3_endpoint", "tracking_uri", "no_tracking", "ray_address", "executor", workflow=False)
+def reproduce(
+    job: JobSpec,
+    names: Annotated[Optional[list[str]], typer.Argument(
+        help="Experiments to run (icl, natural-text, human-vs-model, model-size); all by default.")] = None,
+    experiment: Annotated[str, typer.Option(
+        "--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment of the parent run.")] = "ie-flow-reproduction",
+    workflows: Annotated[Optional[Path], typer.Option(help="Folder of experiment files (default workflows/paper).")] = None,
+    out: Annotated[Path, typer.Option(help="The report to write (its figures go beside it).")] = Path("docs/REPRODUCTION.md"),
+    report_only: Annotated[bool, typer.Option("--report-only", help="Write the report from what already ran.")] = False,
+) -> None:
+    """The paper's experiments (workflows/paper/), then the generated reproduction report."""
+    from ie_flow.reproduction.document import write_report
+    from ie_flow.reproduction.experiments import load_experiments
+    from ie_flow.reproduction.runner import Setup, reproduce as run_experiments
+
+    chosen = load_experiments(names, workflows)
+    setup = Setup(job.storage.uri, job.storage.endpoint_url, job.tracking.uri if job.tracking.enabled else None,
+                  experiment, job.runtime.ray_address, job.runtime.executor)
+    if report_only:
+        from ie_flow.store import StorageRoot
+
+        index = StorageRoot(setup.storage, setup.endpoint_url).load_reproduction()
+    else:
+        index = run_experiments(chosen, setup)
+    written = write_report(load_experiments(None, workflows), index, setup, out)
+    typer.echo(f"report: {written}")
+    if index.failed:  # each failure was logged with its error; the report lists them too
+        typer.echo(f"error: {len(index.failed)} cell(s) failed ({', '.join(sorted(index.failed))}); rerun the same "
+                   "command to retry them (finished cells are kept)", err=True)
+        raise typer.Exit(1)
+
+
 class _CorpusGroup(TyperGroup):
     """`ie-flow corpus [WORKFLOW] [OPTIONS]` describes a corpus and `ie-flow corpus generate ...`
     writes one. Click would read `generate` as the WORKFLOW argument, so a subcommand's name is

@@ -44,6 +44,9 @@ class CorpusSpec(_Section):
     # permute the tokens inside each window (seeded; the corpus's token multiset is kept): the
     # shuffled-token control of text corpora
     shuffle_tokens: bool = False
+    # text corpora: keep only sentences whose window is the same text under this model's tokenizer
+    # too, so that two models with different tokenizers are measured on the same text
+    same_text_as: str | None = None
 
 
 class ExtractSpec(_Section):
@@ -122,6 +125,8 @@ class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING
     experiment: str = "ie-flow"
     enabled: bool = True
+    # the job's run is a child of this run (a reproduction's cells under its parent run)
+    parent_run_id: str | None = None
 
 
 class RuntimeSpec(_Section):

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,54 @@ def _hf_location(source: ModelSource) -> tuple[str, dict[str, Any]]:
     return source.location, ({"revision": source.revision} if source.revision else {})
 
 
+def _converted(source: ModelSource, kind: str, marker: str, load: Any) -> Any:
+    """A GGUF's tokenizer or weights, converted by transformers once (its tokenizer is rebuilt from
+    the vocabulary, its weights dequantised in Python: minutes for Gemma-3 on 2 cores) and kept in
+    the cache, keyed by the file; later loads read the converted copy."""
+    import transformers
+
+    from ie_flow.gguf_packages import cache_dir
+
+    st = os.stat(source.location)
+    key = hashlib.sha256(f"{source.location}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / kind / key
+    auto = transformers.AutoTokenizer if kind == "tokenizers" else transformers.AutoModelForCausalLM
+    if (cached / marker).is_file():
+        return auto.from_pretrained(str(cached), **({} if kind == "tokenizers" else {"dtype": "float32"}))
+    converted = load()
+    partial = cached.with_name(f"{key}.partial-{os.getpid()}")
+    converted.save_pretrained(str(partial))
+    if cached.exists():  # another process converted it meanwhile
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        os.replace(partial, cached)
+    return converted
+
+
+def _tokenizer(source: ModelSource, location: str, kwargs: dict[str, Any]) -> Any:
+    import transformers
+
+    load = lambda: transformers.AutoTokenizer.from_pretrained(location, **kwargs)  # noqa: E731
+    return _converted(source, "tokenizers", "tokenizer_config.json", load) if source.kind == "gguf" else load()
+
+
+def _weights(source: ModelSource, location: str, kwargs: dict[str, Any], torch_dtype: Any) -> Any:
+    """Trained weights in `torch_dtype`; a GGUF's dequantised float32 copy comes from the cache."""
+    import transformers
+
+    if source.kind != "gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+    def dequantised() -> Any:
+        model = transformers.AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+        # the weights are plain float32 now; without this, save_pretrained refuses a "GGUF-quantised" model
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
+
+    return _converted(source, "models", "config.json", dequantised).to(torch_dtype)
+
+
 def load_model(
     name: str,
     revision: str | None = None,
@@ -204,13 +253,13 @@ def load_model(
     torch_dtype = getattr(torch, dtype)
     location, kwargs = _hf_location(source)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **kwargs)
+        tokenizer = _tokenizer(source, location, kwargs)
         if source.random_init:
             config = transformers.AutoConfig.from_pretrained(location, **kwargs)
             torch.manual_seed(seed)
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         else:
-            model = transformers.AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+            model = _weights(source, location, kwargs, torch_dtype)
     except (OSError, ValueError, KeyError) as e:
         first = first_line(e)
         raise IEFlowError(f"cannot load model {name!r} ({source.kind} {location}): {first}") from None
@@ -280,12 +329,10 @@ def describe_model(name: str, revision: str | None = None) -> dict[str, Any]:
 
 def load_tokenizer(name: str, revision: str | None = None) -> Any:
     """The tokenizer alone (the driver builds corpora without loading weights)."""
-    import transformers
-
     source = resolve_model(name, revision)
     location, kwargs = _hf_location(source)
     try:
-        return transformers.AutoTokenizer.from_pretrained(location, **kwargs)
+        return _tokenizer(source, location, kwargs)
     except (OSError, ValueError, KeyError) as e:
         first = first_line(e)
         raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None

@@ -7,6 +7,8 @@ keeps there (docs/ARCHITECTURE.md, "Data on storage"):
         _done/UNIT                         completion marker of one unit of work
     {root}/results/{model}/{dataset}-{digest8}/{run}/mi.parquet, summary.json
         layers/layer=LLL.parquet, _done/UNIT
+    {root}/reproduction/index.json                 what `ie-flow reproduce` ran, cell by cell
+        generated/{name}.jsonl                     model-written corpora it generated
 
 Stages, executors, report, tracking and the CLI go through these classes; none of them builds a
 path or reads a manifest key by hand."""
@@ -304,11 +306,51 @@ class ResultsFolder:
         return record, self.storage.read_parquet(MI_TABLE)
 
 
+class ReproductionEntry(BaseModel):
+    """One measurement of a reproduction cell: a results folder and its MLflow run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    experiment: str
+    cell: str
+    estimator: str
+    tags: dict[str, Any]  # what the report groups cells by (corpus, shots, model, writer...)
+    results_uri: str  # mi.parquet of the measurement
+    mlflow_run_id: str | None = None
+    seconds: float = 0.0
+    job_digest: str = ""  # the cell's job settings: a changed workflow reruns the cell
+
+
+class ReproductionIndex(BaseModel):
+    """reproduction/index.json: every measurement `ie-flow reproduce` finished, the generated
+    corpora, and the MLflow parent run the cells are children of. Rewritten after each cell, so an
+    interrupted reproduction resumes where it stopped."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    entries: dict[str, ReproductionEntry] = {}  # key: experiment/cell/estimator
+    generated: dict[str, dict[str, Any]] = {}  # name: {uri, seconds, metadata}
+    failed: dict[str, str] = {}  # experiment/cell: the error of its last attempt
+    seconds: dict[str, float] = {}  # wall seconds per experiment, last run
+
+
 class StorageRoot:
     """A storage root holding activations and results folders."""
 
     def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
         self.storage = Storage(uri, endpoint_url)
+
+    def load_reproduction(self) -> ReproductionIndex:
+        rel = "reproduction/index.json"
+        return ReproductionIndex.model_validate(self.storage.read_json(rel)) if self.storage.exists(rel) else ReproductionIndex()
+
+    def save_reproduction(self, index: ReproductionIndex) -> None:
+        self.storage.write_json("reproduction/index.json", index.model_dump(mode="json"))
+
+    def generated_corpus_uri(self, name: str) -> str:
+        return self.storage.url("reproduction", "generated", f"{name}.jsonl")
 
     def activations(self, model_key: str, dataset_id: str) -> DatasetFolder:
         return DatasetFolder(self.storage.child("activations", model_key, dataset_id))

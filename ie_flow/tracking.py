@@ -83,6 +83,8 @@ def open_run(job: Any, title: str, results_uri: str) -> str:
     tags = {"mlflow.runName": title, "model": job.model.name, "corpus.name": job.corpus.name,
             "estimator": job.estimate.method, "units": "bits", "code_version": __version__,
             "storage_uri": job.storage.uri, "results_uri": results_uri}
+    if job.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = job.tracking.parent_run_id
     # the same job again (a rerun after a failure) continues its run; one still RUNNING belongs to a
     # job at work, which this one must not touch (if refused by that job's lock, this run ends FAILED)
     if existing is not None and existing.info.status != "RUNNING":

@@ -97,15 +97,27 @@ def _windows(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corp
 
         return icl_corpus(spec.name.removeprefix("icl-"), tokenizer, spec.shots, spec.samples, spec.seed, spec.names)
     tokens = spec.tokens or 8
+    other = _other_tokenizer(spec.same_text_as)
     if spec.name in BUILTIN_TEXT_CORPORA:
-        return builtin_corpus(spec.name, tokenizer, tokens, spec.samples, spec.seed, spec.window)
-    check_corpus_name(spec.name)
-    from ie_flow.corpora.text import text_corpus
+        corpus = builtin_corpus(spec.name, tokenizer, tokens, spec.samples, spec.seed, spec.window, other)
+    else:
+        check_corpus_name(spec.name)
+        from ie_flow.corpora.text import text_corpus
 
-    return text_corpus(
-        spec.name, tokenizer, tokens=tokens, samples=spec.samples, text_field=spec.text_field,
-        window=spec.window, endpoint_url=endpoint_url,
-    )
+        corpus = text_corpus(spec.name, tokenizer, tokens=tokens, samples=spec.samples, text_field=spec.text_field,
+                             window=spec.window, endpoint_url=endpoint_url, other=other)
+    if spec.same_text_as:  # a different selection of sentences: its own dataset id
+        corpus = Corpus(f"{corpus.name}-as-{path_safe(spec.same_text_as)}", corpus.input_ids,
+                        {**corpus.settings, "same_text_as": spec.same_text_as})
+    return corpus
+
+
+def _other_tokenizer(name: str | None) -> Any:
+    if not name:
+        return None
+    from ie_flow.models import load_tokenizer
+
+    return load_tokenizer(name)
 
 
 def check_corpus_name(name: str) -> None:

@@ -174,8 +174,9 @@ def builtin_documents(name: str, seed: int) -> tuple[list[str], dict[str, Any]]:
                                       "documents": len(docs), **settings}
 
 
-def builtin_corpus(name: str, tokenizer: Any, tokens: int, samples: int, seed: int, window: str = "first") -> Any:
+def builtin_corpus(name: str, tokenizer: Any, tokens: int, samples: int, seed: int, window: str = "first",
+                   other: Any = None) -> Any:
     from ie_flow.corpora.text import window_corpus
 
     docs, settings = builtin_documents(name, seed)
-    return window_corpus(docs, name, name, tokenizer, tokens, samples, window, settings)
+    return window_corpus(docs, name, name, tokenizer, tokens, samples, window, settings, other)

@@ -104,12 +104,19 @@ def sentence_window(ids: list[int], tokens: int, window: str) -> list[int] | Non
     return ids[:tokens] if window == "first" else ids[-tokens:]
 
 
+def same_window_text(sentence: str, window_text: str, other: Any, tokens: int, window: str) -> bool:
+    """Whether `other` (a second model's tokenizer) cuts the same window text from the sentence."""
+    ids = sentence_window(other(sentence, add_special_tokens=False).input_ids, tokens, window)
+    return ids is not None and other.decode(ids).strip() == window_text.strip()
+
+
 def window_corpus(
     documents: Iterable[str], source: str, name: str, tokenizer: Any, tokens: int, samples: int, window: str,
-    settings: dict[str, Any],
+    settings: dict[str, Any], other: Any = None,
 ) -> "Corpus":
     """Up to `samples` windows, one per sentence, in document order. Every text corpus is cut here
-    (files, built-in corpora, model-written text), so two corpora differ only in their text."""
+    (files, built-in corpora, model-written text), so two corpora differ only in their text. With
+    `other` (a second tokenizer), only sentences whose window is the same text under both."""
     from ie_flow.corpora import Corpus
 
     rows: list[list[int]] = []
@@ -119,7 +126,9 @@ def window_corpus(
         for sentence in sentences(doc):
             sentences_seen += 1
             ids = sentence_window(tokenizer(sentence, add_special_tokens=False).input_ids, tokens, window)
-            if ids is None or FORBIDDEN_IN_WINDOW.search(tokenizer.decode(ids)):
+            if ids is None or FORBIDDEN_IN_WINDOW.search(text := tokenizer.decode(ids)):
+                continue
+            if other is not None and not same_window_text(sentence, text, other, tokens, window):
                 continue
             rows.append(ids)
             if len(rows) == samples:
@@ -139,7 +148,7 @@ def window_corpus(
 
 def text_corpus(
     uri: str, tokenizer: Any, tokens: int, samples: int, text_field: str = "text", window: str = "first",
-    endpoint_url: str | None = None,
+    endpoint_url: str | None = None, other: Any = None,
 ) -> "Corpus":
     """Windows of a text/JSONL/Parquet corpus in corpus order (deterministic: same file, same ids)."""
     from ie_flow.corpora import path_safe
@@ -147,4 +156,4 @@ def text_corpus(
     base = path_safe(os.path.splitext(os.path.basename(uri.rstrip("/")))[0])
     settings = {"kind": "text", "source": uri, "text_field": text_field}
     return window_corpus(read_documents(uri, text_field, endpoint_url), uri, base, tokenizer, tokens, samples,
-                         window, settings)
+                         window, settings, other)

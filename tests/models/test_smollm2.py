@@ -48,3 +48,25 @@ def test_icl_names_are_single_tokens():
     tok = load_tokenizer("smollm2-135m")
     for category in ("countries", "animals", "colours"):
         assert len(single_token_names(category, tok)) == 16
+
+
+@pytest.mark.slow
+def test_gguf_tokenizer_is_converted_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """A GGUF's tokenizer is rebuilt from its vocabulary by transformers on every load (minutes for
+    Gemma-3): ie-flow keeps the converted one in its cache, and it tokenizes exactly the same."""
+    import transformers
+
+    from ie_flow.models import _hf_location, load_tokenizer, resolve_model
+
+    monkeypatch.setenv("IE_FLOW_CACHE", str(tmp_path))
+    location, kwargs = _hf_location(resolve_model("smollm2-135m"))
+    direct = transformers.AutoTokenizer.from_pretrained(location, **kwargs)
+    first = load_tokenizer("smollm2-135m")
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 1
+    cached = load_tokenizer("smollm2-135m")
+    text = "Adding manpower to a late software project makes it later. ‘Naïve’ quotes, 42 times."
+    for tok in (first, cached):
+        assert tok(text).input_ids == direct(text).input_ids
+        assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, len(tok)) == \
+            (direct.bos_token_id, direct.eos_token_id, direct.pad_token_id, len(direct))
+        assert tok.chat_template == direct.chat_template

@@ -198,3 +198,36 @@ def test_cli_describes_a_builtin_corpus(ie_flow, tiny_llama):
     assert info["digest"] == expected.digest and info["name"] == "python-docs-3tok" and len(info["examples"]) == 2
     res = ie_flow("corpus", "--corpus", "python-doc", "--model", tiny_llama)
     assert res.code == 2 and res.error_lines == [res.error_lines[0]] and "did you mean 'python-docs'" in res.err
+
+
+def _tokenizer_without(folder: Path, word: str) -> object:
+    """The tiny word-level tokenizer with one word missing: it cuts that word to [UNK]."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer
+
+    base = AutoTokenizer.from_pretrained(folder)
+    raw = json.loads(base.backend_tokenizer.to_str())
+    raw["model"]["vocab"] = {w: i for w, i in raw["model"]["vocab"].items() if w != word}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(raw)), unk_token="[UNK]")
+
+
+def test_same_text_as_keeps_the_windows_both_tokenizers_cut_alike(tiny_llama, tmp_path, monkeypatch):
+    """Two models are compared on the same text: a sentence is kept only if its N-token window is the
+    same text under the other tokenizer too (here one that lacks "mat")."""
+    from transformers import AutoTokenizer
+
+    from ie_flow.corpora.text import same_window_text
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. a cat is on a mat and the cat sat. the cat sat on a dog and a cat.")
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    other = _tokenizer_without(tiny_llama, "mat")
+    assert not same_window_text("the cat sat on the mat", "the cat sat on the mat", other, 6, "first")
+    assert same_window_text("the cat sat on a dog", "the cat sat on a dog", other, 6, "first")
+    monkeypatch.setattr("ie_flow.corpora._other_tokenizer", lambda name: other if name else None)
+    spec = CorpusSpec(name=str(text), tokens=6, samples=10)
+    plain, aligned = build_corpus(spec, tok), build_corpus(spec.model_copy(update={"same_text_as": "other"}), tok)
+    assert [tok.decode(r) for r in plain.input_ids] == ["the cat sat on the mat", "a cat is on a mat",
+                                                         "the cat sat on a dog"]
+    assert [tok.decode(r) for r in aligned.input_ids] == ["the cat sat on a dog"]
+    assert aligned.settings["same_text_as"] == "other" and aligned.dataset_id != plain.dataset_id

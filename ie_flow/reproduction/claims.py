@@ -1,0 +1,245 @@
+"""The paper's four claims, each tested on the reproduction's measurements: a table, the findings
+per estimator (analysis.Finding) and a figure. `document.py` turns them into the report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ie_flow.reproduction.analysis import (
+    Finding, Measured, Value, by_tags, common_beta, ie_mean, mean_curve, mean_of, saturated_share, spread, token_rise,
+    verdict, VERDICTS,
+)
+
+ESTIMATORS = ("infonce", "smoothed")
+ICL = ("icl-countries", "icl-animals", "icl-colours")
+MIXED = "icl-mixed"
+
+
+@dataclass
+class ClaimResult:
+    experiment: str
+    findings: list[Finding]
+    rows: list[list[str]]  # the table: header first
+    figure: Path | None
+    betas: dict[str, str] = field(default_factory=dict)  # smoothed: the β used and whether it is valid
+    parts: dict[str, str] = field(default_factory=dict)  # a claim in two parts: the verdict of each
+
+    @property
+    def verdict(self) -> str:
+        if self.parts:  # the weaker part decides (VERDICTS runs from strongest to weakest)
+            return max(self.parts.values(), key=VERDICTS.index)
+        return verdict(self.findings)
+
+
+def _beta_note(ms: list[Measured]) -> tuple[float | None, str]:
+    beta, valid = common_beta(ms)
+    if beta is None:
+        return None, ""
+    return beta, f"β = {beta:g}" + ("" if valid else " (no β valid in every cell: the one with most valid layers)")
+
+
+def _ie(ms: list[Measured], beta: float | None) -> Value:
+    return mean_of([ie_mean(m.at(beta)) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
+
+
+def _sat(ms: list[Measured], beta: float | None = None) -> float:
+    return saturated_share([m.at(beta) for m in ms])
+
+
+def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    """1a: one category (clear-cut) above the mix; 1b: the spread of IE over layers grows with shots."""
+    exp, rows, clear, grow, betas = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
+                                              "saturated layers"]], [], [], {}
+    curves: dict[str, list[tuple[int, Value]]] = {}
+    for est in ESTIMATORS:
+        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator == est]
+        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        shots = sorted({m.entry.tags["corpus.shots"] for m in every})
+        per_k = []
+        for k in shots:
+            cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, "corpus.shots": k}) for c in (*ICL, MIXED)}
+            for c, ms in cell.items():
+                for m in ms:
+                    em = m.at(beta)
+                    rows.append([c, str(k), est, str(m.samples), str(ie_mean(em)), str(spread(em)),
+                                 f"{sum(l.saturated for l in em.layers)}/{len(em.layers)}"])
+                    curves.setdefault(f"{c} ({est})", []).append((k, spread(em)))
+            per_k.append(mean_of([_ie(cell[c], beta) for c in ICL]) - _ie(cell[MIXED], beta))
+        ctrl = _clear_cut_control(measured, beta) if est == "smoothed" else None
+        clear.append(Finding(est, mean_of(per_k), ctrl, _sat(every, beta), "clear-cut"))
+        grow.append(Finding(est, _spread_growth(measured, exp, est, beta), None, _sat(every, beta), "spread"))
+    mine = {c: by_tags(measured, exp, "mine-paper", **{"corpus.name": c}) for c in ("icl-countries", MIXED)}
+    if all(mine.values()):
+        clear.append(Finding("mine-paper", _ie(mine["icl-countries"], None) - _ie(mine[MIXED], None), None,
+                             _sat(mine["icl-countries"] + mine[MIXED]), "clear-cut"))
+    result = ClaimResult(exp, clear + grow, rows, _plot_spread(curves, figures / "icl-spread.png"), betas)
+    result.parts = {"clear-cut": verdict(clear), "spread grows with shots": verdict(grow)}
+    return result
+
+
+def _clear_cut_control(measured: dict[str, Measured], beta: float | None) -> Value | None:
+    ctrl = {c: by_tags(measured, "icl", "smoothed:control-random", **{"corpus.name": c}) for c in (*ICL, MIXED)}
+    if not all(ctrl.values()):
+        return None
+    return mean_of([_ie(ctrl[c], beta) for c in ICL]) - _ie(ctrl[MIXED], beta)
+
+
+def _spread_growth(measured: dict[str, Measured], exp: str, est: str, beta: float | None) -> Value:
+    """Spread at the most shots minus at the fewest, averaged over the four corpora."""
+    out = []
+    for c in (*ICL, MIXED):
+        ms = sorted(by_tags(measured, exp, est, **{"corpus.name": c}), key=lambda m: m.entry.tags["corpus.shots"])
+        if len(ms) >= 2:
+            out.append(spread(ms[-1].at(beta)) - spread(ms[0].at(beta)))
+    return mean_of(out)
+
+
+def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    """E(t) rises from the second token to the last; the shuffled-token windows are the control."""
+    exp = "natural-text"
+    rows = [["corpus", "tokens", "order", "estimator", "n", "E(t), t = 1 ... N (mean over layers)", "rise E(N) - E(1)"]]
+    findings, betas, curves = [], {}, {}
+    for est in ESTIMATORS:
+        every = [m for m in measured.values() if m.entry.experiment in (exp, "icl") and m.entry.estimator == est
+                 and m.entry.tags.get("corpus.shots", 4) == 4]
+        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        real, shuffled = [], []
+        for m in sorted(every, key=lambda m: m.key):
+            tags = m.entry.tags
+            if m.entry.experiment == "icl" and tags.get("corpus.name") != "icl-countries":
+                continue
+            em, order = m.at(beta), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
+            curve = mean_curve(em)
+            rows.append([str(tags.get("corpus.name")), str(m.record.manifest["tokens"]), order, est, str(m.samples),
+                         " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em))])
+            curves[f"{tags.get('corpus.name')} {m.record.manifest['tokens']} tok, {order} ({est})"] = curve
+            if m.entry.experiment == exp and m.record.manifest["tokens"] == 8:
+                (shuffled if order == "shuffled" else real).append(token_rise(em))
+        findings.append(Finding(est, mean_of(real), mean_of(shuffled) if shuffled else None,
+                                _sat([m for m in every if m.entry.experiment == exp], beta)))
+    return ClaimResult(exp, findings, rows, _plot_curves(curves, figures / "natural-text-curves.png"), betas)
+
+
+def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    exp = "human-vs-model"
+    rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
+    findings, betas, bars = [], {}, {}
+    for est in ESTIMATORS:
+        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.startswith(est)]
+        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        effects, controls = [], []
+        for gen in sorted({m.entry.tags["generator"] for m in every}):
+            side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
+            ctrl = {w: by_tags(measured, exp, f"{est}:control-random", generator=gen, writer=w) for w in ("model", "human")}
+            for w in ("model", "human"):
+                value = _ie(side[w], beta)
+                c = _ie(ctrl[w], beta) if ctrl[w] else None
+                rows.append([gen, w, est, str(side[w][0].samples) if side[w] else "-", str(value), str(c) if c else "-"])
+                bars[f"{gen}\n{w} ({est})"] = value
+            effects.append(_ie(side["model"], beta) - _ie(side["human"], beta))
+            if all(ctrl.values()):
+                controls.append(_ie(ctrl["model"], beta) - _ie(ctrl["human"], beta))
+        findings.append(Finding(est, mean_of(effects), mean_of(controls) if controls else None, _sat(
+            [m for m in every if ":" not in m.entry.estimator], beta)))
+    return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), betas)
+
+
+def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    exp = "model-size"
+    rows = [["model", "estimator", "n", "IE (bits)", "random-weight control IE", "trained - random"]]
+    findings, betas, profiles = [], {}, {}
+    for est in ESTIMATORS:
+        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.startswith(est)]
+        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        ie, ctrl = {}, {}
+        for model in ("smollm2-135m", "gemma3-270m"):
+            side = by_tags(measured, exp, est, model=model)
+            c = by_tags(measured, exp, f"{est}:control-random", model=model)
+            ie[model], ctrl[model] = _ie(side, beta), (_ie(c, beta) if c else None)
+            rows.append([model, est, str(side[0].samples) if side else "-", str(ie[model]),
+                         str(ctrl[model]) if c else "-", str(ie[model] - ctrl[model]) if c else "-"])
+            for m in side + c:
+                profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(beta)
+        control = ctrl["gemma3-270m"] - ctrl["smollm2-135m"] if all(ctrl.values()) else None
+        findings.append(Finding(est, ie["gemma3-270m"] - ie["smollm2-135m"], control,
+                                _sat([m for m in every if ":" not in m.entry.estimator], beta)))
+    return ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), betas)
+
+
+# --- figures -----------------------------------------------------------------------------------------
+def _axes(n: int) -> tuple[Any, Any, Any]:
+    from ie_flow.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _plot_spread(curves: dict[str, list[tuple[int, Value]]], path: Path) -> Path | None:
+    if not curves:
+        return None
+    from ie_flow.plots import _save
+
+    plt, fig, axes = _axes(len(ESTIMATORS))
+    for ax, est in zip(axes, ESTIMATORS):
+        for label, pts in curves.items():
+            if label.endswith(f"({est})"):
+                pts = sorted(pts, key=lambda p: p[0])
+                ax.errorbar([p[0] for p in pts], [p[1].value for p in pts], capsize=3, marker="o",
+                            yerr=[[p[1].value - p[1].low for p in pts], [p[1].high - p[1].value for p in pts]],
+                            label=label.replace(f" ({est})", ""))
+        ax.set(xlabel="shots", ylabel="spread of IE over layers (bits)", title=est)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path | None:
+    if not curves:
+        return None
+    from ie_flow.plots import _save
+
+    plt, fig, axes = _axes(len(ESTIMATORS))
+    for ax, est in zip(axes, ESTIMATORS):
+        for label, curve in curves.items():
+            if label.endswith(f"({est})"):
+                ax.plot(range(len(curve)), curve, marker="o", ls="--" if "shuffled" in label else "-",
+                        label=label.replace(f" ({est})", ""))
+        ax.set(xlabel="token position t (0-based)", ylabel="E(t), mean over layers (bits)", title=est)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _plot_bars(bars: dict[str, Value], path: Path) -> Path | None:
+    if not bars:
+        return None
+    from ie_flow.plots import _save
+
+    plt, fig, axes = _axes(1)
+    labels, values = list(bars), list(bars.values())
+    axes[0].bar(range(len(values)), [v.value for v in values],
+                yerr=[[v.value - v.low for v in values], [v.high - v.value for v in values]], capsize=3)
+    axes[0].set_xticks(range(len(labels)), labels, fontsize=7)
+    axes[0].set(ylabel="IE, mean over layers (bits)", title="model-written vs human-written text")
+    return _save(plt, fig, path)
+
+
+def _plot_depth(profiles: dict[str, Any], path: Path) -> Path | None:
+    if not profiles:
+        return None
+    from ie_flow.plots import _save
+
+    plt, fig, axes = _axes(len(ESTIMATORS))
+    for ax, est in zip(axes, ESTIMATORS):
+        for label, em in profiles.items():
+            if label.endswith(f"({est})"):
+                depth = np.arange(len(em.layers)) / max(len(em.layers) - 1, 1)
+                ax.plot(depth, [l.ie for l in em.layers], ls="--" if "random" in label else "-",
+                        label=label.replace(f" ({est})", ""))
+        ax.set(xlabel="relative depth (layer / last layer)", ylabel="IE (bits)", title=est)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)

@@ -1,0 +1,162 @@
+"""docs/REPRODUCTION.md and its figures, generated from the reproduction index and the results it
+points to (never edited by hand: rerunning `ie-flow reproduce --report-only` rewrites it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ie_flow import __version__
+from ie_flow.reproduction import claims
+from ie_flow.reproduction.analysis import SATURATED_SHARE, Finding, Measured, load_measurements
+from ie_flow.reproduction.experiments import Experiment
+from ie_flow.store import ReproductionIndex
+
+CLAIM_TESTS = {
+    "icl": ("IE mean over layers of the three one-category corpora minus the mixed corpus, averaged over "
+            "shots (clear-cut); and the spread of IE over layers at 5 shots minus at 1 shot, averaged over "
+            "the four corpora (spread grows). Control (smoothed, 4 shots): the same clear-cut difference on "
+            "the random-weight copy."),
+    "natural-text": ("The rise of E(t) (mean over layers) from the second token to the last, averaged over "
+                     "the 8-token cells of both corpora. Control: the same rise on the shuffled-token windows."),
+    "human-vs-model": ("IE mean over layers on model-written minus human-written windows, averaged over the "
+                       "two generators. Control (smoothed): the same difference measured by the random-weight copy."),
+    "model-size": ("IE mean over layers of Gemma-3-270M minus SmolLM2-135M on the same windows. Control "
+                   "(smoothed): the same difference between their random-weight copies."),
+}
+CLAIM_FUNCTIONS = {"icl": claims.icl, "natural-text": claims.natural_text,
+                   "human-vs-model": claims.human_vs_model, "model-size": claims.model_size}
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    if len(rows) < 2:
+        return ["(no measurement yet)"]
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return out + ["| " + " | ".join(r) + " |" for r in rows[1:]]
+
+
+def _finding_line(f: Finding) -> str:
+    control = f"; control {f.control}" if f.control is not None else "; no control for this estimator"
+    sat = f"; {f.saturated:.0%} of layers saturated" if f.saturated else ""
+    part = f"{f.part}, " if f.part else ""
+    return f"- {part}`{f.estimator}`: effect {f.effect} bits{control}{sat}."
+
+
+def _why(result: claims.ClaimResult) -> str:
+    """One paragraph from the findings: which estimator decided and how."""
+    parts = []
+    for f in result.findings:
+        who = f"{f.part}, {f.estimator}" if f.part else f.estimator
+        if f.estimator == "mine-paper":
+            parts.append(f"The paper's estimator (mine-paper, 300 steps: what this machine affords, not the "
+                         f"paper's 10,000) gives {f.effect} bits.")
+        elif f.saturated >= SATURATED_SHARE:
+            parts.append(f"{who}: {f.saturated:.0%} of the layers are at the estimator's ceiling, so it "
+                         "cannot test the claim here (the measured IE is set by the sample size).")
+        elif f.supports and f.control_explains:
+            parts.append(f"{who}: the effect ({f.effect}) is there, but the control shows it too "
+                         f"({f.control}): it does not need what the control removes.")
+        elif f.supports:
+            ctrl = f" and the control does not show it ({f.control})" if f.control is not None else ""
+            parts.append(f"{who}: the effect is in the paper's direction beyond its interval ({f.effect}){ctrl}.")
+        else:
+            parts.append(f"{who}: the interval of the effect ({f.effect}) does not exclude 0 in the "
+                         "paper's direction.")
+    if result.parts:
+        parts.append("Verdicts of the two parts: " + "; ".join(f"{k}: *{v}*" for k, v in result.parts.items()) +
+                     "; the claim gets the weaker.")
+    return " ".join(parts)
+
+
+def _ran(experiment: Experiment, measured: list[Measured]) -> list[str]:
+    path = experiment.path.resolve()
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    out = [f"Command: `{experiment.command}` (file `{shown}`).", "", "| cell | measurement | model | corpus digest | n | MLflow run |", "|---|---|---|---|---|---|"]
+    for m in sorted(measured, key=lambda m: m.key):
+        out.append(f"| {m.entry.cell} | {m.entry.estimator} | {m.record.model_name} | {m.digest} | {m.samples} | "
+                   f"{m.run_id} |")
+    return out
+
+
+def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figures: Path, out: Path) -> list[str]:
+    mine = [m for m in measured.values() if m.entry.experiment == experiment.name]
+    result = CLAIM_FUNCTIONS[experiment.name](measured, figures)
+    lines = [f"## Claim {n}: {experiment.name}", "", f"**The paper:** {experiment.claim}", "",
+             f"**Verdict: {result.verdict}.**", "", "### What we ran", ""] + _ran(experiment, mine)
+    lines += ["", "### Numbers", "", f"Test: {CLAIM_TESTS[experiment.name]}", ""]
+    betas = [f"{k}: {v}" for k, v in result.betas.items() if v]
+    if betas:
+        lines += [f"Smoothed measure at one β for every cell of this claim ({'; '.join(betas)}).", ""]
+    lines += _table(result.rows) + ["", "Intervals are 95%. A saturated layer's estimate is at its ceiling "
+                                    "(log2 of the report rows): the number is a floor, not a measurement.", ""]
+    if result.figure is not None:
+        lines += [f"![{experiment.name}]({os.path.relpath(result.figure, out.parent)})", ""]
+    lines += ["### Findings and controls", ""] + [_finding_line(f) for f in result.findings]
+    lines += ["", "### Why", "", _why(result), ""]
+    return lines
+
+
+def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[str]:
+    lines = ["## Run times", "", "Measured on the machine that ran the reproduction (wall seconds; a cell's "
+             "time includes its extraction, every estimator and its control).", "",
+             "| experiment | cells | cell seconds | generation seconds |", "|---|---|---|---|"]
+    total = 0.0
+    for e in experiments:
+        cells: dict[str, float] = {}
+        for entry in index.entries.values():
+            if entry.experiment == e.name:
+                cells[entry.cell] = max(cells.get(entry.cell, 0.0), entry.seconds)
+        gen = sum(index.generated.get(g["name"], {}).get("seconds", 0.0) for g in e.generate)
+        total += sum(cells.values()) + gen
+        lines.append(f"| {e.name} | {len(cells)}/{len(e.cells)} | {sum(cells.values()):.0f} | {gen:.0f} |")
+    lines += [f"| **all** | | **{total:.0f}** ({total / 60:.0f} min) | |", ""]
+    return lines
+
+
+def _trace(measured: dict[str, Measured]) -> list[str]:
+    lines = ["## Where every number comes from", "", "| measurement | results folder | MLflow run |", "|---|---|---|"]
+    for key in sorted(measured):
+        m = measured[key]
+        lines.append(f"| {key} | `{m.entry.results_uri.rsplit('/', 1)[0]}` | {m.run_id} |")
+    return lines + [""]
+
+
+GPU_SECTION = """## What a GPU cluster would add
+
+The paper measured GPT-2, Gemma-2B and OpenLlama-3B on 300,000 sequences per experiment. This
+machine (2 CPU cores, no GPU, no model hub) cannot: the same workflows run unchanged on a Ray
+cluster (`infra/README.md`: Docker Compose, KubeRay, or Ray's cluster launcher) with the model named
+by its hub id, e.g. `ie-flow submit workflows/gpt2.yaml --model google/gemma-2b --samples 300000
+--storage s3://BUCKET/runs --ray-address http://HEAD:8265`. Sizing, from `infra/README.md` (SIZING):
+300,000 sequences of 8 tokens are 2,400,000 rows per boundary, 3.69 GB per boundary in float16 for
+GPT-2 (d = 768) and 9.83 GB for a d = 2048 model; stage 2 holds one layer's two boundaries in GPU
+memory (14.7 GB in float32 for d = 768, all 8 positions). What it would add here: the paper's model
+sizes (claim 4 with more than two points), n large enough that InfoNCE's ceiling (log2 of the report
+rows) no longer caps IE, and the smoothed measure at n = 65,536 or more, where more β are valid."""
+
+
+def write_report(experiments: list[Experiment], index: ReproductionIndex, setup: Any, out: Path) -> Path:
+    """Write the report and its figures (in a folder named after it) from what the index holds."""
+    figures = out.parent / out.stem.lower()
+    figures.mkdir(parents=True, exist_ok=True)
+    measured = load_measurements(index, setup.endpoint_url)
+    lines = ["# Reproduction of the paper's claims", "",
+             f"Generated by `ie-flow reproduce` (ie-flow {__version__}) from the results listed at the end; "
+             "do not edit by hand. Rerun `make reproduce` (or `ie-flow reproduce --report-only` to rewrite "
+             "it from stored results).", "", "| claim | verdict |", "|---|---|"]
+    sections: list[str] = []
+    for n, e in enumerate(experiments, 1):
+        if e.name not in CLAIM_FUNCTIONS:
+            continue
+        section = _section(n, e, measured, figures, out)
+        lines.append(f"| {n}. {e.claim} | {section[4].strip('*.').removeprefix('Verdict: ')} |")
+        sections += section
+    lines.append("")
+    if index.failed:
+        lines += ["**Cells that failed** (rerun `make reproduce` to retry them):", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(index.failed.items())] + [""]
+    lines += sections + _runtimes(experiments, index) + _trace(measured) + [GPU_SECTION, ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
