@@ -237,7 +237,8 @@ def _plot_depth(profiles: dict[str, Any], path: Path) -> Path | None:
     for ax, est in zip(axes, ESTIMATORS):
         for label, em in profiles.items():
             if label.endswith(f"({est})"):
-                depth = np.arange(len(em.layers)) / max(len(em.layers) - 1, 1)
+                layers = [l.layer for l in em.layers]
+                depth = np.array(layers) / max(max(layers), 1)
                 ax.plot(depth, [l.ie for l in em.layers], ls="--" if "random" in label else "-",
                         label=label.replace(f" ({est})", ""))
         ax.set(xlabel="relative depth (layer / last layer)", ylabel="IE (bits)", title=est)
