@@ -118,4 +118,4 @@ def test_the_paper_workflows_load():
     for e in experiments:
         assert e.command.startswith(f"ie-flow reproduce {e.name}")
     icl = experiments[0]
-    assert len(icl.cells) == 4 * 4 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 2, 3, 4, 5}
+    assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
