@@ -99,6 +99,25 @@ def open_run(job: Any, title: str, results_uri: str) -> str:
     return run_id
 
 
+def open_parent_run(uri: str, experiment: str, title: str, tags: dict[str, str], resume: str | None = None) -> str:
+    """A run that groups other runs (`ie-flow reproduce`): `resume` is reopened RUNNING if it still
+    exists on this server, else a new run is created."""
+    client = _client(uri)
+    if resume:
+        try:
+            client.update_run(resume, status="RUNNING")
+            return resume
+        except Exception:  # noqa: BLE001 - deleted, or from another server: start a new one
+            pass
+    return client.create_run(_experiment_id(client, experiment), run_name=title, tags=tags).info.run_id
+
+
+def end_parent_run(uri: str, run_id: str, failed: list[str]) -> None:
+    client = _client(uri)
+    client.set_tag(run_id, "failed_cells", ",".join(failed) or "none")
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
 def fail_run(uri: str, run_id: str, error: str) -> None:
     client = _client(uri)
     client.set_tag(run_id, "error", error[:5000])

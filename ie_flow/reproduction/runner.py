@@ -49,18 +49,15 @@ def _parent_run(setup: Setup, index: ReproductionIndex, names: list[str]) -> Non
     """The MLflow run every cell is a child of: the index's, while its tracking URI is the same."""
     if setup.tracking_uri is None:
         return
-    from ie_flow.tracking import _client, _experiment_id
+    from ie_flow.tracking import open_parent_run
 
-    client = _client(setup.tracking_uri)
-    if index.parent_run_id and index.tracking_uri == setup.tracking_uri:
-        try:
-            client.update_run(index.parent_run_id, status="RUNNING")
-            return
-        except Exception:  # noqa: BLE001 - deleted or from another server: start a new parent
-            pass
-    run = client.create_run(_experiment_id(client, setup.tracking_experiment), run_name="reproduction",
-                            tags={"experiments": ",".join(names), "storage_uri": setup.storage})
-    index.parent_run_id, index.tracking_uri = run.info.run_id, setup.tracking_uri
+    resume = index.parent_run_id if index.tracking_uri == setup.tracking_uri else None
+    try:
+        index.parent_run_id = open_parent_run(setup.tracking_uri, setup.tracking_experiment, "reproduction",
+                                              {"experiments": ",".join(names), "storage_uri": setup.storage}, resume)
+        index.tracking_uri = setup.tracking_uri
+    except Exception as e:  # noqa: BLE001 - as for any job: tracking never stops the work
+        log.warning("warning: no MLflow parent run (%s); the cells run and log on their own", first_line(e))
 
 
 def _generate(experiment: Experiment, setup: Setup, root: StorageRoot, index: ReproductionIndex) -> None:
@@ -151,11 +148,9 @@ def reproduce(experiments: list[Experiment], setup: Setup) -> ReproductionIndex:
 def _end_parent(setup: Setup, index: ReproductionIndex) -> None:
     if setup.tracking_uri is None or not index.parent_run_id:
         return
-    from ie_flow.tracking import _client
+    from ie_flow.tracking import end_parent_run
 
     try:
-        client = _client(setup.tracking_uri)
-        client.set_tag(index.parent_run_id, "failed_cells", ",".join(sorted(index.failed)) or "none")
-        client.set_terminated(index.parent_run_id, status="FAILED" if index.failed else "FINISHED")
+        end_parent_run(setup.tracking_uri, index.parent_run_id, sorted(index.failed))
     except Exception as e:  # noqa: BLE001 - the results are on storage whatever MLflow says
         log.warning("warning: could not close the MLflow parent run: %s", first_line(e))

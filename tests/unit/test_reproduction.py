@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _write_experiments(folder: Path, model: Path) -> Path:
     folder.mkdir()
     job = {"model": {"name": str(model)}, "corpus": {"samples": 640},
-           "estimate": {"method": "infonce", "seeds": [0, 1], "settings": {"max_steps": 40, "bootstrap": 50}}}
+           "estimate": {"method": "infonce", "seeds": [0], "settings": {"max_steps": 40, "bootstrap": 50}}}
     icl = {"experiment": "icl", "claim": "One category above the mix; spread grows with shots.", "job": job,
            "also": ["smoothed"], "matrix": {"corpus.name": ["icl-countries", "icl-mixed"], "corpus.shots": [1, 2]},
            "cells": [{"name": "icl-mixed-shots3-random", "set": {"corpus.name": "icl-mixed", "corpus.shots": 3,
@@ -49,7 +49,7 @@ def reproduced(tiny_llama, tmp_path_factory):
     return tmp, args
 
 
-def test_every_cell_is_a_child_of_one_parent_run(reproduced):
+def test_every_cell_is_a_child_of_one_parent_run(reproduced, tiny_llama):
     import mlflow
 
     tmp, _ = reproduced
@@ -61,8 +61,12 @@ def test_every_cell_is_a_child_of_one_parent_run(reproduced):
     parent = client.get_run(index.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["failed_cells"] == "none"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{index.parent_run_id}'")
+    # each cell's runs are children of the parent; a control's two measurements are children of its cell's run
     main_runs = {e.mlflow_run_id for e in index.entries.values() if e.mlflow_run_id}
-    assert main_runs <= {c.info.run_id for c in children} and len(main_runs) == 4 * 2 + 2 + 2
+    assert main_runs == {c.info.run_id for c in children} and len(main_runs) == 4 * 2 + 1 + 2
+    control_cell = index.entries["icl/icl-mixed-shots3-random/infonce"].mlflow_run_id
+    grandchildren = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{control_cell}'")
+    assert sorted(r.data.tags["model"] for r in grandchildren) == sorted([str(tiny_llama), f"random:{tiny_llama}"])
 
 
 def test_report_numbers_come_from_the_stored_results(reproduced):
