@@ -3,6 +3,7 @@ points to (never edited by hand: rerunning `ie-flow reproduce --report-only` rew
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def _why(result: claims.ClaimResult) -> str:
     parts = []
     for f in result.findings:
         who = f"{f.part}, {f.estimator}" if f.part else f.estimator
-        if f.estimator == "mine-paper":
+        if not math.isfinite(f.effect.value):
+            parts.append(f"{who}: no measurement (see the failed cells at the top).")
+        elif f.estimator == "mine-paper":
             parts.append(f"The paper's estimator (mine-paper, 300 steps: what this machine affords, not the "
                          f"paper's 10,000) gives {f.effect} bits.")
         elif f.saturated >= SATURATED_SHARE:

@@ -103,8 +103,8 @@ def load_experiment(path: Path) -> Experiment:
     cells += [_listed_cell(name, c, also, path) for c in raw.get("cells") or []]
     if len({c.name for c in cells}) != len(cells):
         raise IEFlowError(f"{path}: two cells share a name")
-    first = path.read_text().splitlines()[0]
-    return Experiment(name, str(raw["claim"]).strip(), first.lstrip("# ").strip(), path, raw.get("job") or {},
+    command = path.read_text().splitlines()[0].lstrip("# ").split("  ")[0].strip()  # line 1, before any note
+    return Experiment(name, str(raw["claim"]).strip(), command, path, raw.get("job") or {},
                       cells, list(raw.get("generate") or []))
 
 

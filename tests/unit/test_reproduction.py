@@ -106,6 +106,8 @@ def test_the_verdict_rule():
     assert verdict([Finding("infonce", up, saturated=0.9), Finding("smoothed", flat)]) == "not reproduced"
     assert verdict([Finding("infonce", up, saturated=0.9)]) == "not testable here (saturated)"
     assert verdict([Finding("infonce", down), Finding("mine-paper", up)]) == "reproduced with the paper's estimator only"
+    nothing = Value(float("nan"), float("nan"), float("nan"))
+    assert verdict([Finding("infonce", nothing), Finding("smoothed", nothing)]) == "not reproduced"
     assert str(Value(0.5, 0.2, 0.8) - Value(0.25, 0.15, 0.35)) == "+0.250 [-0.066, +0.566]"
 
 
@@ -121,5 +123,14 @@ def test_the_paper_workflows_load():
     assert [e.name for e in experiments] == ["icl", "natural-text", "human-vs-model", "model-size"]
     for e in experiments:
         assert e.command.startswith(f"ie-flow reproduce {e.name}")
+    from ie_flow.reproduction.runner import Setup, cell_job
+    from ie_flow.store import ReproductionIndex
+
+    index = ReproductionIndex(generated={g["name"]: {"uri": f"/data/{g['name']}.jsonl"}
+                                         for e in experiments for g in e.generate})
+    for e in experiments:  # every cell is a valid job
+        for c in e.cells:
+            job = cell_job(e, c, Setup("/tmp/x"), index)
+            assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if "mine-paper" in c.name else [0, 1, 2])
     icl = experiments[0]
     assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
