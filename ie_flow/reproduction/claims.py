@@ -51,10 +51,14 @@ def _sat(ms: list[Measured], beta: float | None = None) -> float:
     return saturated_share([m.at(beta) for m in ms])
 
 
+def _layer_flags(em: Any) -> str:
+    return f"{sum(l.saturated for l in em.layers)} / {sum(not l.valid for l in em.layers)} of {len(em.layers)}"
+
+
 def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     """1a: one category (clear-cut) above the mix; 1b: the spread of IE over layers grows with shots."""
     exp, rows, clear, grow, betas = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
-                                              "saturated layers"]], [], [], {}
+                                              "saturated / invalid layers"]], [], [], {}
     curves: dict[str, list[tuple[int, Value]]] = {}
     for est in ESTIMATORS:
         every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator == est]
@@ -67,7 +71,7 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                 for m in ms:
                     em = m.at(beta)
                     rows.append([c, str(k), est, str(m.samples), str(ie_mean(em)), str(spread(em)),
-                                 f"{sum(l.saturated for l in em.layers)}/{len(em.layers)}"])
+                                 _layer_flags(em)])
                     curves.setdefault(f"{c} ({est})", []).append((k, spread(em)))
             per_k.append(mean_of([_ie(cell[c], beta) for c in ICL]) - _ie(cell[MIXED], beta))
         ctrl = _clear_cut_control(measured, beta) if est == "smoothed" else None
@@ -102,17 +106,16 @@ def _spread_growth(measured: dict[str, Measured], exp: str, est: str, beta: floa
 def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     """E(t) rises from the second token to the last; the shuffled-token windows are the control."""
     exp = "natural-text"
-    rows = [["corpus", "tokens", "order", "estimator", "n", "E(t), t = 1 ... N (mean over layers)", "rise E(N) - E(1)"]]
+    rows = [["corpus", "tokens", "order", "estimator", "n", "E(t) at tokens 2 ... N (mean over layers)",
+             "rise from token 2 to N"]]
     findings, betas, curves = [], {}, {}
-    for est in ESTIMATORS:
-        every = [m for m in measured.values() if m.entry.experiment in (exp, "icl") and m.entry.estimator == est
-                 and m.entry.tags.get("corpus.shots", 4) == 4]
+    for est in ESTIMATORS:  # the ICL side: countries at 4 shots (8 tokens, as the 8-token windows)
+        every = by_tags(measured, exp, est) + by_tags(measured, "icl", est, **{"corpus.name": "icl-countries",
+                                                                                "corpus.shots": 4})
         beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
         real, shuffled = [], []
         for m in sorted(every, key=lambda m: m.key):
             tags = m.entry.tags
-            if m.entry.experiment == "icl" and tags.get("corpus.name") != "icl-countries":
-                continue
             em, order = m.at(beta), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
             curve = mean_curve(em)
             rows.append([str(tags.get("corpus.name")), str(m.record.manifest["tokens"]), order, est, str(m.samples),
