@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow.emergence import Emergence, choose_beta, emergence_by_beta
+from ie_flow.emergence import Emergence, emergence_by_beta
 from ie_flow.store import ReproductionEntry, ReproductionIndex, ResultsRecord, results_folder
 
 VERDICTS = ("reproduced", "reproduced with the paper's estimator only", "not testable here (saturated)",
@@ -103,9 +103,19 @@ def saturated_share(ems: list[Emergence]) -> float:
 
 
 def common_beta(measured: list[Measured]) -> tuple[float | None, bool]:
-    """The β a smoothed comparison of these measurements uses, and whether it is valid everywhere."""
+    """The one β a claim's smoothed numbers use, and whether it is valid everywhere: the smallest β
+    valid in every layer of every cell; else the β with the most valid (cell, layer) pairs in all
+    (a claim spans many cells: counting layers valid in *every* cell would rank β by one layer)."""
     profiles = [m.profiles for m in measured if None not in m.profiles]
-    return choose_beta(*profiles) if profiles else (None, True)
+    if not profiles:
+        return None, True
+    betas = sorted(set.intersection(*(set(p) for p in profiles)))
+    valid = {b: sum(l.valid for p in profiles for l in p[b].layers) for b in betas}
+    total = sum(len(p[betas[0]].layers) for p in profiles)
+    everywhere = [b for b in betas if valid[b] == total]
+    if everywhere:
+        return everywhere[0], True
+    return max(betas, key=lambda b: (valid[b], -b)), False
 
 
 @dataclass(frozen=True)

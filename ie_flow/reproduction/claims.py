@@ -40,7 +40,7 @@ def _beta_note(ms: list[Measured]) -> tuple[float | None, str]:
     beta, valid = common_beta(ms)
     if beta is None:
         return None, ""
-    return beta, f"β = {beta:g}" + ("" if valid else " (no β valid in every cell: the one with most valid layers)")
+    return beta, f"β = {beta:g}" + ("" if valid else " (no β is valid in every cell: the one with the most valid layers over all cells)")
 
 
 def _ie(ms: list[Measured], beta: float | None) -> Value:

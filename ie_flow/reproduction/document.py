@@ -39,6 +39,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def _finding_line(f: Finding) -> str:
     control = f"; control {f.control}" if f.control is not None else "; no control for this estimator"
+    if math.isfinite(f.effect.value) and f.effect.half == 0:
+        control += " (no interval: one seed, the paper's protocol has no resampling)"
     sat = f"; {f.saturated:.0%} of layers saturated" if f.saturated else ""
     part = f"{f.part}, " if f.part else ""
     return f"- {part}`{f.estimator}`: effect {f.effect} bits{control}{sat}."
@@ -63,9 +65,10 @@ def _why(result: claims.ClaimResult) -> str:
         elif f.supports:
             ctrl = f" and the control does not show it ({f.control})" if f.control is not None else ""
             parts.append(f"{who}: the effect is in the paper's direction beyond its interval ({f.effect}){ctrl}.")
+        elif f.effect.high < 0:
+            parts.append(f"{who}: the effect is opposite to the paper's direction, beyond its interval ({f.effect}).")
         else:
-            parts.append(f"{who}: the interval of the effect ({f.effect}) does not exclude 0 in the "
-                         "paper's direction.")
+            parts.append(f"{who}: the interval of the effect ({f.effect}) includes 0.")
     if result.parts:
         parts.append("Verdicts of the two parts: " + "; ".join(f"{k}: *{v}*" for k, v in result.parts.items()) +
                      "; the claim gets the weaker.")
