@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ie_flow import first_line
+from ie_flow import IEFlowError, first_line
 from ie_flow.config import JobSpec
 from ie_flow.reproduction.experiments import GENERATED_PREFIX, Cell, Experiment
 from ie_flow.store import ReproductionEntry, ReproductionIndex, StorageRoot, dataset_folder
@@ -41,7 +41,11 @@ def cell_job(experiment: Experiment, cell: Cell, setup: Setup, index: Reproducti
     corpus = tree.setdefault("corpus", {})
     name = str(corpus.get("name", ""))
     if name.startswith(GENERATED_PREFIX):
-        corpus["name"] = index.generated[name.removeprefix(GENERATED_PREFIX)]["uri"]
+        generated = index.generated.get(name.removeprefix(GENERATED_PREFIX))
+        if generated is None:
+            raise IEFlowError(f"the generated corpus {name.removeprefix(GENERATED_PREFIX)!r} is missing: its "
+                              "generation failed (see above)")
+        corpus["name"] = generated["uri"]
     return JobSpec.model_validate(setup.apply(tree, index.parent_run_id))
 
 
@@ -64,11 +68,18 @@ def _generate(experiment: Experiment, setup: Setup, root: StorageRoot, index: Re
     from ie_flow.corpora.generate import GenerationSettings, generate_corpus
 
     for raw in experiment.generate:
-        spec = {k: v for k, v in raw.items() if k != "name"}
+        spec, key = {k: v for k, v in raw.items() if k != "name"}, f"{experiment.name}/generate {raw['name']}"
         uri = root.generated_corpus_uri(raw["name"])
         log.info("reproduce %s: generating %s with %s", experiment.name, raw["name"], spec.get("model", "smollm2-135m"))
-        result = generate_corpus(GenerationSettings(**spec), uri, ray_address=setup.ray_address,
-                                 endpoint_url=setup.endpoint_url)
+        try:
+            result = generate_corpus(GenerationSettings(**spec), uri, ray_address=setup.ray_address,
+                                     endpoint_url=setup.endpoint_url)
+        except Exception as e:  # noqa: BLE001 - like a failed cell: recorded, the rest goes on
+            index.failed[key] = f"{type(e).__name__}: {first_line(e)}"
+            index.generated.pop(raw["name"], None)  # the cells that read it fail with a clear line
+            log.warning("reproduce %s: FAILED: %s", key, index.failed[key])
+            continue
+        index.failed.pop(key, None)
         index.generated[raw["name"]] = {"uri": result.uri, "seconds": result.seconds, "metadata": result.metadata}
         root.save_reproduction(index)
 

@@ -134,3 +134,29 @@ def test_the_paper_workflows_load():
             assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if "mine-paper" in c.name else [0, 1, 2])
     icl = experiments[0]
     assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
+
+
+def test_a_failed_generation_is_recorded_and_its_cells_say_why(tiny_llama, tmp_path, monkeypatch, capsys):
+    from ie_flow import IEFlowError
+
+    def refuse(*args, **kwargs):
+        raise IEFlowError("OUT.parts holds unfinished batches generated with other settings")
+
+    monkeypatch.setattr("ie_flow.corpora.generate.generate_corpus", refuse)
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    exp = {"experiment": "human-vs-model", "claim": "Model-written text has higher IE.",
+           "job": {"model": {"name": str(tiny_llama)}},
+           "generate": [{"name": "g", "model": str(tiny_llama), "samples": 4}],
+           "cells": [{"name": "model-text", "set": {"corpus.name": "generated:g"}}]}
+    (folder / "3-hvm.yaml").write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
+    code = run_cli(["reproduce", "--workflows", str(folder), "--storage", str(tmp_path / "d"), "--no-tracking",
+                    "--executor", "serial", "--out", str(tmp_path / "R.md")])
+    assert code == 1
+    failed = StorageRoot(str(tmp_path / "d")).load_reproduction().failed
+    assert failed == {"human-vs-model/generate g": "IEFlowError: OUT.parts holds unfinished batches generated with "
+                                                   "other settings",
+                      "human-vs-model/model-text": "IEFlowError: the generated corpus 'g' is missing: its generation "
+                                                   "failed (see above)"}
+    assert "2 cell(s) failed" in capsys.readouterr().err
+    assert "- human-vs-model/generate g: IEFlowError" in (tmp_path / "R.md").read_text()
