@@ -127,7 +127,7 @@ def check_estimator_settings(job: JobSpec, samples: int) -> None:
         betas = [settings["beta"], *(settings.get("betas") or [])] if "beta" in settings else []
         if any(not b > 0 for b in betas):
             raise IEFlowError(f"estimator {spec.method}: every beta must be > 0, got {betas}")
-        if settings.get("queries", 0) > samples:
+        if (settings.get("queries") or 0) > samples:  # unset: the estimator uses min(512, n)
             raise IEFlowError(f"estimator {spec.method}: queries={settings['queries']} exceeds the {samples} "
                               "samples; lower settings.queries")
 

@@ -135,6 +135,15 @@ UNIT_MAX = 2048  # columns per unit at most (a chunk holds at least one unit, wh
 
 # --------------------------------------------------------------------------- input preparation
 
+DEFAULT_QUERIES = 512
+
+
+def query_count(setting: Any, n: int) -> int:
+    """The number of query samples m: the setting, or min(DEFAULT_QUERIES, n) when it is not set (a
+    small corpus then uses every sample as a query instead of being refused)."""
+    return min(DEFAULT_QUERIES, n) if setting is None else int(setting)
+
+
 def _check_inputs(xs: np.ndarray, ys: np.ndarray, m: int, betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     bad = [b for b in betas if not (isinstance(b, numbers.Real) and math.isfinite(b) and b > 0)]
     if bad or not betas:
@@ -662,7 +671,7 @@ class SmoothedMI(Estimator):
     defaults: ClassVar[dict[str, Any]] = {
         "beta": 0.6,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
         "betas": None,  # grid of estimate_grid (None: DEFAULT_BETAS)
-        "queries": 512,  # m query samples (m <= n)
+        "queries": None,  # m query samples: None = min(DEFAULT_QUERIES, n); an explicit m must be <= n
         "standardise": False,  # per-coordinate unit variance on each side before smoothing
         "bootstrap": 200,  # block-bootstrap replicates for the 95% interval (0: none)
         "bootstrap_seed": 0,  # blocks and resamples depend on (n, bootstrap_seed) only: shared by all cells
@@ -704,7 +713,7 @@ class SmoothedMI(Estimator):
                  for b in (betas if betas is not None else (s["betas"] or DEFAULT_BETAS))]
         if int(s["bootstrap"]) < 0 or int(s["blocks"]) < 2:
             raise ValueError(f"bootstrap must be >= 0 and blocks >= 2, got {s['bootstrap']} and {s['blocks']}")
-        xs, ys = _check_inputs(xs, ys, int(s["queries"]), betas)
+        xs, ys = _check_inputs(xs, ys, query_count(s["queries"], len(xs[0])), betas)
         dev = resolve_device(device)
         prev_threads = torch.get_num_threads()
         if s["threads"] and dev.type == "cpu":
@@ -720,7 +729,7 @@ class SmoothedMI(Estimator):
         import torch
 
         s = self.settings
-        m, n = int(s["queries"]), xs.shape[1]
+        m, n = query_count(s["queries"], xs.shape[1]), xs.shape[1]
         side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys)
         sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
         per_col = 4.0 * m * len(betas) * (len(sides) + 2 * int(s["cell_batch"]))  # kernel store + temporaries
@@ -767,12 +776,14 @@ class SmoothedMI(Estimator):
                 lo, hi = value + float(q_lo - q_mid), value + float(q_hi - q_mid)
                 diag = self._diagnostics(bits, figs["underflow"], p, b, constant, len(seeds))
                 diag.update(beta=beta, sigma_x=float(beta * radii[0, p]), sigma_y=float(beta * radii[1, p]), boot_ci_low=lo,
-                            boot_ci_high=hi, half_n_bits=value - diag["stability_bits"], queries=float(s["queries"]),
+                            boot_ci_high=hi, half_n_bits=value - diag["stability_bits"],
+                            queries=float(query_count(s["queries"], layout.n)),
                             blocks=float(layout.blocks))
                 valid, reason = validity(value, diag, bool(s["null_rule"]))
                 row.append(MIEstimate(
                     bits=value, ceiling_bits=math.log2(layout.n), saturated=value >= math.log2(layout.n) - 0.1,
-                    n_train=layout.n, n_eval=int(s["queries"]), method=self.name, seconds=elapsed / (P * len(betas)),
+                    n_train=layout.n, n_eval=query_count(s["queries"], layout.n), method=self.name,
+                    seconds=elapsed / (P * len(betas)),
                     seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
                     replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),

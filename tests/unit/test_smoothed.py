@@ -250,6 +250,14 @@ def test_bad_settings_raise_value_error(settings: dict, message: str) -> None:
     assert message in str(err.value)
 
 
+def test_default_queries_fit_a_small_sample() -> None:
+    """Unset, m is min(512, n): 300 samples use all 300 as queries (an explicit 512 is refused above)."""
+    x, y, _ = correlated_gaussian(3, 0.5, seed=0, n=300)
+    est = estimate_mi(x, y, method="smoothed", bootstrap=0)
+    assert est.n_eval == 300 and est.diagnostics["queries"] == 300.0
+    assert estimate_mi(*correlated_gaussian(3, 0.5, seed=0, n=2000)[:2], method="smoothed", bootstrap=0).n_eval == 512
+
+
 def test_nan_input_raises_value_error() -> None:
     x, y, _ = correlated_gaussian(3, 0.5, seed=0, n=400)
     x[7, 1] = np.nan
