@@ -246,7 +246,8 @@ def test_signal_stops_cleanly_and_the_rerun_resumes(stage, signum, tiny_llama, w
     args = job_args(tiny_llama, str(root), workflow)
     job = start(*args)
     if stage == "stage 1":
-        wait_for(lambda: len(list(root.glob("activations/*/*/_done/part-*"))) >= 2, job, what="two shards done")
+        # signal at the first shard: 15 of 16 tiny shards (about a second) are left to be interrupted
+        wait_for(lambda: list(root.glob("activations/*/*/_done/part-*")), job, what="a shard done")
     else:
         wait_for(lambda: list(root.glob("results/*/*/*/_lock")) and worker_pids(job, "run"), job, what="stage 2")
     if signum == signal.SIGTERM:
