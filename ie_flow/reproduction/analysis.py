@@ -98,8 +98,10 @@ def ie_mean(em: Emergence) -> Value:
 
 
 def saturated_share(ems: list[Emergence]) -> float:
+    """Share of layers the estimator cannot resolve at this n: at its ceiling (InfoNCE) or invalid
+    (the smoothed measure's β too fine for the sample)."""
     layers = [l for em in ems for l in em.layers]
-    return sum(l.saturated for l in layers) / max(len(layers), 1)
+    return sum(l.saturated or not l.valid for l in layers) / max(len(layers), 1)
 
 
 def common_beta(measured: list[Measured]) -> tuple[float | None, bool]:

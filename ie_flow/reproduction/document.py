@@ -41,7 +41,7 @@ def _finding_line(f: Finding) -> str:
     control = f"; control {f.control}" if f.control is not None else "; no control for this estimator"
     if math.isfinite(f.effect.value) and f.effect.half == 0:
         control += " (no interval: one seed, the paper's protocol has no resampling)"
-    sat = f"; {f.saturated:.0%} of layers saturated" if f.saturated else ""
+    sat = f"; {f.saturated:.0%} of layers saturated or invalid" if f.saturated else ""
     part = f"{f.part}, " if f.part else ""
     return f"- {part}`{f.estimator}`: effect {f.effect} bits{control}{sat}."
 
@@ -57,8 +57,8 @@ def _why(result: claims.ClaimResult) -> str:
             parts.append(f"The paper's estimator (mine-paper, 300 steps: what this machine affords, not the "
                          f"paper's 10,000) gives {f.effect} bits.")
         elif f.saturated >= SATURATED_SHARE:
-            parts.append(f"{who}: {f.saturated:.0%} of the layers are at the estimator's ceiling, so it "
-                         "cannot test the claim here (the measured IE is set by the sample size).")
+            parts.append(f"{who}: {f.saturated:.0%} of the layers are at the estimator's ceiling or invalid, so "
+                         "it cannot test the claim here (the sample is too small for it).")
         elif f.supports and f.control_explains:
             parts.append(f"{who}: the effect ({f.effect}) is there, but the control shows it too "
                          f"({f.control}): it does not need what the control removes.")
