@@ -105,13 +105,15 @@ def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figu
 
 def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[str]:
     lines = ["## Run times", "", "Measured on the machine that ran the reproduction (wall seconds; a cell's "
-             "time includes its extraction, every estimator and its control).", "",
+             "time includes its extraction, every estimator and its control; a generation's, every run that "
+             "generated batches of it).", "",
              "| experiment | cells | cell seconds | generation seconds |", "|---|---|---|---|"]
     total = 0.0
     for e in experiments:
         cells: dict[str, float] = {}
+        names = {c.name for c in e.cells}
         for entry in index.entries.values():
-            if entry.experiment == e.name:
+            if entry.experiment == e.name and entry.cell in names:
                 cells[entry.cell] = max(cells.get(entry.cell, 0.0), entry.seconds)
         gen = sum(index.generated.get(g["name"], {}).get("seconds", 0.0) for g in e.generate)
         total += sum(cells.values()) + gen

@@ -80,7 +80,10 @@ def _generate(experiment: Experiment, setup: Setup, root: StorageRoot, index: Re
             log.warning("reproduce %s: FAILED: %s", key, index.failed[key])
             continue
         index.failed.pop(key, None)
-        index.generated[raw["name"]] = {"uri": result.uri, "seconds": result.seconds, "metadata": result.metadata}
+        # a resumed or already complete generation adds only its own time to what earlier runs spent
+        before = index.generated.get(raw["name"], {}).get("seconds", 0.0)
+        spent = before + (result.seconds if result.batches_generated else 0.0)
+        index.generated[raw["name"]] = {"uri": result.uri, "seconds": spent, "metadata": result.metadata}
         root.save_reproduction(index)
 
 
