@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ie_flow import IEFlowError, first_line
-from ie_flow.config import JobSpec
+from ie_flow.config import DEFAULT_TRACKING, JobSpec
 from ie_flow.reproduction.experiments import GENERATED_PREFIX, Cell, Experiment
 from ie_flow.store import ReproductionEntry, ReproductionIndex, StorageRoot, dataset_folder
 
@@ -30,7 +30,7 @@ class Setup:
 
     def apply(self, tree: dict[str, Any], parent_run_id: str | None) -> dict[str, Any]:
         tree = {**tree, "storage": {"uri": self.storage, "endpoint_url": self.endpoint_url}}
-        tree["tracking"] = {"uri": self.tracking_uri or "sqlite:///mlflow.db", "experiment": self.tracking_experiment,
+        tree["tracking"] = {"uri": self.tracking_uri or DEFAULT_TRACKING, "experiment": self.tracking_experiment,
                             "enabled": self.tracking_uri is not None, "parent_run_id": parent_run_id}
         tree["runtime"] = {"ray_address": self.ray_address, "executor": self.executor}
         return tree
