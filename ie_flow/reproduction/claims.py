@@ -43,6 +43,20 @@ def _beta_note(ms: list[Measured]) -> tuple[float | None, str]:
     return beta, f"β = {beta:g}" + ("" if valid else " (no β is valid in every cell: the one with the most valid layers over all cells)")
 
 
+def _one_beta(ms: list[Measured], est: str) -> tuple[float | None, str]:
+    """The β every smoothed cell of a claim is read at (and its note); None for other estimators."""
+    return _beta_note(ms) if est == "smoothed" else (None, "")
+
+
+def _with_controls(measured: dict[str, Measured], exp: str, est: str) -> list[Measured]:
+    """An experiment's measurements by `est`, its controls' included (est:control-KIND)."""
+    return [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.split(":")[0] == est]
+
+
+def _n(ms: list[Measured]) -> str:
+    return str(ms[0].samples) if ms else "-"
+
+
 def _ie(ms: list[Measured], beta: float | None) -> Value:
     return mean_of([ie_mean(m.at(beta)) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
 
@@ -61,8 +75,8 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                                               "saturated / invalid layers"]], [], [], {}
     curves: dict[str, list[tuple[int, Value]]] = {}
     for est in ESTIMATORS:
-        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator == est]
-        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        every = by_tags(measured, exp, est)
+        beta, betas[est] = _one_beta(every, est)
         shots = sorted({m.entry.tags["corpus.shots"] for m in every})
         per_k = []
         for k in shots:
@@ -112,7 +126,7 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     for est in ESTIMATORS:  # the ICL side: countries at 4 shots (8 tokens, as the 8-token windows)
         every = by_tags(measured, exp, est) + by_tags(measured, "icl", est, **{"corpus.name": "icl-countries",
                                                                                 "corpus.shots": 4})
-        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        beta, betas[est] = _one_beta(every, est)
         real, shuffled = [], []
         for m in sorted(every, key=lambda m: m.key):
             tags = m.entry.tags
@@ -133,8 +147,8 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
     findings, betas, bars = [], {}, {}
     for est in ESTIMATORS:
-        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.startswith(est)]
-        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        every = _with_controls(measured, exp, est)
+        beta, betas[est] = _one_beta(every, est)
         effects, controls = [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
@@ -142,7 +156,7 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
             for w in ("model", "human"):
                 value = _ie(side[w], beta)
                 c = _ie(ctrl[w], beta) if ctrl[w] else None
-                rows.append([gen, w, est, str(side[w][0].samples) if side[w] else "-", str(value), str(c) if c else "-"])
+                rows.append([gen, w, est, _n(side[w]), str(value), str(c) if c else "-"])
                 bars[f"{gen}\n{w} ({est})"] = value
             effects.append(_ie(side["model"], beta) - _ie(side["human"], beta))
             if all(ctrl.values()):
@@ -157,14 +171,14 @@ def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     rows = [["model", "estimator", "n", "IE (bits)", "random-weight control IE", "trained - random"]]
     findings, betas, profiles = [], {}, {}
     for est in ESTIMATORS:
-        every = [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.startswith(est)]
-        beta, betas[est] = _beta_note(every) if est == "smoothed" else (None, "")
+        every = _with_controls(measured, exp, est)
+        beta, betas[est] = _one_beta(every, est)
         ie, ctrl = {}, {}
         for model in ("smollm2-135m", "gemma3-270m"):
             side = by_tags(measured, exp, est, model=model)
             c = by_tags(measured, exp, f"{est}:control-random", model=model)
             ie[model], ctrl[model] = _ie(side, beta), (_ie(c, beta) if c else None)
-            rows.append([model, est, str(side[0].samples) if side else "-", str(ie[model]),
+            rows.append([model, est, _n(side), str(ie[model]),
                          str(ctrl[model]) if c else "-", str(ie[model] - ctrl[model]) if c else "-"])
             for m in side + c:
                 profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(beta)
