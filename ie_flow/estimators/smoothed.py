@@ -548,7 +548,9 @@ def _weighted_logsum(t: Any, weights: Any) -> Any:
 
 def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
     """Block-bootstrap replicates of the mean per-query value (cells, B): blocks resampled with
-    multiplicities; a query counts as often as its block."""
+    multiplicities; a query counts as often as its block. A query whose kernel sums are empty in a
+    resample (its only near neighbours were not drawn) is left out of that replicate, as the
+    estimate leaves out an underflowing query, instead of making the replicate infinite."""
     import torch
 
     w32, qblock = layout_t["weights"], layout_t["qblock"]
@@ -563,8 +565,9 @@ def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
         add = torch.logaddexp
         sa, sb = parts["sA"][..., None], parts["sB"][..., None]
         v = add(lj, lw + sa + sb) - add(la, lw + sa) - add(lb, lw + sb) + torch.log(total)
-    v = torch.where(wq > 0, v, torch.zeros_like(v))
-    return (v * wq).sum(-2) / wq.sum(0).clamp_min(1.0)
+    counted = torch.where((wq > 0) & torch.isfinite(v), wq.expand_as(v), torch.zeros_like(v))
+    v = torch.where(counted > 0, v, torch.zeros_like(v))
+    return (v * counted).sum(-2) / counted.sum(-2).clamp_min(1.0)
 
 
 def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict[str, Any]:

@@ -230,6 +230,19 @@ def test_estimate_carries_diagnostics_interval_and_seeds() -> None:
     assert ESTIMATORS["smoothed"] is SmoothedMI
 
 
+def test_a_resample_missing_a_querys_only_neighbour_leaves_the_query_out() -> None:
+    """200 tight pairs at β = 0.05: each query's kernel holds only its partner, so a resample that
+    did not draw the partner's block has an empty kernel sum for it. The estimate is valid; its
+    replicates and interval must stay finite (they were all infinite, the interval NaN)."""
+    r = np.random.default_rng(0)
+    x = np.repeat(r.standard_normal((200, 4)), 2, axis=0) + 0.02 * r.standard_normal((400, 4))
+    y = x @ r.standard_normal((4, 4)) + 0.02 * r.standard_normal((400, 4))
+    e = estimate_mi(x.astype(np.float32), y.astype(np.float32), method="smoothed", beta=0.05, bootstrap=100)
+    assert e.valid
+    assert len(e.replicate_bits) == 100 and np.isfinite(e.replicate_bits).all()
+    assert e.ci_low < e.bits < e.ci_high
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize(
