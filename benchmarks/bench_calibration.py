@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (a shared machine: 1)")
     args = ap.parse_args()
     print(f"{args.reps} repetitions per task, n={args.samples}, method={args.method}; nominal 95%, target 90%-99%")
-    print(f"{'task':40s} {'truth':>6s} {'mean':>7s} {'sd':>6s} {'width':>6s} {'cover':>6s} {'inval':>5s} {'too lo/hi':>10s} {'cover 95% CI':>13s} {'sec':>5s}")
+    print(f"{'task':40s} {'truth':>6s} {'mean':>7s} {'sd':>6s} {'width':>6s} {'cover':>6s} {'inval':>5s} "
+          f"{'too lo/hi':>10s} {'cover 95% CI':>13s} {'sec':>5s}")
     results = []
     for name, task in TASKS.items():
         if args.only and args.only not in name:
