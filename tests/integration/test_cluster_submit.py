@@ -106,7 +106,9 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
 
 
 def _extractor_nodes(ray_cluster) -> set[str]:
-    """Node ids of the worker actors that ran the steps (Ray's state API, via the CLI)."""
+    """Node ids of the worker actors that were placed (Ray's state API, via the CLI). An actor the
+    pool asked for but Ray never placed before the job ended has no node (node_id None) and ran
+    nothing, so it is not a node the job ran on."""
     import subprocess
     import sys
     from pathlib import Path
@@ -117,4 +119,4 @@ def _extractor_nodes(ray_cluster) -> set[str]:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     actors = json.loads(proc.stdout)
-    return {a["node_id"] for a in actors if "StepWorker" in a.get("class_name", "")}
+    return {a["node_id"] for a in actors if "StepWorker" in a.get("class_name", "") and a.get("node_id")}
