@@ -2,8 +2,8 @@
 
 Each task is drawn ``--reps`` times with fresh data (its own seed per repetition); the
 repetitions are estimated together as one batched call of ``estimate_mi_many`` with the
-library defaults (one estimator seed: the interval is the bootstrap over the report rows'
-sample ids plus the pool-deficit and train/held-out allowances, docs/METHOD.md section 5), and
+library defaults (one estimator seed: the interval is centred on the bias-corrected value, its
+half-width from the bootstrap over sample ids less the pool noise, docs/METHOD.md section 5), and
 the script counts how often the interval [ci_low, ci_high] contains the true value, how many
 intervals lie wholly below / above it (``too lo/hi``), and a 95% Wilson interval of the coverage
 itself.  Target: 90%-99% per task.  With 100 repetitions a task whose true coverage is 98% still

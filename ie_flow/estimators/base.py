@@ -36,8 +36,10 @@ class MIEstimate:
     seconds: float
     seeds: tuple[int, ...]
     bits_per_seed: tuple[float, ...]
-    # 95% interval: bootstrap over the report rows' sample ids (critic kept fixed) combined with
-    # the t-interval across seeds; == bits only where no interval could be computed
+    # 95% interval for the MI itself: the neural estimators centre it on the bias-corrected value
+    # (diagnostics["corrected_bits"]), which can lie above a biased bound; its half-width comes from
+    # a bootstrap over sample ids (critic kept fixed) and the t-interval across seeds.  == bits only
+    # where no interval could be computed
     ci_low: float
     ci_high: float
     settings: dict[str, Any] = field(default_factory=dict)
@@ -213,30 +215,26 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def estimate_interval(per_seed: Sequence[float], replicates: np.ndarray | None,
-                      pool_deficit_bits: float | None = None, gap_bits: float | None = None) -> tuple[float, float, float]:
+                      spurious_variance: float = 0.0) -> tuple[float, float, float]:
     """Mean over seeds and a 95% interval combining both sources of spread.
 
-    ``replicates`` (B,) are the mean-over-seeds estimate on B bootstrap resamples of the sample
-    ids with the critics kept fixed: the sampling error of the report rows.  The t-interval over
-    seeds adds what resampling cannot see (split and training randomness).  The two half-widths
-    add in quadrature; with one seed and no replicates the interval is the point.  An InfoNCE
-    bound rises towards its infinite-pool value as the candidate pool grows; the half-pool gain
-    (``pool_deficit_bits``) estimates what is still missing, so the upper end is raised by it.
-    A critic fitted on n_train rows scores unseen rows lower than the best critic would by
-    about as much as it scores its own training rows higher (first-order symmetry of the
-    fitting error), so the upper end is also raised by half the train/held-out gap."""
+    ``replicates`` (B,) are the mean-over-seeds value on B bootstrap resamples of the sample ids
+    (the critics kept fixed): the sampling error of the rows it was computed on, less
+    ``spurious_variance``, the share that resampling adds but the data do not have.  Resampling
+    overstates the variance of a U-statistic by at most a factor 2 (its degenerate part twice
+    over), so no more than half is removed.  The t-interval over seeds adds what resampling
+    cannot see (split and training randomness).  The two half-widths add in quadrature; with
+    one seed and no replicates the interval is the point."""
     mean, lo, hi = seed_interval(per_seed)
     if not math.isfinite(mean):
         return mean, lo, hi
     half_seed = (hi - lo) / 2
     half_boot = 0.0
     if replicates is not None and replicates.size > 1 and np.isfinite(replicates).all():
-        half_boot = 1.96 * float(np.std(replicates, ddof=1))
+        var = float(np.var(replicates, ddof=1))
+        half_boot = 1.96 * math.sqrt(max(var / 2, var - max(0.0, spurious_variance)))
     half = math.hypot(half_seed, half_boot)
-    def positive(v: float | None) -> float:
-        return max(0.0, v) if v is not None and math.isfinite(v) else 0.0
-
-    return mean, mean - half, mean + half + positive(pool_deficit_bits) + positive(gap_bits) / 2
+    return mean, mean - half, mean + half
 
 
 def detection_limit_bits(n_select: int, min_delta_nats: float, z: float = 1.96) -> float:

@@ -22,22 +22,50 @@ def _pos_and_neg_mask(S: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor,
     return pos_scores, neg_mask
 
 
+def infonce_rows(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(P, R) each row's InfoNCE term T(x_r, y_r) - log mean_c exp T(x_r, y_c); their mean is the bound."""
+    pos_scores, _ = _pos_and_neg_mask(S, pos)
+    return pos_scores - S.logsumexp(-1) + math.log(S.shape[-1])
+
+
 def infonce(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """E_r[T(x_r, y_r) - log mean_c exp T(x_r, y_c)], all C candidates (incl. the positive);
     never exceeds log C."""
-    pos_scores, _ = _pos_and_neg_mask(S, pos)
-    return (pos_scores - S.logsumexp(-1)).mean(-1) + math.log(S.shape[-1])
+    return infonce_rows(S, pos).mean(-1)
 
 
-def infonce_subpool(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """InfoNCE with only the candidate columns in ``keep`` (bool (C,)) plus each row's positive:
-    comparing it with the full-pool value tells whether the pool size limits the bound."""
+def infonce_subpool_rows(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(P, R) the rows' InfoNCE terms with only the candidate columns in ``keep`` (bool (C,)) plus
+    each row's positive: comparing their mean with the full-pool bound tells whether the pool
+    size limits it."""
     R, C = S.shape[-2:]
     mask = keep.view(1, C).expand(R, C).clone()
     mask[torch.arange(R, device=S.device), pos] = True
     pos_scores, _ = _pos_and_neg_mask(S, pos)
     lse = S.masked_fill(~mask, float("-inf")).logsumexp(-1)
-    return (pos_scores - lse + torch.log(mask.sum(-1).to(S.dtype))).mean(-1)
+    return pos_scores - lse + torch.log(mask.sum(-1).to(S.dtype))
+
+
+def infonce_subpool(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(P,) InfoNCE with the candidate pool cut to ``keep`` (see ``infonce_subpool_rows``)."""
+    return infonce_subpool_rows(S, pos, keep).mean(-1)
+
+
+def reweighted_mean(per_row: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+    """(P, B) the mean of per-row terms (P, R) under B row weightings ``w_rows`` (B, R): a bound
+    whose terms depend on its row alone (InfoNCE with the pool kept as drawn) on B resamples."""
+    w = w_rows.to(per_row)
+    return (per_row @ w.T) / w.sum(-1)
+
+
+def infonce_pool_noise(S: torch.Tensor) -> torch.Tensor:
+    """(P,) nats²: the part of the rows-only bootstrap variance of ``infonce`` that comes from
+    the finite candidate pool.  Row r's log-partition is a mean over C candidates of the weights
+    u_rc = C softmax(S_r)_c (mean 1), so its pool error has variance Var_c(u_rc) / C; the bootstrap
+    counts that error as independent from row to row, adding mean_r Var_c(u_rc) / (C R)."""
+    R, C = S.shape[-2:]
+    v = (C * S.softmax(-1).square().sum(-1) - 1.0).clamp_min(0.0)  # (P, R): Var_c(u_rc)
+    return v.mean(-1) / (C * R)
 
 
 def _neg_logmeanexp(S: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,32 @@ def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
             "retry": False}
 
 
+def _corrected_replicates(res: Any) -> np.ndarray | None:
+    """(P, B) bits: the bias-corrected value (bound + half-pool gain + half the train/held-out
+    gap) recomputed on every bootstrap resample, so its spread includes the noise of both
+    corrections and their covariance with the bound."""
+    if res.nats_replicates is None:
+        return None
+    e = res.nats_replicates
+    gain = 0.0 if res.nats_half_replicates is None else e - res.nats_half_replicates
+    return (e + gain + (res.nats_train_replicates - e) / 2) * LOG2E
+
+
+def _spurious_variance(res: Any) -> np.ndarray | None:
+    """(P,) bits²: the share of the corrected replicates' variance that resampling the rows adds
+    but the data do not have.  The bootstrap treats each row's pool error (its log-partition
+    from finitely many candidates) as independent from row to row.  Where the pool is shared
+    by rows that score alike (a uniform discrete input, where the plug-in entropy sits at its
+    maximum) half of that is real: variance (K-1)/(2C²) against the bootstrap's (K-1)/C².  The
+    corrected value is 1.5 E - E_half + 0.5 E_train and the half pool is a subset of the pool,
+    so the pool adds (2.25 - 3 + 2) = 1.25 times the report rows' pool variance, plus 0.25
+    times the train rows'."""
+    if res.pool_noise is None:
+        return None
+    report, train = res.pool_noise
+    return 0.5 * (1.25 * report + 0.25 * train) * LOG2E ** 2
+
+
 @dataclasses.dataclass
 class _SeedRuns:
     """Per-seed results of one batched call: arrays are (P,) per seed, replicates (P, B)."""
@@ -85,6 +111,8 @@ class _SeedRuns:
     half: list = dataclasses.field(default_factory=list)
     train: list = dataclasses.field(default_factory=list)
     replicates: list = dataclasses.field(default_factory=list)
+    corrected: list = dataclasses.field(default_factory=list)  # (P, B) the bias-corrected value per resample
+    spurious: list = dataclasses.field(default_factory=list)  # (P,) what resampling adds to its variance
     diverged: list = dataclasses.field(default_factory=list)
     steps: list = dataclasses.field(default_factory=list)
     never_left_zero: list = dataclasses.field(default_factory=list)  # (P,) the all-zero start was kept
@@ -171,6 +199,8 @@ class NeuralEstimator(Estimator):
             runs.half.append(None if res.nats_half is None else res.nats_half * LOG2E)
             runs.train.append(res.nats_train * LOG2E)
             runs.replicates.append(None if res.nats_replicates is None else res.nats_replicates * LOG2E)
+            runs.corrected.append(_corrected_replicates(res))
+            runs.spurious.append(_spurious_variance(res))
             runs.diverged.append(res.diverged)
             runs.steps.append(res.steps)
             runs.never_left_zero.append(res.best_step == 0)
@@ -196,32 +226,32 @@ class NeuralEstimator(Estimator):
             "batch_pairs": P,
             "batch_seconds": elapsed,
         }
-        bits_mat = np.stack(runs.bits, axis=1)  # (P, S)
-        div_mat = np.stack(runs.diverged, axis=1)
-        train_mat = np.stack(runs.train, axis=1)
-        reps = None if runs.replicates[0] is None else np.mean(np.stack(runs.replicates), axis=0)  # (P, B)
-        return [self._one(p, bits_mat, div_mat, train_mat, reps, runs, seeds, ceiling, settings, elapsed / P)
-                for p in range(P)]
+        m = _Matrices.of(runs, len(seeds))
+        return [self._one(p, m, runs, seeds, ceiling, settings, elapsed / P) for p in range(P)]
 
-    def _one(self, p: int, bits_mat: np.ndarray, div_mat: np.ndarray, train_mat: np.ndarray,
-             reps: np.ndarray | None, runs: _SeedRuns, seeds: tuple[int, ...], ceiling: float,
+    def _one(self, p: int, m: "_Matrices", runs: _SeedRuns, seeds: tuple[int, ...], ceiling: float,
              settings: dict[str, Any], seconds: float) -> MIEstimate:
         s = self.settings
-        vals = tuple(float(v) for v in bits_mat[p])
-        diverged = bool(div_mat[p].any())
-        rep = None if reps is None or diverged else reps[p]
-        gain = None
-        if runs.half[0] is not None and not diverged:
-            gain = float(np.mean([bits_mat[p, i] - runs.half[i][p] for i in range(len(seeds))]))
-        train_bits = float(np.mean(train_mat[p])) if not diverged else math.nan
-        mean, lo, hi = estimate_interval(vals, rep, gain, train_bits - float(np.mean(vals))) if not diverged else (math.nan,) * 3
+        vals = tuple(float(v) for v in m.bits[p])
+        diverged = bool(m.diverged[p].any())
+        rep = None if m.replicates is None or diverged else m.replicates[p]
+        gain = None if m.gain is None or diverged else float(np.mean(m.gain[p]))
+        mean = float(np.mean(vals)) if not diverged else math.nan
+        train_bits = float(np.mean(m.train[p])) if not diverged else math.nan
+        # the interval is for I: centred on the seeds' bias-corrected values, its spread from the
+        # same correction recomputed on every resample (docs/METHOD.md section 5)
+        boot = None if m.corrected is None or diverged else m.corrected[p]
+        spurious = 0.0 if m.spurious is None else float(m.spurious[p])
+        corrected_bits, lo, hi = estimate_interval(m.centre[p], boot, spurious) if not diverged else (math.nan,) * 3
         if not diverged and all(z[p] for z in runs.never_left_zero):  # nothing found: up to what was detectable
-            hi = max(hi, detection_limit_bits(runs.n_sel, self.settings["min_delta"]))
+            lo, hi = min(lo, 0.0), max(hi, detection_limit_bits(runs.n_sel, self.settings["min_delta"]))
         reason = invalid_reason(mean, vals, train_bits, gap_limit_bits=s["gap_limit_bits"],
                                 spread_limit_bits=s["spread_limit_bits"])
-        diagnostics = {"train_bits": train_bits, "gap_bits": train_bits - mean}
+        diagnostics = {"train_bits": train_bits, "gap_bits": train_bits - mean, "corrected_bits": corrected_bits}
         if rep is not None:
             diagnostics["bootstrap_se_bits"] = float(np.std(rep, ddof=1))
+            diagnostics["corrected_se_bits"] = float(np.std(boot, ddof=1))
+            diagnostics["spurious_variance_bits2"] = spurious
         return MIEstimate(
             bits=mean, ceiling_bits=ceiling, saturated=is_saturated(mean, ceiling, gain, s["saturation_pool_gain"]),
             n_train=runs.n_tr, n_eval=runs.n_ev, method=self.name, seconds=seconds, seeds=seeds,
@@ -229,6 +259,34 @@ class NeuralEstimator(Estimator):
             pool_gain_bits=gain, valid=reason is None, invalid_reason=reason, diagnostics=diagnostics,
             replicate_bits=() if rep is None else tuple(float(v) for v in rep),
         )
+
+
+@dataclasses.dataclass
+class _Matrices:
+    """One batched call's per-pair values: (P, S) per seed, (P, B) per resample (mean over seeds)."""
+
+    bits: np.ndarray
+    diverged: np.ndarray
+    train: np.ndarray
+    gain: np.ndarray | None  # half-pool gain (InfoNCE only)
+    centre: np.ndarray  # bias-corrected value: bits + gain + (train - bits) / 2
+    replicates: np.ndarray | None  # the bound
+    corrected: np.ndarray | None  # the bias-corrected value
+    spurious: np.ndarray | None  # (P,) the share of ``corrected``'s variance that resampling adds
+
+    @classmethod
+    def of(cls, runs: _SeedRuns, n_seeds: int) -> "_Matrices":
+        def mean_over_seeds(arrays: list) -> np.ndarray | None:
+            return None if arrays[0] is None else np.mean(np.stack(arrays), axis=0)
+
+        bits, train = np.stack(runs.bits, axis=1), np.stack(runs.train, axis=1)
+        gain = None if runs.half[0] is None else bits - np.stack(runs.half, axis=1)
+        spurious = mean_over_seeds(runs.spurious)
+        return cls(bits=bits, diverged=np.stack(runs.diverged, axis=1), train=train, gain=gain,
+                   centre=bits + (0.0 if gain is None else gain) + (train - bits) / 2,
+                   replicates=mean_over_seeds(runs.replicates), corrected=mean_over_seeds(runs.corrected),
+                   # the seeds' splits draw their pools independently: the mean's share is 1/S of theirs
+                   spurious=None if spurious is None else spurious / n_seeds)
 
 
 class MINE(NeuralEstimator):

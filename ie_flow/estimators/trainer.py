@@ -106,6 +106,9 @@ class TrainResult:
     nats_half: np.ndarray | None  # (P,) same with half the candidate pool (InfoNCE only)
     nats_train: np.ndarray  # (P,) same checkpoint's bound on as many train rows (train/held-out gap)
     nats_replicates: np.ndarray | None  # (P, B) reported bound on B bootstrap reweightings of the report rows
+    nats_half_replicates: np.ndarray | None  # (P, B) the half-pool bound on the same reweightings
+    nats_train_replicates: np.ndarray | None  # (P, B) the train-rows bound on the same resamples
+    pool_noise: tuple[np.ndarray, np.ndarray] | None  # InfoNCE: (P,) nats² each, report and train rows
     diverged: np.ndarray  # (P,) bool
     best_step: np.ndarray  # (P,) int
     steps: int  # optimisation steps actually run
@@ -377,7 +380,9 @@ def _result(report: dict[str, Any], run: _Run, steps: int) -> TrainResult:
 
     return TrainResult(
         nats=masked(report["nats"]), nats_half=masked(report["half"]), nats_train=masked(report["train"]),
-        nats_replicates=masked(report["replicates"]), diverged=div, best_step=run.best_step, steps=steps,
+        nats_replicates=masked(report["replicates"]), nats_half_replicates=masked(report["half_replicates"]),
+        nats_train_replicates=masked(report["train_replicates"]), pool_noise=report["pool_noise"],
+        diverged=div, best_step=run.best_step, steps=steps,
         n_candidates=report["n_candidates"], n_candidates_half=report["n_candidates_half"], history=run.history,
     )
 
@@ -403,35 +408,67 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
         g = torch.Generator().manual_seed(int(seed) + 991)
         keep = torch.zeros(cand.numel(), dtype=torch.bool)
         keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
+    # the pool-noise share of the bootstrap is derived for a pool made of the rows themselves
+    shared_pool = keep is not None and cfg.negatives == "report"
     # weight rows: all ones (the value itself), then the bootstrap resamples (if any)
     w = torch.ones(1, X.t.shape[1])
     if boot_weights is not None:
         w = torch.cat([w, torch.as_tensor(boot_weights, dtype=torch.float32)])
-    # only the rows are resampled; the candidate pool stays as drawn.  For a near-optimal critic a
-    # candidate's first-order influence on the bound is constant (E_x[p(y|x)/p(y)] = 1), so resampling
-    # the pool adds only second-order noise, which the bootstrap inflates: on uniform discrete K = 4
-    # and 16 it doubled the spread (0.006 and 0.014 bit against 0.003 and 0.008 across data draws)
     w_rows = w.index_select(1, rep).to(device)
-    w_cand = torch.ones(w.shape[0], cand.numel(), device=device)
-    values, half = [], []
+    values, half, noise = [], [], []
     for _, S in _score_chunks(critic, best, X, Y, rep, cand, cfg, device):
-        values.append(bounds.weighted_bound(name, S, pos.to(device), w_rows, w_cand, cfg.clip).double().cpu())
+        values.append(_weighted(name, S, w_rows, cfg))
         if keep is not None:
-            half.append(bounds.infonce_subpool(S, pos.to(device), keep.to(device)).cpu())
-    values_all = torch.cat(values).numpy()  # (P, 1 + B)
-    replicates = values_all[:, 1:] if boot_weights is not None else None
-    # the train/held-out gap: the same bound on a train subset as large as the report pool
-    g = torch.Generator().manual_seed(int(seed) + 4099)
-    tr_sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
-    train = _evaluate(critic, best, X, Y, tr_sub, tr_sub, torch.arange(tr_sub.numel()), cfg, device)
+            rows = bounds.infonce_subpool_rows(S, pos.to(device), keep.to(device)).double()
+            half.append(bounds.reweighted_mean(rows, w_rows).cpu())
+        if shared_pool:
+            noise.append(bounds.infonce_pool_noise(S).double().cpu())
+    train, train_noise = _train_rows_bound(critic, best, X, Y, tr, cand.numel(), w, name, cfg, seed, device,
+                                           shared_pool)
+    values_all, half_all = torch.cat(values).numpy(), torch.cat(half).numpy() if keep is not None else None
+    resampled = boot_weights is not None
     return {
         "nats": values_all[:, 0],
-        "half": torch.cat(half).double().numpy() if keep is not None else None,
-        "train": train.double().numpy(),
-        "replicates": replicates,
+        "half": None if half_all is None else half_all[:, 0],
+        "train": train[:, 0],
+        "replicates": values_all[:, 1:] if resampled else None,
+        "half_replicates": half_all[:, 1:] if resampled and half_all is not None else None,
+        "train_replicates": train[:, 1:] if resampled else None,
+        # the pool's share of the bootstrap variance of the report and train values (nats²)
+        "pool_noise": (torch.cat(noise).numpy(), train_noise) if shared_pool else None,
         "n_candidates": int(cand.numel()),
         "n_candidates_half": None if keep is None else int(keep.sum()) + 1,
     }
+
+
+def _train_rows_bound(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared,
+                      tr: torch.Tensor, size: int, w: torch.Tensor, name: str, cfg: TrainConfig, seed: int,
+                      device: torch.device, pool_noise: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The train/held-out gap's other half: the same bound on a train subset as large as the
+    report pool, (P, 1 + B) on the same resamples (one resample reweights every row set of the
+    data it redraws), and its pool noise (P,) when asked."""
+    g = torch.Generator().manual_seed(int(seed) + 4099)
+    sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), size)]]
+    w_sub = w.index_select(1, sub).to(device)
+    values, noise = [], []
+    for _, S in _score_chunks(critic, best, X, Y, sub, sub, cfg, device):
+        values.append(_weighted(name, S, w_sub, cfg))
+        if pool_noise:
+            noise.append(bounds.infonce_pool_noise(S).double().cpu())
+    return torch.cat(values).numpy(), torch.cat(noise).numpy() if pool_noise else None
+
+
+def _weighted(name: str, S: torch.Tensor, w_rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """(p, 1 + B) bound of the rows of S against all its columns, on each row weighting; the
+    candidate pool is kept as drawn.  For a near-optimal critic a candidate's first-order
+    influence on the bound is constant (E_x[p(y|x)/p(y)] = 1), so resampling the pool adds only
+    second-order noise, which the bootstrap inflates: on uniform discrete K = 4 and 16 it doubled
+    the spread (0.006 and 0.014 bit against 0.003 and 0.008 across data draws)."""
+    pos = torch.arange(S.shape[-2], device=S.device)
+    if name == "infonce":  # each row's term depends on that row alone: weight the terms
+        return bounds.reweighted_mean(bounds.infonce_rows(S, pos).double(), w_rows).cpu()
+    w_cand = torch.ones(w_rows.shape[0], S.shape[-1], device=S.device)
+    return bounds.weighted_bound(name, S, pos, w_rows, w_cand, cfg.clip).double().cpu()
 
 
 def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepared, Y: _Prepared,

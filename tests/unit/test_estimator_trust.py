@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ie_flow.estimators import bounds, estimate_mi, estimate_mi_many
-from ie_flow.estimators.base import bootstrap_weights, split_three
+from ie_flow.estimators.base import bootstrap_weights, estimate_interval, split_three
 from ie_flow.estimators.preprocess import copula_transform
 from ie_flow.estimators.synthetic import correlated_gaussian, sparse_gaussian, spiral_gaussian
 from ie_flow.estimators.validity import invalid_reason
@@ -137,6 +137,59 @@ def test_weighted_bound_equals_the_bound_on_the_resampled_rows() -> None:
     torch.testing.assert_close(weighted, explicit, atol=1e-5, rtol=1e-5)
 
 
+def test_weighted_subpool_equals_the_subpool_on_the_resampled_rows() -> None:
+    """A half-pool replicate reweights the rows; the pool (and which half is kept) stays as drawn."""
+    g = torch.Generator().manual_seed(1)
+    S = torch.randn(2, 40, 40, generator=g) * 3
+    keep = torch.randperm(40, generator=g) < 20
+    ids = torch.randint(0, 40, (40,), generator=g)
+    w = torch.bincount(ids, minlength=40).float()[None]
+    explicit = bounds.infonce_subpool(S[:, ids], ids, keep)  # resampled rows, each with its own column
+    weighted = bounds.reweighted_mean(bounds.infonce_subpool_rows(S, torch.arange(40), keep), w)[:, 0]
+    torch.testing.assert_close(weighted.float(), explicit, atol=1e-5, rtol=1e-5)
+
+
+def _class_scores(labels: torch.Tensor) -> torch.Tensor:
+    """(P, C, C) scores of a perfect critic for discrete labels (P, C): 30 within a class, 0 across."""
+    return 30.0 * (labels[:, :, None] == labels[:, None, :]).double()
+
+
+def test_pool_noise_of_a_discrete_critic_is_k_minus_1_over_c_squared() -> None:
+    labels = torch.arange(60).remainder(4)[None]  # K = 4, 15 rows each
+    # row r's normalised candidate weights are C / n_k on its class: variance C / n_k - 1 = K - 1
+    torch.testing.assert_close(bounds.infonce_pool_noise(_class_scores(labels)),
+                               torch.tensor([3.0 / 60**2], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_half_the_pool_noise_is_what_the_bootstrap_adds_at_a_uniform_discrete_input() -> None:
+    """Ground truth: the bound of a perfect critic on C uniform K-valued labels (pool = rows) is the
+    plug-in entropy, whose variance at its maximum is (K-1)/(2C²) nats² (chi-square with K-1 df
+    over 2C).  Resampling the rows with the pool fixed reads (K-1)/C²; less half the pool noise
+    it reads the truth."""
+    K, C, draws = 4, 200, 400
+    labels = torch.randint(0, K, (draws, C), generator=torch.Generator().manual_seed(0))
+    S = _class_scores(labels)
+    pos = torch.arange(C)
+    values = bounds.infonce(S, pos)
+    w = torch.as_tensor(bootstrap_weights(C, 200, 0), dtype=torch.float64)
+    replicates = bounds.reweighted_mean(bounds.infonce_rows(S, pos), w)  # the product's path
+    torch.testing.assert_close(replicates, bounds.weighted_bound("infonce", S, pos, w, torch.ones_like(w)))
+    boot_var = replicates.var(dim=1)
+    corrected = boot_var - 0.5 * bounds.infonce_pool_noise(S)
+    across_draws = float(values.var())  # the sampling variance itself (400 draws: within ~12%)
+    assert across_draws == pytest.approx((K - 1) / (2 * C**2), rel=0.25)
+    assert float(boot_var.mean()) == pytest.approx(2 * across_draws, rel=0.15)
+    assert float(corrected.mean()) == pytest.approx(across_draws, rel=0.1)
+
+
+def test_interval_removes_the_spurious_variance_but_never_more_than_half() -> None:
+    reps = np.random.default_rng(0).normal(1.0, 0.1, 500)
+    v = float(np.var(reps, ddof=1))
+    mean, lo, hi = estimate_interval([1.2], reps, spurious_variance=v / 4)
+    assert mean == 1.2 and hi - 1.2 == pytest.approx(1.2 - lo) == pytest.approx(1.96 * math.sqrt(0.75 * v))
+    assert estimate_interval([1.2], reps, spurious_variance=10 * v)[2] - 1.2 == pytest.approx(1.96 * math.sqrt(v / 2))
+
+
 def test_replicates_use_the_same_resampled_ids_for_every_cell() -> None:
     pairs = [correlated_gaussian(2, rho, seed=i, n=800) for i, rho in enumerate((0.3, 0.8))]
     xs = np.stack([p[0] for p in pairs]).astype(np.float32)
@@ -148,7 +201,7 @@ def test_replicates_use_the_same_resampled_ids_for_every_cell() -> None:
     np.testing.assert_allclose(many[1].replicate_bits, alone.replicate_bits, atol=0.02)
     w = bootstrap_weights(800, 50, 0)
     assert w.shape == (50, 800) and (w.sum(1) == 800).all()
-    assert many[0].ci_low < many[0].bits < many[0].ci_high  # one seed still has an interval
+    assert many[0].ci_low < many[0].diagnostics["corrected_bits"] < many[0].ci_high  # one seed still has an interval
 
 
 # ----------------------------------------------------------------------------- validity

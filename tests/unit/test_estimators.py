@@ -31,7 +31,7 @@ def test_dense_gaussian_within_10_percent(d: int, seeds: tuple[int, ...]) -> Non
     est = estimate_mi(x, y, seeds=seeds)
     assert abs(est.bits - truth) <= 0.10 * truth, (est.bits, truth)
     assert not est.saturated and est.ceiling_bits == pytest.approx(math.log2(0.25 * N))
-    assert est.ci_low <= est.bits <= est.ci_high
+    assert est.ci_low <= est.diagnostics["corrected_bits"] <= est.ci_high
 
 
 def test_dense_gaussian_50_dims() -> None:

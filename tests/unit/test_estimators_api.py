@@ -119,7 +119,11 @@ def test_estimate_carries_its_metadata(xy) -> None:
     est = estimate_mi(*xy, seed=5, **FAST)
     assert isinstance(est, MIEstimate)
     assert est.method == "infonce" and est.seeds == (5,) and est.bits_per_seed == (est.bits,)
-    assert est.ci_low < est.bits < est.ci_high  # one seed: the bootstrap over sample ids
+    # one seed: the bootstrap over sample ids, centred on the bias-corrected value
+    assert est.ci_low < est.diagnostics["corrected_bits"] < est.ci_high
+    assert (est.ci_low + est.ci_high) / 2 == pytest.approx(est.diagnostics["corrected_bits"])
+    assert est.diagnostics["corrected_bits"] == pytest.approx(
+        est.bits + est.pool_gain_bits + est.diagnostics["gap_bits"] / 2)
     assert est.n_train + est.settings["n_select"] + est.n_eval == 400 and est.n_eval == 100
     assert est.ceiling_bits == pytest.approx(math.log2(100))  # negatives="report": the report rows only
     assert est.settings["negatives"] == "report" and est.settings["n_candidates"] == 100
@@ -134,7 +138,7 @@ def test_estimate_carries_its_metadata(xy) -> None:
 def test_several_seeds_give_mean_and_interval(xy) -> None:
     est = estimate_mi(*xy, seeds=(0, 1, 2), **FAST)
     assert len(est.bits_per_seed) == 3 and est.bits == pytest.approx(np.mean(est.bits_per_seed))
-    assert est.ci_low < est.bits < est.ci_high
+    assert est.ci_low < est.diagnostics["corrected_bits"] < est.ci_high
 
 
 def test_heldout_negatives_ceiling(xy) -> None:
