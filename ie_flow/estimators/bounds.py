@@ -128,12 +128,18 @@ def bound(name: str, S: torch.Tensor, pos: torch.Tensor, clip: float = 5.0) -> t
 # evaluation of the critic gives the value and all its bootstrap replicates.  The candidate sums
 # are one matmul (P, R, C) @ (C, B) per chunk of pairs.
 
-def weighted_bound(name: str, S: torch.Tensor, pos: torch.Tensor, w_rows: torch.Tensor, w_cand: torch.Tensor,
-                   clip: float = 5.0) -> torch.Tensor:
+def weighted_bound(name: str, S: torch.Tensor, pos: torch.Tensor, w_rows: torch.Tensor,
+                   w_cand: torch.Tensor | None = None, clip: float = 5.0) -> torch.Tensor:
     """(P, B) bound on B reweightings: ``w_rows`` (B, R) weights the rows (positives),
-    ``w_cand`` (B, C) the candidate columns (row r's own candidate is column pos[r])."""
+    ``w_cand`` (B, C) the candidate columns (row r's own candidate is column pos[r]); None keeps
+    the pool as drawn, where an InfoNCE row's term depends on that row alone and the bound is
+    the reweighted mean of the terms (P·R·B work instead of P·R·C·B)."""
     if name not in BOUNDS:
         raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
+    if w_cand is None and name == "infonce":
+        return reweighted_mean(infonce_rows(S, pos).double(), w_rows)
+    if w_cand is None:
+        w_cand = torch.ones(w_rows.shape[0], S.shape[-1], device=S.device)
     pos_scores, neg_mask = _pos_and_neg_mask(S, pos)
     wr, wc = w_rows.to(S), w_cand.to(S)
     T = S.clamp(-clip, clip) if name == "smile" else S
