@@ -77,15 +77,19 @@ def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
             "retry": False}
 
 
+def _bias_corrected(bound: np.ndarray, half: np.ndarray | None, train: np.ndarray) -> np.ndarray:
+    """The bound plus its half-pool gain (InfoNCE; none without a half pool) plus half the
+    train/held-out gap: the centre of the interval for I (docs/METHOD.md section 5)."""
+    gain = 0.0 if half is None else bound - half
+    return bound + gain + (train - bound) / 2
+
+
 def _corrected_replicates(res: Any) -> np.ndarray | None:
-    """(P, B) bits: the bias-corrected value (bound + half-pool gain + half the train/held-out
-    gap) recomputed on every bootstrap resample, so its spread includes the noise of both
-    corrections and their covariance with the bound."""
+    """(P, B) bits: the bias-corrected value recomputed on every bootstrap resample, so its
+    spread includes the noise of both corrections and their covariance with the bound."""
     if res.nats_replicates is None:
         return None
-    e = res.nats_replicates
-    gain = 0.0 if res.nats_half_replicates is None else e - res.nats_half_replicates
-    return (e + gain + (res.nats_train_replicates - e) / 2) * LOG2E
+    return _bias_corrected(res.nats_replicates, res.nats_half_replicates, res.nats_train_replicates) * LOG2E
 
 
 def _spurious_variance(res: Any) -> np.ndarray | None:
@@ -270,7 +274,7 @@ class _Matrices:
     diverged: np.ndarray
     train: np.ndarray
     gain: np.ndarray | None  # half-pool gain (InfoNCE only)
-    centre: np.ndarray  # bias-corrected value: bits + gain + (train - bits) / 2
+    centre: np.ndarray  # the bias-corrected value (``_bias_corrected``)
     replicates: np.ndarray | None  # the bound
     corrected: np.ndarray | None  # the bias-corrected value
     spurious: np.ndarray | None  # (P,) the share of ``corrected``'s variance that resampling adds
@@ -281,10 +285,10 @@ class _Matrices:
             return None if arrays[0] is None else np.mean(np.stack(arrays), axis=0)
 
         bits, train = np.stack(runs.bits, axis=1), np.stack(runs.train, axis=1)
-        gain = None if runs.half[0] is None else bits - np.stack(runs.half, axis=1)
+        half = None if runs.half[0] is None else np.stack(runs.half, axis=1)
         spurious = mean_over_seeds(runs.spurious)
-        return cls(bits=bits, diverged=np.stack(runs.diverged, axis=1), train=train, gain=gain,
-                   centre=bits + (0.0 if gain is None else gain) + (train - bits) / 2,
+        return cls(bits=bits, diverged=np.stack(runs.diverged, axis=1), train=train,
+                   gain=None if half is None else bits - half, centre=_bias_corrected(bits, half, train),
                    replicates=mean_over_seeds(runs.replicates), corrected=mean_over_seeds(runs.corrected),
                    # the seeds' splits draw their pools independently: the mean's share is 1/S of theirs
                    spurious=None if spurious is None else spurious / n_seeds)
