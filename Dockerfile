@@ -16,6 +16,14 @@ FROM ${UV_IMAGE} AS uv
 
 FROM ${CUDA_IMAGE}
 
+# The base declares NVIDIA_REQUIRE_CUDA "cuda>=12.8", so the container toolkit refuses nodes whose
+# driver is older than R570 ("requirement error: unsatisfied condition: cuda>=12.8"), while R535 and
+# R550 are what many managed Kubernetes GPU nodes run. Nothing in the image needs a 12.8 driver: the
+# torch cu128 wheels bring their own CUDA 12.8 runtime, which runs on any driver >= 525.60.13 through
+# CUDA's minor-version compatibility (their kernels are compiled for each GPU architecture, so no PTX
+# needs a newer driver's JIT). Skip the check.
+ENV NVIDIA_DISABLE_REQUIRE=1
+
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # Python must match the clients that use Ray Client (ray://); Ray's version comes from
 # constraints.txt, like every other package, and matches the manifests' rayVersion.

@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma reproduce clean
+.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma reproduce clean clean-data
 
 install: $(STAMP)
 
@@ -66,5 +66,12 @@ bench: install
 	$(BIN)/python benchmarks/bench_estimators.py --quick
 	$(BIN)/python benchmarks/bench_extract.py --quick
 
+# Build products only: the environment, caches and test screenshots. Results are never build products.
 clean:
-	rm -rf $(VENV) ie-flow-data mlflow.db mlruns test-artifacts
+	rm -rf $(VENV) test-artifacts *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deletes every result of the embedded default: activations and results (ie-flow-data), the MLflow
+# runs (mlflow.db, mlruns). Asked for by name only; `make clean` keeps them.
+clean-data:
+	rm -rf ie-flow-data mlflow.db mlruns

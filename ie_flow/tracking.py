@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -26,8 +27,14 @@ class TrackingUnavailable(IEFlowError):
     """The tracking server cannot be reached; results are safe on storage."""
 
 
+class TrackingRejected(IEFlowError):
+    """The tracking server answers but refuses this client (its Host header, or credentials):
+    a configuration error, so the job stops before any work instead of running untracked."""
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when an HTTP tracking server is down."""
+    """Fail in seconds, not after MLflow's minutes of retries, when an HTTP tracking server is down;
+    fail before any work when it answers but refuses this client."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -35,13 +42,32 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             r.read()
     except OSError as e:
         raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)})") from None
+    check_accepted(uri)
+
+
+def check_accepted(uri: str) -> None:
+    """One API call through the MLflow client: /health skips the server's Host-header check (MLflow
+    >= 3.5 rejects a Host it was not started with, e.g. `mlflow:5000` inside Kubernetes or compose)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        status = e.get_http_status_code()
+        if status not in (401, 403):
+            raise TrackingUnavailable(f"MLflow tracking server {uri} failed a request ({first_line(e)})") from None
+        host = urllib.parse.urlsplit(uri).netloc
+        hint = (f"start `mlflow server` with --allowed-hosts including {host} (infra/README.md)"
+                if "Host header" in str(e) else "check MLFLOW_TRACKING_USERNAME/PASSWORD or the token")
+        raise TrackingRejected(f"MLflow tracking server {uri} refuses this client (HTTP {status}): {hint}") from None
 
 
 def _client(uri: str) -> Any:
     import mlflow
 
     check_reachable(uri)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
 
@@ -275,7 +301,9 @@ class JobRun:
         if self.enabled:
             try:
                 self.run_id = open_run(self.job, self.title, self.results_uri)
-            except Exception as e:  # noqa: BLE001 - tracking must never stop the work
+            except TrackingRejected:
+                raise  # a misconfigured server: one line, exit 2, before any work
+            except Exception as e:  # noqa: BLE001 - a server that is down must never stop the work
                 log.warning("warning: %s; the job runs anyway and its results stay on storage", first_line(e))
         return self
 

@@ -25,6 +25,7 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 DOCKERFILE = ROOT / "Dockerfile"
 RAYCLUSTER = INFRA / "kuberay" / "raycluster.yaml"
 RAYJOB = INFRA / "kuberay" / "rayjob.yaml"
+MLFLOW_K8S = INFRA / "kuberay" / "mlflow.yaml"
 LAUNCHER = INFRA / "cluster-launcher" / "aws.yaml"
 COMPOSE = INFRA / "compose" / "docker-compose.yaml"
 COMPOSE_GPU = INFRA / "compose" / "docker-compose.gpu.yaml"
@@ -181,7 +182,7 @@ def as_command(value: Any) -> str:
 
 
 def manifest_paths() -> list[Path]:
-    return [RAYCLUSTER, RAYJOB, LAUNCHER, COMPOSE, COMPOSE_GPU]
+    return [RAYCLUSTER, RAYJOB, MLFLOW_K8S, LAUNCHER, COMPOSE, COMPOSE_GPU]
 
 
 @cache
@@ -217,3 +218,10 @@ def schema_errors(schema: dict[str, Any], document: Any, validator: str = "Draft
 def normalise_space(text: str) -> str:
     """Prose with every run of whitespace (line breaks included) as one space."""
     return " ".join(text.split())
+
+
+def host_allowed(host: str, allowed_hosts: str) -> bool:
+    """MLflow 3's Host-header check (`--allowed-hosts`): fnmatch for patterns with '*', equality otherwise."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(host, a) if "*" in a else host == a for a in allowed_hosts.split(","))

@@ -4,12 +4,12 @@ MLflow, MLflow before Ray, one token for every Ray node)."""
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 import pytest
 from infra_files import (
-    COMPOSE, COMPOSE_GPU, DOCKERFILE, INFRA, PORTS, ROOT, SCHEMAS, as_command, compose_ports, load_json, load_yaml,
+    COMPOSE, COMPOSE_GPU, DOCKERFILE, INFRA, PORTS, ROOT, SCHEMAS, as_command, compose_ports, host_allowed, load_json,
+    load_yaml,
     schema_errors,
 )
 
@@ -102,9 +102,8 @@ def test_mlflow_server_uses_postgres_and_s3_artifacts() -> None:
     assert options["--host"] == "0.0.0.0" and options["--port"] == str(PORTS["mlflow"])
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == f"http://minio:{PORTS['s3']}"
     # MLflow 3 checks the Host header (fnmatch for patterns with '*', equality otherwise).
-    allowed = options["--allowed-hosts"].split(",")
     for host in (f"mlflow:{PORTS['mlflow']}", f"localhost:{PORTS['mlflow']}"):
-        assert any(fnmatch.fnmatch(host, a) if "*" in a else host == a for a in allowed), host
+        assert host_allowed(host, options["--allowed-hosts"]), host
     mlflow_image = (INFRA / "compose" / mlflow["build"]["context"] / mlflow["build"]["dockerfile"]).read_text()
     for requirement in ("mlflow==", "psycopg2", "boto3"):
         assert requirement in mlflow_image

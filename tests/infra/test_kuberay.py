@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from infra_files import (
-    CONFIG_MAP, ENTRY_POINT, IMAGE, PORTS, RAY_TOKEN_AUTH_SINCE, RAYCLUSTER, RAYJOB, README, S3_SECRET,
+    CONFIG_MAP, ENTRY_POINT, IMAGE, MLFLOW_K8S, PORTS, RAY_TOKEN_AUTH_SINCE, RAYCLUSTER, RAYJOB, README, S3_SECRET,
     TOKEN_SECRET, dockerfile_instructions, head_container, index_of, kuberay_cluster_specs, kuberay_schema,
-    load_yaml_docs, rayjob, schema_errors, version_tuple, walk, worker_containers,
+    host_allowed, load_yaml_docs, rayjob, schema_errors, version_tuple, walk, worker_containers,
 )
 
 pytestmark = pytest.mark.infra
@@ -164,3 +164,26 @@ def test_rayjob_runs_a_baked_in_workflow_with_s3_and_mlflow() -> None:
     assert options["--tracking-uri"] == f"http://mlflow:{PORTS['mlflow']}"
     assert options["--ray-address"] == "auto", "the driver runs on the head and joins its cluster"
     assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "K8sJobMode"
+
+
+def test_mlflow_server_accepts_the_host_names_ray_pods_call_it_by() -> None:
+    """MLflow >= 3.5 refuses API calls with a Host header it was not started with (only /health skips
+    the check), so the Deployment must allow the Service name the ConfigMap's tracking URI uses."""
+    docs = {d["kind"]: d for d in load_yaml_docs(MLFLOW_K8S)}
+    service, deployment = docs["Service"], docs["Deployment"]
+    (config_map,) = [d for d in load_yaml_docs(RAYCLUSTER) if d.get("kind") == "ConfigMap"]
+    tracking_host = config_map["data"]["MLFLOW_TRACKING_URI"].split("://", 1)[1]
+    assert tracking_host == f"{service['metadata']['name']}:{PORTS['mlflow']}"
+    assert [p["port"] for p in service["spec"]["ports"]] == [PORTS["mlflow"]]
+    template = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (container,) = template["spec"]["containers"]
+    argv = container["command"]
+    assert argv[:2] == ["mlflow", "server"]
+    options = dict(zip(argv[2::2], argv[3::2]))
+    assert options["--port"] == str(PORTS["mlflow"]) and options["--artifacts-destination"] == "s3://mlflow/"
+    allowed = options["--allowed-hosts"]
+    for host in (tracking_host, f"mlflow.ie-flow.svc.cluster.local:{PORTS['mlflow']}", f"localhost:{PORTS['mlflow']}"):
+        assert host_allowed(host, allowed), host
+    assert not host_allowed(f"attacker.example:{PORTS['mlflow']}", allowed)
+    assert {"secretRef": {"name": S3_SECRET}} in container["envFrom"]

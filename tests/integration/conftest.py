@@ -310,26 +310,42 @@ class MlflowServer:
     service: Service = field(repr=False)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(s3_server: S3Server, service_dir: Path) -> Iterator[MlflowServer]:
-    """`mlflow server` on loopback: SQLite backend store, artifacts proxied to the S3 server."""
+@contextlib.contextmanager
+def mlflow_service(s3_server: S3Server, folder: Path, log_dir: Path, *extra: str) -> Iterator[MlflowServer]:
+    """`mlflow server` on loopback: SQLite backend store, artifacts proxied to the S3 server;
+    `extra` are more server options (e.g. --allowed-hosts)."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    folder = service_dir / "mlflow"
     folder.mkdir()
     artifacts = f"s3://{s3_server.bucket}/mlflow-artifacts"
     # no background job runner (GenAI evaluation jobs; eight extra processes on a 2-core machine)
     env = base_env(**s3_server.env, MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint,
                    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    svc = Service.start("mlflow", [
+    svc = Service.start(folder.name, [
         str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts,
-    ], env, folder, service_dir)
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts, *extra,
+    ], env, folder, log_dir)
     try:
         wait_until(lambda: http_ok(f"{uri}/health"), 180, "mlflow server", svc, interval=0.5)
         yield MlflowServer(uri, artifacts, svc)
     finally:
         svc.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: S3Server, service_dir: Path) -> Iterator[MlflowServer]:
+    """The session's `mlflow server` (see mlflow_service)."""
+    with mlflow_service(s3_server, service_dir / "mlflow", service_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def mlflow_server_for_other_hosts(s3_server: S3Server, service_dir: Path) -> Iterator[MlflowServer]:
+    """An `mlflow server` started for the host name `mlflow.internal` only, as a Kubernetes or compose
+    deployment is: MLflow >= 3.5 answers /health to anyone and refuses API calls with Host 127.0.0.1."""
+    with mlflow_service(s3_server, service_dir / "mlflow-other-hosts", service_dir,
+                        "--allowed-hosts", "mlflow.internal,mlflow.internal:*") as server:
+        yield server
 
 
 @dataclass

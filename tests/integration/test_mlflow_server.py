@@ -143,3 +143,18 @@ def test_unknown_run_id_is_exit_2_with_one_line(mlflow_server, cli):
     errors = res.error_lines()
     assert len(errors) == 1 and "0123456789abcdef0123456789abcdef" in errors[0], res.describe()
     assert "Traceback" not in res.stderr
+
+
+def test_a_server_that_refuses_this_host_stops_the_job_before_any_work(mlflow_server_for_other_hosts, tiny_llama,
+                                                                      cli, tmp_path):
+    uri = mlflow_server_for_other_hosts.uri
+    storage = tmp_path / "storage"
+    res = cli("run", "--model", str(tiny_llama), "--samples", "256", "--estimator", "gaussian", "--seeds", "0",
+              "--storage", str(storage), "--tracking-uri", uri, "--json", timeout=300)
+    assert res.returncode == 2, res.describe()
+    errors = res.error_lines()
+    assert len(errors) == 1 and "refuses this client (HTTP 403)" in errors[0], res.describe()
+    assert "--allowed-hosts including 127.0.0.1:" in errors[0], res.describe()
+    assert res.stdout.strip() == "" and "Traceback" not in res.stderr
+    # before any work: no activations, no results
+    assert not (storage / "activations").exists() and not (storage / "results").exists()
