@@ -24,15 +24,23 @@ class Corpus:
     name: str  # short, path-safe dataset name
     input_ids: np.ndarray  # (n, N) int64
     settings: dict[str, Any]  # everything that produced the ids (recorded in manifests / MLflow)
+    # a per-sequence target (docs/METHOD.md section 8) and the groups a probe's splits must keep whole
+    labels: np.ndarray | None = None
+    groups: np.ndarray | None = None
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
         if self.input_ids.ndim != 2 or len(self.input_ids) == 0:
             raise IEFlowError(f"corpus {self.name!r} produced no sequence")
+        for what, a in (("labels", self.labels), ("groups", self.groups)):
+            if a is not None and a.shape != (len(self.input_ids),):
+                raise IEFlowError(f"corpus {self.name!r}: {what} must have one entry per window, got {a.shape}")
         h = hashlib.sha256(b"ie-flow-corpus-v1\n")
         h.update(json.dumps(self.settings, sort_keys=True).encode())
         h.update(np.ascontiguousarray(self.input_ids, dtype=np.int64).tobytes())
         h.update(str(self.input_ids.shape).encode())
+        if self.labels is not None:  # unlabelled corpora keep the digests they always had
+            h.update(b"labels\n" + np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         self.digest = h.hexdigest()
 
     @property

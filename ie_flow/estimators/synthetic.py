@@ -87,3 +87,38 @@ def spiral_gaussian(seed: int, n: int = 5000, speed: float = 0.5) -> tuple[np.nd
     x = x.copy()
     x[:, 0], x[:, 1] = c * x[:, 0] - s * x[:, 1], s * x[:, 0] + c * x[:, 1]
     return x, y, bits
+
+
+def bits_of_shift(delta: float) -> float:
+    """I(s; delta * s + z) in bits for a fair bit s and z ~ N(0, 1), by 1-D quadrature: the truth of
+    the target measure's ground-truth task (shifted_gaussian_labels)."""
+    h = np.linspace(-12.0, 12.0 + delta, 40001)
+    a, b = np.exp(-0.5 * h * h), np.exp(-0.5 * (h - delta) ** 2)
+    m = 0.5 * (a + b)
+
+    def term(p: np.ndarray) -> np.ndarray:
+        return p * np.log2(np.maximum(p, 1e-300) / m)
+
+    return float((0.5 * term(a) + 0.5 * term(b)).sum() * (h[1] - h[0]) / math.sqrt(2 * math.pi))
+
+
+def shift_for_bits(bits: float) -> float:
+    """The shift delta with bits_of_shift(delta) == bits (bisection)."""
+    lo, hi = 0.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bits_of_shift(mid) < bits else (lo, mid)
+    return (lo + hi) / 2
+
+
+def shifted_gaussian_labels(bits: float, n: int, d: int, sets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sets, n, d) features H = delta * s * u + N(0, I_d) and (sets, n) fair-bit labels s, each data set
+    with its own labels and unit direction u. The Bayes posterior of s is linear-softmax in H, so a
+    linear probe family's usable information is I(s; H) = bits itself."""
+    rng = np.random.default_rng(seed)
+    delta = shift_for_bits(bits) if bits > 0 else 0.0
+    labels = rng.integers(0, 2, size=(sets, n))
+    u = rng.standard_normal((sets, 1, d))
+    u /= np.linalg.norm(u, axis=2, keepdims=True)
+    x = rng.standard_normal((sets, n, d)) + delta * labels[:, :, None] * u
+    return x.astype(np.float32), labels
