@@ -16,7 +16,7 @@ from typing import Annotated, Any, Iterator, NoReturn, Optional
 import typer
 from typer.core import TyperGroup
 
-from ie_flow import IEFlowError, __version__, first_line
+from ie_flow import IEFlowError, Refused, __version__, first_line
 from ie_flow.config import JobSpec
 from ie_flow.options import AsJson, EndpointOpt, ExperimentOpt, RayAddressOpt, StorageOpt, TrackingOpt, build_job, job_command
 
@@ -450,6 +450,9 @@ def _error_code(e: Exception) -> int:
     if isinstance(cause, IEFlowError):
         typer.echo(f"error: {cause}", err=True)
         return 2
+    if isinstance(cause, Refused):
+        typer.echo(f"error: refused: {cause}", err=True)
+        return 1
     if isinstance(e, typer.Exit):
         return e.exit_code
     if isinstance(e, typer.TyperException) and hasattr(e, "format_message"):  # usage errors

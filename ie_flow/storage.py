@@ -48,6 +48,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `Storage.write_json` writes: sorted keys, so equal records are equal bytes."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 class Storage:
     """A storage root. Picklable (Ray actors get a copy); the filesystem is built lazily per process."""
 
@@ -124,7 +129,7 @@ class Storage:
         return self.fs.cat_file(self.path(rel))
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(rel, json_bytes(obj))
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))

@@ -80,6 +80,9 @@ class ShardInfo(_Record):
     sample_ids: list[int]  # [first, end)
     sequences: int
     files: dict[str, FileInfo]  # path inside the dataset folder -> checksum and size
+    # what computed it: shards computed in different dtypes or on different devices are never mixed
+    compute_dtype: str | None = None
+    device: str | None = None
 
 
 class ModelInfo(_Record):
@@ -89,7 +92,7 @@ class ModelInfo(_Record):
     location: str
     revision: str | None = None
     random_init: bool = False
-    fingerprint: str | None = None
+    fingerprint: str | None = None  # sha256 of the weight files, or the hub commit (models.ModelIdentity)
 
 
 class DatasetInfo(_Record):
@@ -128,6 +131,13 @@ class Manifest(_Record):
     def without_shards(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"shards"})
 
+    def sha256(self) -> str:
+        """The manifest's identity: sha256 of the bytes `DatasetFolder.write_manifest` writes (positions,
+        dtypes, shards and their checksums): stage 2 keys its results folder on it."""
+        from ie_flow.storage import json_bytes, sha256
+
+        return sha256(json_bytes(self.model_dump(mode="json")))
+
 
 class ResultsRecord(BaseModel):
     """summary.json of a results folder: the job, where its data is, and what it found."""
@@ -149,6 +159,10 @@ class ResultsRecord(BaseModel):
     beta_valid: bool = True
     # the control measured in the same run (control.ControlComparison.record), if any
     control: dict[str, Any] | None = None
+    # what the results folder is keyed on (with the estimator settings): the manifest's sha256 and
+    # the code version (provenance.code_version)
+    manifest_sha256: str | None = None
+    code_version: str | None = None
 
     @property
     def model_name(self) -> str:

@@ -84,6 +84,7 @@ def extract_shard(
         "shard": shard, "sample_ids": [sample_id_start, sample_id_start + len(input_ids)],
         "sequences": len(input_ids), "files": files,
         "num_blocks": loaded.num_blocks, "hidden_size": loaded.hidden_size, "fingerprint": loaded.fingerprint,
+        **loaded.compute,  # compute_dtype, device: a dataset whose shards disagree is refused
     }
 
 
