@@ -346,11 +346,13 @@ def submit(
     as_json: AsJson = False,
 ) -> None:
     """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there."""
+    from ie_flow.inputs import carry_inputs, local_inputs
     from ie_flow.submit import check_shared, client_for, last_json_line, submit_job, wait_for
 
     check_shared(job, storage_is_shared)
+    inputs = local_inputs(job)  # a local corpus or model: checked here, uploaded once the cluster answers
     client = client_for(job.runtime.ray_address)
-    job_id = submit_job(client, job)
+    job_id = submit_job(client, carry_inputs(job, inputs))
     typer.echo(f"submitted {job_id}", err=True)
     if not wait:
         typer.echo(json.dumps({"job_id": job_id}) if as_json else job_id)

@@ -5,7 +5,6 @@ decides where the units run and skips those already done."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,9 +92,10 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     executor_for(job).check()
     root = StorageRoot(job.storage.uri, job.storage.endpoint_url)
     root.storage.check_writable()
-    source = resolve_model(job.model.name, job.model.revision)
+    endpoint = job.storage.endpoint_url
+    source = resolve_model(job.model.name, job.model.revision, endpoint)  # an s3:// model: fetched, verified
     check_before_tokenizer(job)
-    tokenizer = load_tokenizer(job.model.name, job.model.revision)
+    tokenizer = load_tokenizer(job.model.name, job.model.revision, endpoint)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
     problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
     if problem:  # a text corpus can give fewer windows than asked for
@@ -109,18 +109,18 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
 
 def check_before_tokenizer(job: JobSpec) -> None:
     """Corpus name or path, positions, estimator settings and layers: none needs the tokenizer."""
-    from ie_flow.corpora import ICL_CORPORA, check_corpus_name
+    from ie_flow.corpora import ICL_CORPORA
+    from ie_flow.inputs import local_corpus
     from ie_flow.models import count_blocks
     from ie_flow.stages.extract import boundaries_for_layers, kept_positions
 
     c = job.corpus
-    check_corpus_name(c.name)
-    if "://" not in c.name and "/" in c.name and not os.path.exists(c.name):
-        raise IEFlowError(f"corpus not found: {c.name} (not a built-in name, file or folder)")
+    local_corpus(c.name)  # a built-in, a URI, or a file or folder that exists
     kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
     check_estimator_settings(job, c.samples)  # again with the windows the corpus really gives, below
     if job.extract.layers is not None:
-        boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
+        boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision,
+                                                                   job.storage.endpoint_url))
 
 
 def check_estimator_settings(job: JobSpec, samples: int) -> None:

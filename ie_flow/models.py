@@ -75,9 +75,15 @@ def _package_file(package: str, filename: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model(name: str, revision: str | None = None) -> ModelSource:
+def resolve_model(name: str, revision: str | None = None, endpoint_url: str | None = None) -> ModelSource:
+    """What a name is: an alias, a .gguf file, a model folder, a hub id, or a folder or file on storage
+    (s3://..., downloaded into the cache and checked against its recorded sha256s: inputs.py)."""
     random_init = name.startswith(RANDOM_PREFIX)
     base = name[len(RANDOM_PREFIX) :] if random_init else name
+    if base.startswith("s3://"):
+        from ie_flow.inputs import fetch_model
+
+        base = str(fetch_model(base, endpoint_url))
     if base in GGUF_ALIASES:
         package, filename = GGUF_ALIASES[base]
         path = _package_file(package, filename)
@@ -305,12 +311,13 @@ def load_model(
     device: str = "cpu",
     dtype: str = "auto",
     seed: int = 0,
+    endpoint_url: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer; weights never come from a hub unless `name` is a hub id."""
     import torch
     import transformers
 
-    source = resolve_model(name, revision)
+    source = resolve_model(name, revision, endpoint_url)
     dtype = compute_dtype(dtype, device)
     torch_dtype = getattr(torch, dtype)
     location, kwargs = _hf_location(source)
@@ -389,9 +396,9 @@ def describe_model(name: str, revision: str | None = None) -> dict[str, Any]:
     }
 
 
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
+def load_tokenizer(name: str, revision: str | None = None, endpoint_url: str | None = None) -> Any:
     """The tokenizer alone (the driver builds corpora without loading weights)."""
-    source = resolve_model(name, revision)
+    source = resolve_model(name, revision, endpoint_url)
     location, kwargs = _hf_location(source)
     try:
         return _tokenizer(source, location, kwargs)
@@ -400,10 +407,10 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
         raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None
 
 
-def count_blocks(name: str, revision: str | None = None) -> int:
+def count_blocks(name: str, revision: str | None = None, endpoint_url: str | None = None) -> int:
     """The number of decoder blocks, from the model's config alone (no weights): lets a job check
     `--layers` before any work."""
-    source = resolve_model(name, revision)
+    source = resolve_model(name, revision, endpoint_url)
     location, kwargs = _hf_location(source)
     if source.kind == "folder" and (Path(location) / "config.json").is_file():  # no transformers import
         config_json = json.loads((Path(location) / "config.json").read_text())

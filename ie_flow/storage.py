@@ -125,6 +125,22 @@ class Storage:
             f.write(data)
         return True
 
+    def upload_file(self, rel: str, local: str | os.PathLike[str]) -> None:
+        """Copy a local file to `rel` without holding it in memory (a GGUF of GBs)."""
+        import shutil
+
+        path = self.path(rel)
+        if self.is_s3:
+            self.fs.put_file(str(local), path)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+
+    def download_file(self, rel: str, local: str | os.PathLike[str]) -> None:
+        self.fs.get_file(self.path(rel), str(local))
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
