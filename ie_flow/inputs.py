@@ -18,11 +18,10 @@ from typing import Any
 
 from ie_flow import IEFlowError, first_line
 from ie_flow.storage import Storage
+from ie_flow.store import INPUT_RECORD as RECORD
+from ie_flow.store import input_folder
 
 log = logging.getLogger("ie_flow")
-
-INPUTS = "inputs"
-RECORD = "_sha256.json"
 
 
 def _local_files(path: Path) -> dict[str, Path]:
@@ -42,7 +41,7 @@ def upload_input(root: Storage, path: Path) -> str:
         raise IEFlowError(f"{path} is an empty folder: nothing to upload")
     sums = {rel: file_sha256(p) for rel, p in files.items()}
     digest = files_digest(sums)
-    folder = root.child(INPUTS, f"sha256-{digest}")
+    folder = input_folder(root, digest)
     uri = folder.url(path.name)
     try:
         if folder.exists(RECORD):
@@ -132,7 +131,7 @@ def fetch_model(uri: str, endpoint_url: str | None = None) -> Path:
     if not files or (address.startswith("sha256-") and address != f"sha256-{digest}"):
         raise IEFlowError(f"model {uri}: its {RECORD} lists no such file or does not match the folder's "
                           f"content address {address}; upload the model again")
-    local = cache_dir() / INPUTS / f"sha256-{digest}"
+    local = cache_dir() / "inputs" / f"sha256-{digest}"
     for rel, info in files.items():
         _fetch_verified(folder, rel, info["sha256"], local / rel, uri)
     return local / name

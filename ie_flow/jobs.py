@@ -233,12 +233,12 @@ def check_finished_compute(plan: ExtractPlan, units: list[Any], completion: Comp
         return
     log.info("stage 1: reusing %d finished shards of %d from %s", len(done), len(units), plan.folder.storage.url())
     planned = {"compute_dtype": compute_dtype(plan.job.model.dtype, device), "device": device}
-    found = sorted({_computed(r) for r in done} | ({_computed(planned)} if len(done) < len(units) else set()))
-    if len(found) > 1:
+    finished = sorted({_computed(r) for r in done})
+    if len(set(finished) | ({_computed(planned)} if len(done) < len(units) else set())) > 1:
         raise IEFlowError(
-            f"{plan.folder.storage.url()}: finished shards were computed in {', '.join(sorted({_computed(r) for r in done}))}"
-            f" and this job would compute in {_computed(planned)}: resume it on the same kind of machine, set "
-            f"--dtype to match, or `ie-flow extract --force` to extract every shard again")
+            f"{plan.folder.storage.url()}: finished shards were computed in {', '.join(finished)} and this job "
+            f"would compute in {_computed(planned)}: resume it on the same kind of machine, set model.dtype in "
+            "the workflow to match, or `ie-flow extract --force` to extract every shard again")
 
 
 def check_shards_agree(plan: ExtractPlan, records: list[dict[str, Any]]) -> None:

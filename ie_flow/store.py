@@ -7,6 +7,7 @@ keeps there (docs/ARCHITECTURE.md, "Data on storage"):
         _done/UNIT                         completion marker of one unit of work
     {root}/results/{model}/{dataset}-{digest8}/{run}/mi.parquet, summary.json
         layers/layer=LLL.parquet, _done/UNIT
+    {root}/inputs/sha256-{digest}/NAME, _sha256.json   a corpus or model `ie-flow submit` uploaded (inputs.py)
     {root}/reproduction/index.json                 what `ie-flow reproduce` ran, cell by cell
         generated/{name}.jsonl                     model-written corpora it generated
 
@@ -30,6 +31,7 @@ JOB_SETTINGS = "_job.json"
 SUMMARY = "summary.json"
 MI_TABLE = "mi.parquet"
 DONE = "_done"
+INPUT_RECORD = "_sha256.json"  # every file's sha256 and size of an uploaded input
 FORMAT = "ie-flow-activations/1"
 
 
@@ -381,6 +383,11 @@ class StorageRoot:
         newest = max(found, key=fs.modified)
         folder = posixpath.dirname(newest)
         return ResultsFolder(Storage(("s3://" if self.storage.is_s3 else "") + folder, self.storage.endpoint_url))
+
+
+def input_folder(root: Storage, digest: str) -> Storage:
+    """{root}/inputs/sha256-{digest}: a content-addressed upload of a job's own corpus or model."""
+    return root.child("inputs", f"sha256-{digest}")
 
 
 def dataset_folder(uri: str, endpoint_url: str | None = None) -> tuple[DatasetFolder, str]:
