@@ -193,3 +193,26 @@ def test_shards_found_to_disagree_while_running_are_refused(tiny_llama, ie_flow,
     assert again.error_lines[0].startswith("error: refused: ")
     assert "shards were computed in bfloat16 on cuda and float32 on cpu" in again.error_lines[0]
     assert (folder / "_done" / "part-00000").exists() and not (folder / "manifest.json").exists()
+
+
+def test_hub_model_is_keyed_on_its_resolved_commit(tmp_path, monkeypatch):
+    """Offline, a hub id without --revision is the commit its cached `main` ref names: when the
+    repository moves (the ref names another commit), the identity moves with it."""
+    from huggingface_hub import constants
+
+    from ie_flow.models import ModelSource, model_identity
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "hub" / "models--org--tiny"
+    source = ModelSource("org/tiny", "hub", "org/tiny")
+    identities = []
+    for commit in ("1" * 40, "2" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        identities.append(model_identity(source))
+    assert [i.fingerprint for i in identities] == [i.revision for i in identities] == ["1" * 40, "2" * 40]
+    pinned = ModelSource("org/tiny", "hub", "org/tiny", revision="1" * 40)
+    assert model_identity(pinned).revision == "1" * 40
