@@ -345,7 +345,8 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
     as_json: AsJson = False,
 ) -> None:
-    """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there."""
+    """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there. A
+    corpus or model that exists on this machine only is uploaded to the job's storage first (once)."""
     from ie_flow.inputs import carry_inputs, local_inputs
     from ie_flow.submit import check_shared, client_for, last_json_line, submit_job, wait_for
 

@@ -44,9 +44,11 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     workflow = tmp_path / "cluster.yaml"
     _workflow(workflow, tiny_llama, storage, s3_server.endpoint, mlflow_server.uri)
 
-    # -- submit and wait; the client needs only the Jobs API address and the cluster token
+    # -- submit and wait; the client needs the Jobs API address and the cluster token, and S3
+    # credentials to upload the model folder, which exists on this machine only (the job reads it
+    # from the storage)
     sub = cli("submit", str(workflow), "--ray-address", ray_cluster.address, "--wait", "--timeout", "480", "--json",
-              env=ray_cluster.env, timeout=540)
+              env={**ray_cluster.env, **s3_server.credentials}, timeout=540)
     out = json.loads(sub.stdout.strip().splitlines()[-1]) if sub.stdout.strip() else {}
     job_id = out.get("job_id")
     if sub.returncode != 0 or out.get("status") != "SUCCEEDED":
