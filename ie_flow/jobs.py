@@ -154,8 +154,10 @@ def check_reuse(plan: ExtractPlan, force: bool) -> str | None:
         return None
     differ = {k: stored.get(k) for k in {*stored, *plan.settings} if plan.settings.get(k) != stored.get(k)}
     if differ and set(differ) <= set(IDENTITY_SETTINGS):
+        if "weights" not in stored:  # written before the weights were fingerprinted
+            return f"{plan.folder.storage.url()} does not record which weights it was extracted from"
         return (f"the weights of {plan.job.model.name} changed since {plan.folder.storage.url()} was extracted "
-                f"(sha256 {str(stored.get('weights'))[:12]} -> {plan.identity.fingerprint[:12]})")
+                f"(sha256 {stored['weights'][:12]} -> {plan.identity.fingerprint[:12]})")
     if differ:
         raise IEFlowError(
             f"{plan.folder.storage.url()} holds activations extracted with other settings "
