@@ -16,7 +16,7 @@ from typing import Annotated, Any, Iterator, NoReturn, Optional
 import typer
 from typer.core import TyperGroup
 
-from ie_flow import IEFlowError, __version__, first_line
+from ie_flow import IEFlowError, Refused, __version__, first_line
 from ie_flow.config import JobSpec
 from ie_flow.options import AsJson, EndpointOpt, ExperimentOpt, RayAddressOpt, StorageOpt, TrackingOpt, build_job, job_command
 
@@ -345,12 +345,15 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
     as_json: AsJson = False,
 ) -> None:
-    """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there."""
+    """Submit a job to a Ray cluster (Ray Jobs API at --ray-address); it runs `ie-flow run` there. A
+    corpus or model that exists on this machine only is uploaded to the job's storage first (once)."""
+    from ie_flow.inputs import carry_inputs, local_inputs
     from ie_flow.submit import check_shared, client_for, last_json_line, submit_job, wait_for
 
     check_shared(job, storage_is_shared)
+    inputs = local_inputs(job)  # a local corpus or model: checked here, uploaded once the cluster answers
     client = client_for(job.runtime.ray_address)
-    job_id = submit_job(client, job)
+    job_id = submit_job(client, carry_inputs(job, inputs))
     typer.echo(f"submitted {job_id}", err=True)
     if not wait:
         typer.echo(json.dumps({"job_id": job_id}) if as_json else job_id)
@@ -450,6 +453,9 @@ def _error_code(e: Exception) -> int:
     if isinstance(cause, IEFlowError):
         typer.echo(f"error: {cause}", err=True)
         return 2
+    if isinstance(cause, Refused):
+        typer.echo(f"error: refused: {cause}", err=True)
+        return 1
     if isinstance(e, typer.Exit):
         return e.exit_code
     if isinstance(e, typer.TyperException) and hasattr(e, "format_message"):  # usage errors

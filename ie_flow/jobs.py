@@ -5,14 +5,13 @@ decides where the units run and skips those already done."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ie_flow import IEFlowError, __version__
+from ie_flow import IEFlowError, Refused, __version__
 from ie_flow.config import JobSpec, split_problem
 from ie_flow.control import control_job
 from ie_flow.executors import Completion, Executor, get_executor
@@ -64,13 +63,20 @@ class ExtractPlan:
     tokenizer: Any
     corpus: Any
     positions: list[int]
+    identity: Any  # models.ModelIdentity: the weights' sha256 (a hub model's commit)
+
+    @property
+    def revision(self) -> str | None:
+        """The revision the workers load: a hub model's resolved commit, so they load what was fingerprinted."""
+        return self.identity.revision or self.job.model.revision
 
     @property
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun to reuse finished shards in the same folder."""
         j = self.job
         return {
-            "model": j.model.name, "revision": j.model.revision, "dtype": j.model.dtype,
+            "model": j.model.name, "revision": self.revision, "weights": self.identity.fingerprint,
+            "dtype": j.model.dtype,
             "corpus_digest": self.corpus.digest, "storage_dtype": j.extract.storage_dtype,
             "micro": j.extract.micro, "layers": j.extract.layers, "positions": j.extract.positions,
             "shard_size": j.extract.shard_size, "seed": j.corpus.seed, "model_seed": j.model.seed,
@@ -80,38 +86,41 @@ class ExtractPlan:
 def plan_extract(job: JobSpec) -> ExtractPlan:
     """Resolve and check everything stage 1 needs; what needs no tokenizer is checked first (seconds)."""
     from ie_flow.corpora import build_corpus
-    from ie_flow.models import load_tokenizer, resolve_model
+    from ie_flow.models import load_tokenizer, model_identity, resolve_model
     from ie_flow.stages.extract import kept_positions
 
     executor_for(job).check()
     root = StorageRoot(job.storage.uri, job.storage.endpoint_url)
     root.storage.check_writable()
-    source = resolve_model(job.model.name, job.model.revision)
+    endpoint = job.storage.endpoint_url
+    source = resolve_model(job.model.name, job.model.revision, endpoint)  # an s3:// model: fetched, verified
     check_before_tokenizer(job)
-    tokenizer = load_tokenizer(job.model.name, job.model.revision)
+    tokenizer = load_tokenizer(job.model.name, job.model.revision, endpoint)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
     problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
     if problem:  # a text corpus can give fewer windows than asked for
         raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
     check_estimator_settings(job, corpus.num_samples)
-    return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
+    identity = model_identity(source, job.model.seed)
+    return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions,
+                       identity)
 
 
 def check_before_tokenizer(job: JobSpec) -> None:
     """Corpus name or path, positions, estimator settings and layers: none needs the tokenizer."""
-    from ie_flow.corpora import ICL_CORPORA, check_corpus_name
+    from ie_flow.corpora import ICL_CORPORA
+    from ie_flow.inputs import local_corpus
     from ie_flow.models import count_blocks
     from ie_flow.stages.extract import boundaries_for_layers, kept_positions
 
     c = job.corpus
-    check_corpus_name(c.name)
-    if "://" not in c.name and "/" in c.name and not os.path.exists(c.name):
-        raise IEFlowError(f"corpus not found: {c.name} (not a built-in name, file or folder)")
+    local_corpus(c.name)  # a built-in, a URI, or a file or folder that exists
     kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
     check_estimator_settings(job, c.samples)  # again with the windows the corpus really gives, below
     if job.extract.layers is not None:
-        boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
+        boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision,
+                                                                   job.storage.endpoint_url))
 
 
 def check_estimator_settings(job: JobSpec, samples: int) -> None:
@@ -132,17 +141,29 @@ def check_estimator_settings(job: JobSpec, samples: int) -> None:
                               "samples; lower settings.queries")
 
 
-def check_reuse(plan: ExtractPlan, force: bool) -> None:
-    """Same model and corpus, other extraction settings: never mix or silently reuse."""
+# settings that name the model's weights: when only they differ, the stored activations are stale
+IDENTITY_SETTINGS = ("weights", "revision")
+
+
+def check_reuse(plan: ExtractPlan, force: bool) -> str | None:
+    """Same model and corpus, other extraction settings: never mix or silently reuse. Returns why the
+    stored activations are stale when only the weights changed (a checkpoint retrained in place, a
+    hub repository that moved): they are then extracted again."""
     stored = plan.folder.job_settings()
     if stored is None or force:
-        return
-    differ = {k: v for k, v in stored.items() if plan.settings.get(k) != v}
+        return None
+    differ = {k: stored.get(k) for k in {*stored, *plan.settings} if plan.settings.get(k) != stored.get(k)}
+    if differ and set(differ) <= set(IDENTITY_SETTINGS):
+        if "weights" not in stored:  # written before the weights were fingerprinted
+            return f"{plan.folder.storage.url()} does not record which weights it was extracted from"
+        return (f"the weights of {plan.job.model.name} changed since {plan.folder.storage.url()} was extracted "
+                f"(sha256 {stored['weights'][:12]} -> {plan.identity.fingerprint[:12]})")
     if differ:
         raise IEFlowError(
             f"{plan.folder.storage.url()} holds activations extracted with other settings "
-            f"({', '.join(f'{k}={v}' for k, v in differ.items())}); "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(differ.items()))}); "
             "use another --storage, or `ie-flow extract --force` to replace them")
+    return None
 
 
 def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | None = None,
@@ -155,10 +176,10 @@ def extract_activations(job: JobSpec, force: bool = False, plan: ExtractPlan | N
     if force and repair:
         raise IEFlowError("--force re-extracts everything and --repair only damaged shards: use one of them")
     plan = plan or plan_extract(job)
-    check_reuse(plan, force)
     folder = plan.folder
-    if folder.has_manifest() and not (force or repair):
-        log.info("stage 1: reusing complete activations at %s", folder.manifest_uri)
+    if folder.has_manifest() and not (force or repair) and check_reuse(plan, force) is None:
+        log.info("stage 1: reusing complete activations of %s (%s) at %s", job.model.name, plan.identity.describe(),
+                 folder.manifest_uri)
         return Extracted(folder, folder.load_manifest(), time.perf_counter() - t0, True, plan.corpus.input_ids)
     with locked(folder.storage, "stage 1"):  # one job at a time writes this folder
         return _extract_locked(plan, force, repair, t0)
@@ -169,9 +190,12 @@ def _extract_locked(plan: ExtractPlan, force: bool, repair: bool, t0: float) -> 
     from ie_flow.stages.extract import ExtractShards, boundaries_for_layers, shard_units
 
     job, folder, corpus, x = plan.job, plan.folder, plan.corpus, plan.job.extract
-    if folder.has_manifest() and not (force or repair):  # another job finished it while we waited
+    stale = check_reuse(plan, force)  # again: another job may have extracted this folder while we waited
+    if folder.has_manifest() and not (force or repair or stale):
         return Extracted(folder, folder.load_manifest(), time.perf_counter() - t0, True, corpus.input_ids)
-    if force:
+    if stale:
+        log.info("stage 1: %s; extracting again", stale)
+    if force or stale:
         folder.clear()
     folder.write_job_settings(plan.settings)
     units, completion = shard_units(corpus.input_ids, x.shard_size), Completion(folder.storage)
@@ -180,19 +204,55 @@ def _extract_locked(plan: ExtractPlan, force: bool, repair: bool, t0: float) -> 
     log.info("stage 1: %s on %s (%d sequences x %d tokens) -> %s", job.model.name, corpus.dataset_id,
              corpus.num_samples, corpus.num_tokens, folder.storage.url())
     step = ExtractShards(
-        job.model.name, job.model.revision, job.model.dtype, job.model.seed, folder, x.batch_size,
+        job.model.name, plan.revision, job.model.dtype, job.model.seed, folder, x.batch_size,
         boundaries_for_layers(x.layers, None), x.storage_dtype, x.micro,
         None if x.positions is None else plan.positions,
     )
     executor = executor_for(job)
     workers = plan_model_workers(executor.resources(), x.num_actors, x.num_gpus_per_actor, x.num_cpus_per_actor,
                                  x.max_actors)
+    check_finished_compute(plan, units, completion, "cuda" if workers.gpus > 0 else "cpu")
     records = executor.run(step, units, completion, workers)
     manifest = build_manifest(plan, records)
     folder.write_manifest(manifest)
     seconds = time.perf_counter() - t0
     log.info("stage 1: done in %.1f s: %s", seconds, folder.manifest_uri)
     return Extracted(folder, manifest, seconds, False, corpus.input_ids, executor.stats)
+
+
+def _computed(record: dict[str, Any]) -> str:
+    return f"{record.get('compute_dtype')} on {record.get('device')}"
+
+
+def check_finished_compute(plan: ExtractPlan, units: list[Any], completion: Completion, device: str) -> None:
+    """Before any work: the finished shards and the ones this job will compute must agree on the
+    compute dtype and device (a job resumed on the other kind of machine would mix bfloat16 on a GPU
+    with float32 on a CPU). Prints what it reuses."""
+    from ie_flow.models import compute_dtype
+
+    done = [completion.record(u) for u in units if completion.is_done(u)]
+    if not done:
+        return
+    log.info("stage 1: reusing %d finished shards of %d from %s", len(done), len(units), plan.folder.storage.url())
+    planned = {"compute_dtype": compute_dtype(plan.job.model.dtype, device), "device": device}
+    finished = sorted({_computed(r) for r in done})
+    if len(set(finished) | ({_computed(planned)} if len(done) < len(units) else set())) > 1:
+        raise IEFlowError(
+            f"{plan.folder.storage.url()}: finished shards were computed in {', '.join(finished)} and this job "
+            f"would compute in {_computed(planned)}: resume it on the same kind of machine, set model.dtype in "
+            "the workflow to match, or `ie-flow extract --force` to extract every shard again")
+
+
+def check_shards_agree(plan: ExtractPlan, records: list[dict[str, Any]]) -> None:
+    """After the work: every shard from these weights, in one compute dtype on one kind of device
+    (a worker may have found a GPU the driver did not see); else the dataset is refused."""
+    computed = sorted({_computed(r) for r in records})
+    weights = sorted({str(r.get("fingerprint")) for r in records} - {plan.identity.fingerprint})
+    if len(computed) > 1 or weights:
+        problem = (f"its shards were computed in {' and '.join(computed)}" if len(computed) > 1 else
+                   f"shards were extracted from other weights ({', '.join(w[:12] for w in weights)})")
+        raise Refused(f"{plan.folder.storage.url()} is not completed: {problem}; "
+                      "`ie-flow extract --force` on one kind of machine extracts them again")
 
 
 def forget_damaged(folder: DatasetFolder, units: list[Any], completion: Completion) -> None:
@@ -217,12 +277,13 @@ def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest
     """Deterministic (no timestamps): a resumed job writes the same manifest as an uninterrupted one."""
     from ie_flow.stages.extract import boundaries_for_layers
 
+    check_shards_agree(plan, records)
     job, source, corpus, tok, first = plan.job, plan.source, plan.corpus, plan.tokenizer, records[0]
     num_blocks = first["num_blocks"]
     return Manifest(
         code_version=__version__,
         model=ModelInfo(name=job.model.name, key=source.key, kind=source.kind, location=source.location,
-                        revision=source.revision, random_init=source.random_init, fingerprint=first["fingerprint"]),
+                        revision=plan.revision, random_init=source.random_init, fingerprint=plan.identity.fingerprint),
         tokenizer={"class": type(tok).__name__, "name_or_path": str(tok.name_or_path), "vocab_size": len(tok)},
         dataset=DatasetInfo(name=corpus.name, id=corpus.dataset_id, digest=corpus.digest, settings=corpus.settings),
         samples=corpus.num_samples, tokens=corpus.num_tokens, num_blocks=num_blocks,
@@ -230,7 +291,8 @@ def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest
         boundaries=boundaries_for_layers(job.extract.layers, num_blocks) or list(range(num_blocks + 1)),
         positions=plan.positions, storage_dtype=job.extract.storage_dtype, micro=job.extract.micro,
         prefix_entropy_bits=corpus.prefix_entropy_bits(),
-        shards=sorted(({k: r[k] for k in ("shard", "sample_ids", "sequences", "files")} for r in records),
+        shards=sorted(({k: r[k] for k in ("shard", "sample_ids", "sequences", "files", "compute_dtype", "device")}
+                       for r in records),
                       key=lambda s: s["shard"]),
     )
 
@@ -244,12 +306,14 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     t0 = time.perf_counter()
     manifest = folder.load_manifest()
     spec = job.estimate
-    out = results_folder_for(job, manifest.model.key, manifest.dataset.id)
+    out = results_folder_for(job, manifest.model.key, manifest.dataset.id, manifest.sha256())
     units = layer_units(manifest.layers)
     completion = Completion(out.storage)
     todo = [u for u in units if not completion.is_done(u)]
     log.info("stage 2: %s, %d layers x %d positions -> %s", spec.method, len(units), len(manifest.positions),
              out.storage.url())
+    if len(todo) < len(units):
+        log.info("stage 2: reusing %d finished layers from %s", len(units) - len(todo), out.storage.url())
     with locked(out.storage, "stage 2"):  # one job at a time writes this results folder (taken before Ray starts)
         executor = executor_for(job)
         workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task,
@@ -262,17 +326,29 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     return Estimated(out, table, seconds, len(units) - len(todo))
 
 
-def results_folder_for(job: JobSpec, model_key: str, dataset_id: str) -> ResultsFolder:
-    """Where this job's estimator run on this model and corpus keeps its results."""
+def results_folder_for(job: JobSpec, model_key: str, dataset_id: str, manifest_sha256: str | None) -> ResultsFolder:
+    """Where this job's estimator run on these activations (the manifest with this sha256), with this
+    code, keeps its results: other activations or other estimator code never reuse them."""
+    from ie_flow.provenance import code_version
     from ie_flow.stages.estimate import run_name
 
-    return StorageRoot(job.storage.uri, job.storage.endpoint_url).results(model_key, dataset_id, run_name(job.estimate))
+    run = run_name(job.estimate, manifest_sha256, code_version())
+    return StorageRoot(job.storage.uri, job.storage.endpoint_url).results(model_key, dataset_id, run)
 
 
-def job_run(job: JobSpec, model_key: str, dataset_id: str) -> Any:
+def job_run(job: JobSpec, model_key: str, dataset_id: str, manifest_sha256: str | None) -> Any:
+    """The job's MLflow run, found again by its results folder; a job whose stage 1 is still to run
+    names the folder of no manifest yet until its results are logged."""
     from ie_flow.tracking import JobRun
 
-    return JobRun(job, f"{model_key} on {dataset_id}", results_folder_for(job, model_key, dataset_id).mi_uri)
+    results = results_folder_for(job, model_key, dataset_id, manifest_sha256)
+    return JobRun(job, f"{model_key} on {dataset_id}", results.mi_uri)
+
+
+def reusable_manifest_sha256(plan: ExtractPlan) -> str | None:
+    """The sha256 of the activations this job will reuse, if they are complete and current."""
+    folder = plan.folder
+    return folder.load_manifest().sha256() if folder.has_manifest() and check_reuse(plan, False) is None else None
 
 
 def run_job(job: JobSpec) -> JobOutcome:
@@ -281,7 +357,7 @@ def run_job(job: JobSpec) -> JobOutcome:
     t0 = time.perf_counter()
     plan = plan_extract(job)  # every check that needs no model runs before the tracking run opens
     control_plan = plan_extract(control_job(job)) if job.control.kind != "none" else None
-    with job_run(job, plan.source.key, plan.corpus.dataset_id) as tracked:
+    with job_run(job, plan.source.key, plan.corpus.dataset_id, reusable_manifest_sha256(plan)) as tracked:
         extracted = extract_activations(job, plan=plan)
         estimated = estimate_mi(job, extracted.folder)
         seconds = {"extract": extracted.seconds, "estimate": estimated.seconds}
@@ -315,7 +391,7 @@ def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked:
 def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
     """Stage 2 and what follows, on activations that are already on storage."""
     manifest = folder.load_manifest()
-    with job_run(job, manifest.model.key, manifest.dataset.id) as tracked:
+    with job_run(job, manifest.model.key, manifest.dataset.id, manifest.sha256()) as tracked:
         estimated = estimate_mi(job, folder)
         return finish(job, folder, manifest, estimated, {"estimate": estimated.seconds}, None, tracked)
 
@@ -324,6 +400,7 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
            seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> JobOutcome:
     """IE from the MI table, the summary record on storage, then the tracking run."""
     from ie_flow.emergence import choose_beta, emergence_by_beta
+    from ie_flow.provenance import code_version
 
     profiles = emergence_by_beta(estimated.table, job.estimate.micro_reduce)
     beta, beta_valid = choose_beta(profiles)
@@ -336,7 +413,8 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
         manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
         tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
-        control=comparison.record() if comparison else None,
+        control=comparison.record() if comparison else None, manifest_sha256=manifest.sha256(),
+        code_version=code_version(),
     )
     estimated.results.write_summary(record)
     outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)

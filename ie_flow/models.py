@@ -75,9 +75,15 @@ def _package_file(package: str, filename: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model(name: str, revision: str | None = None) -> ModelSource:
+def resolve_model(name: str, revision: str | None = None, endpoint_url: str | None = None) -> ModelSource:
+    """What a name is: an alias, a .gguf file, a model folder, a hub id, or a folder or file on storage
+    (s3://..., downloaded into the cache and checked against its recorded sha256s: inputs.py)."""
     random_init = name.startswith(RANDOM_PREFIX)
     base = name[len(RANDOM_PREFIX) :] if random_init else name
+    if base.startswith("s3://"):
+        from ie_flow.inputs import fetch_model
+
+        base = str(fetch_model(base, endpoint_url))
     if base in GGUF_ALIASES:
         package, filename = GGUF_ALIASES[base]
         path = _package_file(package, filename)
@@ -133,7 +139,13 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     blocks: list[Any]
-    fingerprint: str  # hash of config + weights identity, recorded in manifests
+    fingerprint: str  # ModelIdentity.fingerprint: the weights' sha256 or the hub commit
+
+    @property
+    def compute(self) -> dict[str, str]:
+        """Where and in what dtype it computes: recorded per shard (numbers differ between them)."""
+        param = next(self.model.parameters())
+        return {"compute_dtype": str(param.dtype).removeprefix("torch."), "device": param.device.type}
 
     @property
     def num_blocks(self) -> int:
@@ -170,14 +182,71 @@ def find_blocks(model: Any) -> list[Any]:
     )
 
 
-def _fingerprint(model: Any, source: ModelSource) -> str:
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    h.update(source.location.encode())
-    h.update(str(source.revision).encode() + str(source.random_init).encode())
-    if source.kind == "gguf" and not source.random_init:
-        st = os.stat(source.location)
-        h.update(f"{st.st_size}".encode())
-    return h.hexdigest()[:16]
+# files of a model folder that make its weights: a checkpoint retrained in place changes one of them
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """config.json and the weight files of a Hugging Face model folder, in name order."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES)))
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What stage 1 keys its reuse on: the weights themselves, not the model's name."""
+
+    fingerprint: str  # sha256 of the weight files; a hub model's commit hash
+    revision: str | None  # the resolved revision: a hub model's commit, None for files and folders
+
+    def describe(self) -> str:
+        return f"hub commit {self.fingerprint[:12]}" if self.revision else f"weights sha256 {self.fingerprint[:12]}"
+
+
+def model_identity(source: ModelSource, seed: int = 0) -> ModelIdentity:
+    """sha256 of a GGUF file or of a folder's config and weight files (cached by path, size and time,
+    so only a changed file is hashed again); a hub model's commit, resolved now (a repository that
+    moved gives another commit). A `random:` model: that, plus its weights seed."""
+    from ie_flow.provenance import file_sha256, files_digest
+
+    revision = None
+    if source.kind == "hub":
+        fingerprint = revision = hub_commit(source.location, source.revision)
+    elif source.kind == "gguf":
+        fingerprint = file_sha256(source.location)
+    else:
+        fingerprint = files_digest({p.name: file_sha256(p) for p in weight_files(Path(source.location))})
+    if source.random_init:
+        fingerprint = hashlib.sha256(f"random|{fingerprint}|seed={seed}".encode()).hexdigest()
+    return ModelIdentity(fingerprint, revision)
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a hub id and revision name now: asked of the hub, else the cached snapshot that
+    transformers would load offline."""
+    import re
+
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return str(HfApi().model_info(repo_id, revision=revision, timeout=10).sha)
+        except Exception:  # noqa: BLE001 - unreachable hub: what is cached is what loads
+            pass
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if not isinstance(cached, str):
+        raise IEFlowError(f"cannot tell which commit of {repo_id!r} to load: the hub is unreachable and "
+                          f"revision {revision or 'main'} is not cached")
+    return Path(cached).parent.name  # .../snapshots/{commit}/config.json
+
+
+def compute_dtype(dtype: str, device: str) -> str:
+    """The dtype a model computes in: `auto` is bfloat16 on a GPU, float32 on a CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def _hf_location(source: ModelSource) -> tuple[str, dict[str, Any]]:
@@ -242,14 +311,14 @@ def load_model(
     device: str = "cpu",
     dtype: str = "auto",
     seed: int = 0,
+    endpoint_url: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer; weights never come from a hub unless `name` is a hub id."""
     import torch
     import transformers
 
-    source = resolve_model(name, revision)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    source = resolve_model(name, revision, endpoint_url)
+    dtype = compute_dtype(dtype, device)
     torch_dtype = getattr(torch, dtype)
     location, kwargs = _hf_location(source)
     try:
@@ -264,7 +333,7 @@ def load_model(
         first = first_line(e)
         raise IEFlowError(f"cannot load model {name!r} ({source.kind} {location}): {first}") from None
     model.to(device).eval()
-    return LoadedModel(source, model, tokenizer, find_blocks(model), _fingerprint(model, source))
+    return LoadedModel(source, model, tokenizer, find_blocks(model), model_identity(source, seed).fingerprint)
 
 
 class BlockCapture:
@@ -327,9 +396,9 @@ def describe_model(name: str, revision: str | None = None) -> dict[str, Any]:
     }
 
 
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
+def load_tokenizer(name: str, revision: str | None = None, endpoint_url: str | None = None) -> Any:
     """The tokenizer alone (the driver builds corpora without loading weights)."""
-    source = resolve_model(name, revision)
+    source = resolve_model(name, revision, endpoint_url)
     location, kwargs = _hf_location(source)
     try:
         return _tokenizer(source, location, kwargs)
@@ -338,10 +407,10 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
         raise IEFlowError(f"cannot load the tokenizer of {name!r} ({source.kind} {location}): {first}") from None
 
 
-def count_blocks(name: str, revision: str | None = None) -> int:
+def count_blocks(name: str, revision: str | None = None, endpoint_url: str | None = None) -> int:
     """The number of decoder blocks, from the model's config alone (no weights): lets a job check
     `--layers` before any work."""
-    source = resolve_model(name, revision)
+    source = resolve_model(name, revision, endpoint_url)
     location, kwargs = _hf_location(source)
     if source.kind == "folder" and (Path(location) / "config.json").is_file():  # no transformers import
         config_json = json.loads((Path(location) / "config.json").read_text())

@@ -48,6 +48,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `Storage.write_json` writes: sorted keys, so equal records are equal bytes."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 class Storage:
     """A storage root. Picklable (Ray actors get a copy); the filesystem is built lazily per process."""
 
@@ -120,11 +125,27 @@ class Storage:
             f.write(data)
         return True
 
+    def upload_file(self, rel: str, local: str | os.PathLike[str]) -> None:
+        """Copy a local file to `rel` without holding it in memory (a GGUF of GBs)."""
+        import shutil
+
+        path = self.path(rel)
+        if self.is_s3:
+            self.fs.put_file(str(local), path)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+
+    def download_file(self, rel: str, local: str | os.PathLike[str]) -> None:
+        self.fs.get_file(self.path(rel), str(local))
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(rel, json_bytes(obj))
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))

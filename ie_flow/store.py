@@ -7,6 +7,7 @@ keeps there (docs/ARCHITECTURE.md, "Data on storage"):
         _done/UNIT                         completion marker of one unit of work
     {root}/results/{model}/{dataset}-{digest8}/{run}/mi.parquet, summary.json
         layers/layer=LLL.parquet, _done/UNIT
+    {root}/inputs/sha256-{digest}/NAME, _sha256.json   a corpus or model `ie-flow submit` uploaded (inputs.py)
     {root}/reproduction/index.json                 what `ie-flow reproduce` ran, cell by cell
         generated/{name}.jsonl                     model-written corpora it generated
 
@@ -30,6 +31,7 @@ JOB_SETTINGS = "_job.json"
 SUMMARY = "summary.json"
 MI_TABLE = "mi.parquet"
 DONE = "_done"
+INPUT_RECORD = "_sha256.json"  # every file's sha256 and size of an uploaded input
 FORMAT = "ie-flow-activations/1"
 
 
@@ -80,6 +82,9 @@ class ShardInfo(_Record):
     sample_ids: list[int]  # [first, end)
     sequences: int
     files: dict[str, FileInfo]  # path inside the dataset folder -> checksum and size
+    # what computed it: shards computed in different dtypes or on different devices are never mixed
+    compute_dtype: str | None = None
+    device: str | None = None
 
 
 class ModelInfo(_Record):
@@ -89,7 +94,7 @@ class ModelInfo(_Record):
     location: str
     revision: str | None = None
     random_init: bool = False
-    fingerprint: str | None = None
+    fingerprint: str | None = None  # sha256 of the weight files, or the hub commit (models.ModelIdentity)
 
 
 class DatasetInfo(_Record):
@@ -128,6 +133,13 @@ class Manifest(_Record):
     def without_shards(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"shards"})
 
+    def sha256(self) -> str:
+        """The manifest's identity: sha256 of the bytes `DatasetFolder.write_manifest` writes (positions,
+        dtypes, shards and their checksums): stage 2 keys its results folder on it."""
+        from ie_flow.storage import json_bytes, sha256
+
+        return sha256(json_bytes(self.model_dump(mode="json")))
+
 
 class ResultsRecord(BaseModel):
     """summary.json of a results folder: the job, where its data is, and what it found."""
@@ -149,6 +161,10 @@ class ResultsRecord(BaseModel):
     beta_valid: bool = True
     # the control measured in the same run (control.ControlComparison.record), if any
     control: dict[str, Any] | None = None
+    # what the results folder is keyed on (with the estimator settings): the manifest's sha256 and
+    # the code version (provenance.code_version)
+    manifest_sha256: str | None = None
+    code_version: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -367,6 +383,11 @@ class StorageRoot:
         newest = max(found, key=fs.modified)
         folder = posixpath.dirname(newest)
         return ResultsFolder(Storage(("s3://" if self.storage.is_s3 else "") + folder, self.storage.endpoint_url))
+
+
+def input_folder(root: Storage, digest: str) -> Storage:
+    """{root}/inputs/sha256-{digest}: a content-addressed upload of a job's own corpus or model."""
+    return root.child("inputs", f"sha256-{digest}")
 
 
 def dataset_folder(uri: str, endpoint_url: str | None = None) -> tuple[DatasetFolder, str]:

@@ -18,11 +18,13 @@ from ie_flow.executors import WorkUnit
 from ie_flow.store import DatasetFolder, Manifest, ResultsFolder
 
 
-def run_name(spec: EstimateSpec) -> str:
-    """Results folder name: the estimator and a hash of every setting that changes the numbers."""
+def run_name(spec: EstimateSpec, manifest_sha256: str | None, code_version: str) -> str:
+    """Results folder name: the estimator and a hash of what the numbers depend on: every setting
+    that changes them, the activations read (the manifest's sha256: positions, dtypes, shards) and
+    the code that computes them. None for a manifest stage 1 has still to write."""
     keys = {
         "method": spec.method, "seeds": list(spec.seeds), "eval_fraction": spec.eval_fraction,
-        "dims": spec.dims, "settings": spec.settings,
+        "dims": spec.dims, "settings": spec.settings, "manifest_sha256": manifest_sha256, "code": code_version,
     }
     return f"{spec.method}-{hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]}"
 

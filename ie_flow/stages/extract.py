@@ -84,6 +84,7 @@ def extract_shard(
         "shard": shard, "sample_ids": [sample_id_start, sample_id_start + len(input_ids)],
         "sequences": len(input_ids), "files": files,
         "num_blocks": loaded.num_blocks, "hidden_size": loaded.hidden_size, "fingerprint": loaded.fingerprint,
+        **loaded.compute,  # compute_dtype, device: a dataset whose shards disagree is refused
     }
 
 
@@ -110,7 +111,9 @@ class ExtractShards:
         from ie_flow.models import load_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.loaded = load_model(self.model, self.revision, device=device, dtype=self.dtype, seed=self.seed)
+        # a model on storage (s3://) is fetched into this node's cache and verified there
+        self.loaded = load_model(self.model, self.revision, device=device, dtype=self.dtype, seed=self.seed,
+                                 endpoint_url=self.folder.storage.endpoint_url)
 
     def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
         boundaries = self.boundaries or list(range(self.loaded.num_blocks + 1))

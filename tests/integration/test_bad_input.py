@@ -35,6 +35,8 @@ CASES = [
     ("corpus", ["run", "--model", "{model}", "--corpus", "icl-colors"], "did you mean 'icl-colours'"),
     ("corpus", ["run", "--model", "{model}", "--corpus", "fortunez"], "did you mean 'fortunes'"),
     ("corpus", ["run", "--model", "{model}", "--corpus", "{tmp}/missing.txt"], "not found"),
+    ("corpus", ["submit", "--corpus", "{tmp}/missing.jsonl", "--storage", "s3://b/x", "--tracking-uri",
+                "http://127.0.0.1:5000", "--ray-address", "http://127.0.0.1:8265"], "corpus not found"),
     ("corpus", ["run", "--model", "{model}", "--corpus", "icl-countries", "--control", "shuffled"],
      "--control shuffled is for text corpora"),
     ("model", ["run", "--model", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),

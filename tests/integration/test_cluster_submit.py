@@ -44,9 +44,11 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     workflow = tmp_path / "cluster.yaml"
     _workflow(workflow, tiny_llama, storage, s3_server.endpoint, mlflow_server.uri)
 
-    # -- submit and wait; the client needs only the Jobs API address and the cluster token
+    # -- submit and wait; the client needs the Jobs API address and the cluster token, and S3
+    # credentials to upload the model folder, which exists on this machine only (the job reads it
+    # from the storage)
     sub = cli("submit", str(workflow), "--ray-address", ray_cluster.address, "--wait", "--timeout", "480", "--json",
-              env=ray_cluster.env, timeout=540)
+              env={**ray_cluster.env, **s3_server.credentials}, timeout=540)
     out = json.loads(sub.stdout.strip().splitlines()[-1]) if sub.stdout.strip() else {}
     job_id = out.get("job_id")
     if sub.returncode != 0 or out.get("status") != "SUCCEEDED":
@@ -103,6 +105,67 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     # the activations behind them are the same bytes
     local_manifest = json.loads(open(local_result["manifest"]).read())
     assert local_manifest["shards"] == cluster_manifest["shards"]
+
+
+CARRY_WORDS = ["the", "a", "cat", "sat", "on", "mat", "is", "and", "France", "Spain", "Italy", "Egypt", "China"]
+
+
+def _local_corpus(path) -> None:
+    """A JSONL corpus on this machine only: sentences of 9-13 words of the tiny tokenizer's vocabulary."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    lines = [" ".join(rng.choice(CARRY_WORDS, size=int(rng.integers(9, 14)))) + "." for _ in range(300)]
+    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+
+
+def test_submit_carries_a_local_corpus_and_model(ray_cluster, s3_server, tiny_llama, cli, base_env, tmp_path):
+    """`ie-flow submit` of a workflow naming a corpus file and a model folder on this machine: both
+    are uploaded to the job's S3 storage (content-addressed) and the cluster reads them from there;
+    the numbers equal a local run of the same workflow."""
+    import shutil
+
+    model, corpus = tmp_path / "my-model", tmp_path / "my-corpus.jsonl"
+    shutil.copytree(tiny_llama, model)  # saved with save_pretrained, from a config
+    _local_corpus(corpus)
+    storage = f"s3://{s3_server.bucket}/carry-run"
+    workflow = tmp_path / "carry.yaml"
+    workflow.write_text(yaml.safe_dump({
+        "name": "carry-it", "model": {"name": str(model)},
+        "corpus": {"name": str(corpus), "tokens": 8, "samples": SAMPLES},
+        "extract": {"shard_size": 128, "batch_size": 64}, "estimate": {"method": "gaussian", "seeds": [0]},
+        "storage": {"uri": storage, "endpoint_url": s3_server.endpoint}, "tracking": {"enabled": False},
+    }, sort_keys=False))
+    # the submitting machine uploads: it needs the S3 credentials (the cluster has its own)
+    sub = cli("submit", str(workflow), "--ray-address", ray_cluster.address, "--wait", "--timeout", "420", "--json",
+              env={**ray_cluster.env, **s3_server.credentials}, timeout=480)
+    assert sub.returncode == 0, sub.describe()
+    out = sub.json()
+    assert out["status"] == "SUCCEEDED", sub.describe()
+    assert sub.stderr.count("uploaded") == 2, sub.describe()
+    result = out["result"]
+    summary = json.loads(s3_server.get(result["results"][len(f"s3://{s3_server.bucket}/"):].replace(
+        "mi.parquet", "summary.json")))
+    inputs = f"{storage}/inputs/sha256-"
+    assert summary["job"]["model"]["name"].startswith(inputs) and summary["job"]["model"]["name"].endswith("/my-model")
+    assert summary["job"]["corpus"]["name"].startswith(inputs)
+    assert summary["job"]["corpus"]["name"].endswith("/my-corpus.jsonl")
+    records = [k for k in s3_server.keys("carry-run/inputs/") if k.endswith("/_sha256.json")]
+    assert len(records) == 2, s3_server.keys("carry-run/inputs/")
+    assert result["manifest"].startswith(f"{storage}/activations/my-model/my-corpus-8tok-")
+    cluster_table = _s3_table(s3_server, result["results"])
+    cluster_manifest = json.loads(s3_server.get(result["manifest"][len(f"s3://{s3_server.bucket}/"):]))
+
+    local = cli("run", str(workflow), "--storage", str(tmp_path / "local"), "--executor", "serial", "--json",
+                env=base_env(), timeout=300).json()
+    local_table = pq.read_table(local["results"])
+    assert local_table.num_rows == cluster_table.num_rows == 2 * 8 * 2  # layers x positions x levels
+    assert local_table.to_pandas().equals(cluster_table.to_pandas()), (
+        f"cluster and local MI tables differ:\n{cluster_table.to_pandas()}\n{local_table.to_pandas()}")
+    assert local["layers"] == result["layers"]
+    local_manifest = json.loads(open(local["manifest"]).read())
+    assert local_manifest["shards"] == cluster_manifest["shards"]  # the same activation bytes
+    assert local_manifest["model"]["fingerprint"] == cluster_manifest["model"]["fingerprint"]
 
 
 def _extractor_nodes(ray_cluster) -> set[str]:

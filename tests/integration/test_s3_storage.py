@@ -186,3 +186,38 @@ def test_unreachable_s3_endpoint_is_a_quick_clear_error(cli, tiny_llama, free_po
     assert "s3://ie-flow-it/corpora/sentences.jsonl" in line, line
     assert "Traceback" not in res.stderr
     assert not list(local.rglob("manifest.json")) and not list(local.rglob("_done"))
+
+
+def test_model_on_s3_is_fetched_verified_and_a_damaged_copy_refused(cli, tiny_llama, s3_credentials, base_env,
+                                                                    tmp_path):
+    """`--model s3://...` (a folder `ie-flow submit` uploaded): fetched into the cache, every file
+    checked against its recorded sha256; the same activations as the local folder. A damaged copy:
+    one `error:` line, exit 2, before any work."""
+    from ie_flow.inputs import upload_input
+    from ie_flow.storage import Storage
+
+    s3 = s3_credentials
+    uri = upload_input(Storage(f"s3://{s3.bucket}/model-inputs", s3.endpoint), tiny_llama)
+    assert uri.startswith(f"s3://{s3.bucket}/model-inputs/inputs/sha256-") and uri.endswith("/tiny-llama")
+
+    def extract(model: str, storage: Path, cache: Path):
+        return cli("extract", "--model", model, "--samples", "128", "--executor", "serial", "--storage", str(storage),
+                   "--s3-endpoint", s3.endpoint, "--json", env=base_env(**s3.credentials, IE_FLOW_CACHE=str(cache)),
+                   timeout=180)
+
+    fetched, here = extract(uri, tmp_path / "fetched", tmp_path / "cache"), extract(str(tiny_llama), tmp_path / "here",
+                                                                                 tmp_path / "cache")
+    a, b = (json.loads(Path(r.json()["manifest"]).read_text()) for r in (fetched, here))
+    assert a["model"]["name"] == uri and a["model"]["key"] == "tiny-llama"
+    assert a["model"]["location"].startswith(str(tmp_path / "cache" / "inputs" / "sha256-"))
+    assert a["model"]["fingerprint"] == b["model"]["fingerprint"] and a["shards"] == b["shards"]
+
+    key = f"{uri[len(f's3://{s3.bucket}/'):]}/model.safetensors"
+    body = bytearray(s3.get(key))
+    body[len(body) // 2] ^= 0xFF
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
+    bad = extract(uri, tmp_path / "bad", tmp_path / "fresh-cache")  # a node without a verified copy
+    assert bad.returncode == 2, bad.describe()
+    assert len(bad.error_lines()) == 1 and "model.safetensors has sha256" in bad.error_lines()[0], bad.describe()
+    assert "its record says" in bad.error_lines()[0] and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("_done"))
