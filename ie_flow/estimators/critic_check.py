@@ -21,7 +21,7 @@ truth with nothing flagged.  Now every valid cell is checked unless the check ca
   (y = x + uniform noise: both critics read the Gaussian part), and the cell is a lower bound.
 
 What was decided is in the estimate's settings (``critic``, ``critic_check``, ``lower_bound``)
-and diagnostics (``linear_bits``, ``mlp_bits``, ``mlp_gain_bits``, ``mlp_gain_se_bits``,
+and diagnostics (``linear_bits`` and its interval, ``mlp_bits``, ``mlp_gain_bits``, ``mlp_gain_se_bits``,
 ``knn_bits``, ``knn_se_bits``, ``entropy_cap_bits``)."""
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def _mlp_wins(linear: MIEstimate, mlp: MIEstimate, gain: float, se: float) -> bo
 def second_opinion(linear: MIEstimate, mlp: MIEstimate) -> MIEstimate:
     """The cell after the MLP's second opinion (see the module docstring)."""
     gain, se = _paired_gain(linear, mlp)
-    diag = {**linear.diagnostics, "linear_bits": linear.bits, "mlp_bits": mlp.bits, "mlp_gain_bits": gain,
-            "mlp_gain_se_bits": se}
+    diag = {**linear.diagnostics, "linear_bits": linear.bits, "linear_ci_low": linear.ci_low,
+            "linear_ci_high": linear.ci_high, "mlp_bits": mlp.bits, "mlp_gain_bits": gain, "mlp_gain_se_bits": se}
     said = (f"linear critic {linear.bits:.2f} bits [{linear.ci_low:.2f}, {linear.ci_high:.2f}], "
             f"MLP critic {mlp.bits:.2f} bits [{mlp.ci_low:.2f}, {mlp.ci_high:.2f}], "
             f"paired gain {gain:+.3f} bit (se {se:.3f})")
