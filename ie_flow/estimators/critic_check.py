@@ -96,7 +96,8 @@ def second_opinion(linear: MIEstimate, mlp: MIEstimate) -> MIEstimate:
     if not _mlp_wins(linear, mlp, gain, se):
         settings = {**linear.settings, "critic": "linear", "critic_check": f"the MLP critic does not find more: {said}"}
         return dataclasses.replace(linear, settings=settings, diagnostics=diag, seconds=seconds)
-    settings = {**mlp.settings, "nonlinear_check": linear.settings.get("nonlinear_check", True), "critic": MLP_NAME,
+    kept = {k: linear.settings[k] for k in ("nonlinear_check", "retried_because") if k in linear.settings}
+    settings = {**mlp.settings, **kept, "critic": MLP_NAME,
                 "critic_check": f"not resolvable by the linear critic: {said}; the value is the MLP's"}
     if mlp.ci_low > mlp.bits:
         settings["lower_bound"] = (f"the MLP critic's bias-corrected interval [{mlp.ci_low:.2f}, {mlp.ci_high:.2f}] "
