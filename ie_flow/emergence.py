@@ -2,7 +2,8 @@
 
 MI table rows (one per cell, level, β and estimator seed): layer, position, level (macro|micro),
 method, seed, bits, ceiling_bits, saturated, n_train, n_eval, beta (NaN unless `smoothed`), ci_low,
-ci_high, valid, invalid_reason, the smoothed diagnostics, and the bootstrap replicates of the cell.
+ci_high, valid, invalid_reason, critic and lower_bound (the critic check's verdict, estimators/critic_check.py),
+the smoothed diagnostics, and the bootstrap replicates of the cell.
 Level "macro" at position t is the in-context M_l(t); IE uses the last position. Level "micro" at t is
 M_l^mi_t (in-context: the same value; isolated: token t run alone).
 
@@ -22,7 +23,8 @@ import numpy as np
 from ie_flow.estimators.base import seed_interval
 
 MI_COLUMNS = ("layer", "position", "level", "method", "seed", "bits", "ceiling_bits", "saturated", "n_train",
-              "n_eval", "beta", "ci_low", "ci_high", "valid", "invalid_reason", "null_bits", "mc_se_bits",
+              "n_eval", "beta", "ci_low", "ci_high", "valid", "invalid_reason", "critic", "lower_bound", "null_bits",
+              "mc_se_bits",
               "resub_loo_gap_bits", "stability_bits", "replicates")
 
 

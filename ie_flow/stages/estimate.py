@@ -44,6 +44,8 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
         "beta": float(est.diagnostics.get("beta", nan)), "ceiling_bits": ceiling,
         "n_train": int(est.n_train), "n_eval": int(est.n_eval), "ci_low": float(est.ci_low),
         "ci_high": float(est.ci_high), "valid": bool(est.valid), "invalid_reason": est.invalid_reason,
+        # the critic check (estimators/critic_check.py): which critic resolved the cell, why it is a lower bound
+        "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
         **{k: float(est.diagnostics.get(k, nan)) for k in DIAGNOSTIC_COLUMNS},
         "replicates": [float(v) for v in est.replicate_bits],
     }
@@ -61,7 +63,8 @@ def mi_table(rows: list[dict[str, Any]]) -> Any:
         ("layer", pa.int32()), ("position", pa.int16()), ("level", pa.string()), ("method", pa.string()),
         ("seed", pa.int64()), ("bits", f64), ("ceiling_bits", f64), ("saturated", pa.bool_()),
         ("n_train", pa.int64()), ("n_eval", pa.int64()), ("beta", f64), ("ci_low", f64), ("ci_high", f64),
-        ("valid", pa.bool_()), ("invalid_reason", pa.string()), *[(k, f64) for k in DIAGNOSTIC_COLUMNS],
+        ("valid", pa.bool_()), ("invalid_reason", pa.string()), ("critic", pa.string()),
+        ("lower_bound", pa.string()), *[(k, f64) for k in DIAGNOSTIC_COLUMNS],
         ("replicates", pa.list_(f64)),
     ])
     assert tuple(schema.names) == MI_COLUMNS
