@@ -63,8 +63,9 @@ _COMMON: dict[str, Any] = {
 def _as_float_tensor(a: np.ndarray):
     import torch
 
-    # float32 C-contiguous input is shared with numpy (no copy of a multi-GB stack)
-    if a.dtype != np.float32 or not a.flags.c_contiguous:
+    # float16 or float32 C-contiguous input is shared with numpy (no copy of a multi-GB stack):
+    # the trainer converts only the rows it reads, exactly (float16 -> float32 loses nothing)
+    if a.dtype not in (np.float16, np.float32) or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=np.float32)
     return torch.from_numpy(a)
 
@@ -126,9 +127,27 @@ class _SeedRuns:
     n_ev: int = 0
 
 
+# score chunks of ``chunk_elems`` float32 values alive at once in an evaluation: the scores and
+# the temporaries of their log-sum-exp / softmax (and the sub-pool's masked copy)
+SCORE_CHUNKS = 4
+
+
 class NeuralEstimator(Estimator):
     bound: ClassVar[str] = "infonce"
     defaults: ClassVar[dict[str, Any]] = dict(_COMMON)
+    takes_float16 = True
+
+    def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
+        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack),
+        the bootstrap counts (one byte per resample and sample), the report and train rows'
+        weights (float32) and the score chunks (the report rows against their candidates, for all
+        pairs at once up to ``chunk_elems``)."""
+        s = self.settings
+        boot, report = int(s["bootstrap"]), round(n * eval_fraction)
+        candidates = {"report": report, "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
+        weights = boot * n + (2 * (boot + 1) * report * 4 if boot else 0)
+        scores = SCORE_CHUNKS * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
+        return pairs * n * (dx + dy) * itemsize + weights + scores
 
     def _config(self) -> TrainConfig:
         kw = {k: self.settings[k] for k in _TRAIN_FIELDS}
