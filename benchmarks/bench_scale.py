@@ -122,6 +122,34 @@ def report(figures: list[dict[str, Any]]) -> None:
               ", ".join(f"n={n:,}: {1000 * times[n] / n:.2f}" for n in sorted(times)))
 
 
+def probe_memory(n: int, d: int, cells: int, max_steps: int) -> None:
+    """The estimator alone on synthetic float16 stacks (x, and y = x + noise) of `cells` pairs:
+    its measured peak RSS above this process's baseline beside the plan's bytes above the
+    worker's allowance. A memory check of the plan at any n, not a stage-2 timing (few steps)."""
+    import numpy as np
+
+    from ie_flow.config import load_job
+    from ie_flow.memory import PeakRSS, rss_bytes
+    from ie_flow.stages.estimate import WORKER_BYTES, estimate_cells, task_plan
+
+    spec = load_job(None, {"estimate.settings": {"max_steps": max_steps}}).estimate
+    base = rss_bytes()
+    rng = np.random.default_rng(0)
+    xs = np.empty((cells, n, d), dtype=np.float16)
+    ys = np.empty_like(xs)
+    for c in range(cells):
+        xs[c] = rng.standard_normal((n, d), dtype=np.float32)
+        ys[c] = xs[c] + rng.standard_normal((n, d), dtype=np.float32)
+    t0 = time.perf_counter()
+    with PeakRSS() as peak:
+        est = estimate_cells(xs, ys, spec)
+    planned = task_plan(spec, n, d, "float16").bytes(cells) - WORKER_BYTES
+    print(f"n={n} d={d} cells={cells} max_steps={max_steps}: {time.perf_counter() - t0:.0f} s, bits "
+          f"{[round(e[0].bits, 2) for e in est]}; peak above baseline {(peak.bytes - base) / 2**20:.0f} MiB, "
+          f"planned above the worker {planned / 2**20:.0f} MiB (ratio {(peak.bytes - base) / planned:.2f}); "
+          f"baseline RSS {base / 2**20:.0f} MiB; load {load()}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", type=Path, default=Path("/tmp/bench-scale"))
@@ -129,7 +157,12 @@ def main() -> None:
     ap.add_argument("--stages", choices=("both", "extract", "estimate"), default="both")
     ap.add_argument("--memory-budget", default="4GiB")
     ap.add_argument("--report", action="store_true", help="print the table of the figures measured so far")
+    ap.add_argument("--probe-memory", metavar="N,D,CELLS,STEPS",
+                    help="only the estimator's memory on synthetic float16 stacks (see probe_memory)")
     args = ap.parse_args()
+    if args.probe_memory:
+        probe_memory(*(int(v) for v in args.probe_memory.split(",")))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.root.mkdir(parents=True, exist_ok=True)
     figures_file = args.root / "figures.jsonl"
