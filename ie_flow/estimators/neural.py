@@ -70,6 +70,12 @@ def _as_float_tensor(a: np.ndarray):
     return torch.from_numpy(a)
 
 
+def _pairs(a: np.ndarray, idx: list[int]) -> np.ndarray:
+    """The pairs ``idx`` of a stack: a view when they are consecutive (one pair, or all of them),
+    else a copy of those pairs (planned for in ``memory_plan``)."""
+    return a[idx[0] : idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1)) else a[idx]
+
+
 def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The retry of a failed cell: copula preprocessing, a linear critic, a third of the
     learning rates and some weight decay (all of which shrink what a critic can memorise)."""
@@ -138,7 +144,8 @@ class NeuralEstimator(Estimator):
     takes_float16 = True
 
     def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
-        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack),
+        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack)
+        and a copy of up to all but one of them (the retry or the second opinion of some pairs),
         the bootstrap counts (one byte per resample and sample), the report and train rows'
         weights (float32) and the score chunks (the report rows against their candidates, for all
         pairs at once up to ``chunk_elems``)."""
@@ -147,7 +154,7 @@ class NeuralEstimator(Estimator):
         candidates = {"report": report, "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
         weights = boot * n + (2 * (boot + 1) * report * 4 if boot else 0)
         scores = SCORE_CHUNKS * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
-        return pairs * n * (dx + dy) * itemsize + weights + scores
+        return (2 * pairs - 1) * n * (dx + dy) * itemsize + weights + scores
 
     def _config(self) -> TrainConfig:
         kw = {k: self.settings[k] for k in _TRAIN_FIELDS}
@@ -189,7 +196,7 @@ class NeuralEstimator(Estimator):
         if not low:
             return out
         mlp = type(self)(**{**s, **MLP_CRITIC, "retry": False, "nonlinear_check": False})
-        for p, e in zip(low, mlp.estimate_many(xs[low], ys[low], seeds, device)):
+        for p, e in zip(low, mlp.estimate_many(_pairs(xs, low), _pairs(ys, low), seeds, device)):
             out[p] = second_opinion(out[p], e)
         return out
 
@@ -200,7 +207,8 @@ class NeuralEstimator(Estimator):
         failed = [p for p, e in enumerate(out) if not e.valid and not e.diverged]
         if not failed:
             return out
-        again = type(self)(**safer_settings(self.settings)).estimate_many(xs[failed], ys[failed], seeds, device)
+        again = type(self)(**safer_settings(self.settings)).estimate_many(_pairs(xs, failed), _pairs(ys, failed),
+                                                                           seeds, device)
         for p, e in zip(failed, again):
             first = out[p].invalid_reason
             settings = {**e.settings, "retried_because": first}

@@ -546,8 +546,10 @@ def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepare
 
 def _features(critic: SeparableCritic, side: Params, Z: _Prepared, idx: torch.Tensor, sl: slice | torch.Tensor,
               cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """(p, len(idx), k + 1) critic features of rows ``idx``, gathered in blocks of ``chunk_elems`` values."""
-    block = max(1, cfg.chunk_elems // Z.shape[2])
+    """(p, len(idx), k + 1) critic features of rows ``idx``, gathered in blocks of ``chunk_elems / 16``
+    values: transforming a block takes about five float32 copies of it (a block of ``chunk_elems``
+    was 670 MB at d = 768)."""
+    block = max(1, (cfg.chunk_elems >> 4) // Z.shape[2])
     with _autocast(device, cfg.precision):
         return torch.cat([critic.side_q(side, Z.rows(idx[a : a + block], sl), cfg.layers, sl)
                           for a in range(0, idx.numel(), block)], dim=1)

@@ -140,3 +140,13 @@ def test_streamed_scores_and_column_blocks_give_the_same_estimate(one_torch_thre
         assert b.bits == pytest.approx(a.bits, abs=1e-5)
         np.testing.assert_allclose(b.replicate_bits, a.replicate_bits, atol=1e-5, rtol=0)
         assert b.diagnostics["train_bits"] == pytest.approx(a.diagnostics["train_bits"], abs=1e-5)
+
+
+def test_the_default_budget_is_a_workers_share_of_the_nodes_memory():
+    from ie_flow.executors.resources import Resources, plan_compute_workers
+
+    # CPUs: one worker per node gets its node's memory for tasks; GPUs: the node's share per GPU worker
+    assert plan_compute_workers(Resources(16, 0, 2, memory=64e9), units=8).memory == 32_000_000_000
+    assert plan_compute_workers(Resources(16, 4, 2, memory=64e9), units=8).memory == 16_000_000_000
+    assert plan_compute_workers(Resources(16, 4, 2, memory=64e9), units=8, gpus=0.5).memory == 8_000_000_000
+    assert plan_compute_workers(Resources(2, 0, 1), units=8).memory is None  # a cluster that reports none
