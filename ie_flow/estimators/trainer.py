@@ -126,7 +126,7 @@ def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk_elems: int) -> tuple[
     n_tr = idx.numel()
     pairs = max(1, chunk_elems // max(1, n_tr * d))
     cols = d if n_tr * d <= chunk_elems else max(1, chunk_elems // max(1, n_tr))
-    means, inv = torch.empty(P, 1, d), torch.empty(P, 1, d)
+    means, inv = torch.empty(P, 1, d, device=t.device), torch.empty(P, 1, d, device=t.device)
     for s in range(0, P, pairs):
         for c in range(0, d, cols):
             blk = t[s : s + pairs, :, c : c + cols].index_select(1, idx.to(t.device)).to(torch.float64)
@@ -135,7 +135,7 @@ def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk_elems: int) -> tuple[
             tiny = sd <= 1e-7 * (m.abs() + 1.0)
             means[s : s + pairs, :, c : c + cols] = m.float()
             inv[s : s + pairs, :, c : c + cols] = torch.where(tiny, torch.zeros_like(sd), 1.0 / sd.clamp_min(1e-300)).float()
-    return means.to(t.device), inv.to(t.device)
+    return means, inv
 
 
 class _Standardise:
@@ -179,7 +179,7 @@ class _Prepared:
             pairs = sl.to(self.t.device)
             P, n, d = self.t.shape
             lin = (pairs[:, None] * n + idx[None, :]).reshape(-1)  # one index_select on the flat view
-            blk = self.t.reshape(P * n, d).index_select(0, lin).view(pairs.numel(), idx.numel(), d)
+            blk = self.t.view(P * n, d).index_select(0, lin).view(pairs.numel(), idx.numel(), d)
         else:
             pairs = sl
             blk = self.t[sl].index_select(1, idx)
