@@ -129,6 +129,7 @@ def estimate(
     workflow: Annotated[Optional[Path], typer.Option(help="Job spec YAML for estimator settings.")] = None,
     estimator: Annotated[Optional[str], typer.Option(help="MI estimator (see `ie-flow run --help`).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Estimator seeds, comma separated.")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="Memory per stage-2 worker, e.g. 4GiB.")] = None,
     storage: StorageOpt = None, s3_endpoint: EndpointOpt = None, tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None, ray_address: RayAddressOpt = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
@@ -139,7 +140,8 @@ def estimate(
     from ie_flow.store import dataset_folder
 
     folder, root = dataset_folder(manifest, s3_endpoint)
-    job = build_job(workflow, {"estimator": estimator, "seeds": seeds, "storage": storage or root,
+    job = build_job(workflow, {"estimator": estimator, "seeds": seeds, "memory_budget": memory_budget,
+                               "storage": storage or root,
                                "s3_endpoint": s3_endpoint, "tracking_uri": tracking_uri, "experiment": experiment,
                                "ray_address": ray_address, "no_tracking": no_tracking})
     with _stdout_to_stderr(as_json):

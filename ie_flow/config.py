@@ -76,7 +76,15 @@ class EstimateSpec(_Section):
     micro_reduce: Literal["mean", "sum"] = "mean"
     layers_per_task: int | None = Field(None, ge=1)
     num_gpus_per_task: float | None = Field(None, ge=0)
+    # bytes a stage-2 worker may hold ("4GiB", "512MiB", 4e9; None: the worker's share of Ray's
+    # memory resource): it decides how many (layer, position) cells a task estimates at once
+    memory_budget: int | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _memory_budget(cls, v: Any) -> int | None:
+        return None if v is None else parse_bytes(v)
 
     @field_validator("dims")
     @classmethod
@@ -177,6 +185,25 @@ class JobSpec(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(v: Any) -> int:
+    """A size in bytes from 4096, 4e9, "4GiB", "512 MiB" or "3.5GB"; ValueError naming the problem."""
+    import re
+
+    text = str(v).strip()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)", text)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS or isinstance(v, bool):
+        raise ValueError(f"a size must be a number of bytes or like 4GiB, 512MiB, 3.5GB; got {v!r}")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {v!r}")
+    return size
 
 
 def split_problem(samples: int, eval_fraction: float, select_fraction: float = 0.1) -> str | None:

@@ -36,6 +36,7 @@ class Estimated:
     table: Any  # the MI table (pyarrow)
     seconds: float
     reused_layers: int
+    stats: list[dict[str, Any]] = field(default_factory=list)  # per estimated layer: its tasks' planned and peak bytes
 
 
 @dataclass
@@ -121,6 +122,12 @@ def check_before_tokenizer(job: JobSpec) -> None:
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision,
                                                                    job.storage.endpoint_url))
+    if job.estimate.memory_budget is not None:
+        from ie_flow.models import hidden_size
+        from ie_flow.stages.estimate import check_memory_budget
+
+        width = hidden_size(job.model.name, job.model.revision, job.storage.endpoint_url)
+        check_memory_budget(job.estimate, c.samples, width, job.extract.storage_dtype)
 
 
 def check_estimator_settings(job: JobSpec, samples: int) -> None:
@@ -301,11 +308,12 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     """Stage 2: layers without a completion marker are estimated, a group of layers per call."""
     from ie_flow.executors.resources import plan_compute_workers
     from ie_flow.locks import locked
-    from ie_flow.stages.estimate import EstimateLayers, layer_units
+    from ie_flow.stages.estimate import EstimateLayers, check_memory_budget, layer_units, task_plan
 
     t0 = time.perf_counter()
     manifest = folder.load_manifest()
     spec = job.estimate
+    check_memory_budget(spec, manifest.samples, manifest.hidden_size, manifest.storage_dtype)
     out = results_folder_for(job, manifest.model.key, manifest.dataset.id, manifest.sha256())
     units = layer_units(manifest.layers)
     completion = Completion(out.storage)
@@ -319,11 +327,14 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
         workers = plan_compute_workers(executor.resources(), len(todo), spec.layers_per_task,
                                        spec.num_gpus_per_task) if todo else None
         if workers:
-            executor.run(EstimateLayers(folder, manifest, spec, out), units, completion, workers)
+            budget = spec.memory_budget or workers.memory
+            if budget is not None:  # the cluster's share can be too small too: say so before any work
+                task_plan(spec, manifest.samples, manifest.hidden_size, manifest.storage_dtype).cells_within(budget, 1)
+            executor.run(EstimateLayers(folder, manifest, spec, out, budget), units, completion, workers)
         table = out.gather_layers(manifest.layers)
     seconds = time.perf_counter() - t0
     log.info("stage 2: done in %.1f s: %s", seconds, out.mi_uri)
-    return Estimated(out, table, seconds, len(units) - len(todo))
+    return Estimated(out, table, seconds, len(units) - len(todo), executor.stats)
 
 
 def results_folder_for(job: JobSpec, model_key: str, dataset_id: str, manifest_sha256: str | None) -> ResultsFolder:

@@ -410,11 +410,22 @@ def load_tokenizer(name: str, revision: str | None = None, endpoint_url: str | N
 def count_blocks(name: str, revision: str | None = None, endpoint_url: str | None = None) -> int:
     """The number of decoder blocks, from the model's config alone (no weights): lets a job check
     `--layers` before any work."""
+    return _config_int(name, revision, ("num_hidden_layers", "n_layer", "num_layers"), "how many blocks", endpoint_url)
+
+
+def hidden_size(name: str, revision: str | None = None, endpoint_url: str | None = None) -> int:
+    """The residual stream's width d, from the model's config alone: lets a job check its
+    stage-2 memory budget before any work."""
+    return _config_int(name, revision, ("hidden_size", "n_embd", "d_model"), "the hidden size", endpoint_url)
+
+
+def _config_int(name: str, revision: str | None, keys: tuple[str, ...], what: str,
+                endpoint_url: str | None = None) -> int:
     source = resolve_model(name, revision, endpoint_url)
     location, kwargs = _hf_location(source)
     if source.kind == "folder" and (Path(location) / "config.json").is_file():  # no transformers import
         config_json = json.loads((Path(location) / "config.json").read_text())
-        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        for key in keys:
             if isinstance(config_json.get(key), int):
                 return int(config_json[key])
     import transformers
@@ -424,7 +435,7 @@ def count_blocks(name: str, revision: str | None = None, endpoint_url: str | Non
     except (OSError, ValueError, KeyError) as e:
         raise IEFlowError(f"cannot read the config of {name!r} ({source.kind} {location}): {first_line(e)}") from None
     config = getattr(config, "text_config", None) or config  # multimodal wrappers keep the LM's config inside
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in keys:
         if isinstance(getattr(config, key, None), int):
             return int(getattr(config, key))
-    raise IEFlowError(f"cannot tell how many blocks {name!r} has from its config")
+    raise IEFlowError(f"cannot tell {what} of {name!r} from its config")

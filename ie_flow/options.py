@@ -50,6 +50,7 @@ JOB_OPTIONS: dict[str, tuple[Any, str]] = {
     "storage_dtype": (_opt("Activation storage dtype: float16 (default) or float32."), "extract.storage_dtype"),
     "layers": (_opt("Blocks to capture, comma separated, e.g. 0,1,2 (default all)."), "extract.layers"),
     "positions": (_opt("Token positions to keep, comma separated (default all; the last is always kept)."), "extract.positions"),
+    "memory_budget": (_opt("Stage-2 memory per worker, e.g. 4GiB (default: its share of Ray's memory); sets how many cells a task takes at once."), "estimate.memory_budget"),
     "storage": (StorageOpt, "storage.uri"),
     "s3_endpoint": (EndpointOpt, "storage.endpoint_url"),
     "tracking_uri": (TrackingOpt, "tracking.uri"),

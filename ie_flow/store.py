@@ -61,10 +61,13 @@ def activation_table(vectors: np.ndarray, sample_id_start: int, storage_dtype: s
 
 def table_vectors(table: Any, positions: int) -> np.ndarray:
     """Rows of one boundary back to (samples, positions, d) float32."""
+    return table_values(table, positions).astype(np.float32, copy=False)
+
+
+def table_values(table: Any, positions: int) -> np.ndarray:
+    """Rows of one boundary as (samples, positions, d) in the stored dtype (float16 stays float16)."""
     vec = table.column("vec").combine_chunks()
-    d = vec.type.list_size
-    flat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(-1, positions, d)
+    return vec.values.to_numpy(zero_copy_only=False).reshape(-1, positions, vec.type.list_size)
 
 
 class _Record(BaseModel):
@@ -223,6 +226,32 @@ class DatasetFolder:
                 f"boundary {boundary} has {table.num_rows} rows, manifest says {manifest.samples} x {positions} "
                 "positions: the activations are damaged; rerun `ie-flow extract --force`")
         return table_vectors(table, positions)
+
+    def read_cells(self, manifest: Manifest, cells: list[tuple[int, int]], variant: str = "") -> np.ndarray:
+        """(len(cells), samples, d) in the stored dtype: cell (boundary, t) is stored column t of
+        that boundary. Read shard by shard (each file once, its sha256 checked), so the memory is
+        the result plus one shard's table: never a whole boundary, never float32."""
+        columns = len(manifest.positions)
+        dtype = np.float16 if manifest.storage_dtype == "float16" else np.float32
+        out = np.empty((len(cells), manifest.samples, manifest.hidden_size), dtype=dtype)
+        for boundary in sorted({b for b, _ in cells}):
+            mine = [(k, t) for k, (b, t) in enumerate(cells) if b == boundary]
+            start = 0
+            for shard in manifest.shards:
+                rel = self.boundary_file(boundary, shard.shard, variant)
+                block = table_values(self.read_verified(rel, shard.files[rel].sha256), columns)
+                if start + len(block) > manifest.samples or block.shape[1:] != (columns, manifest.hidden_size):
+                    break
+                for k, t in mine:
+                    out[k, start : start + len(block)] = block[:, t]
+                start += len(block)
+                del block
+            if start != manifest.samples:
+                raise IEFlowError(
+                    f"boundary {boundary} does not hold {manifest.samples} x {columns} positions x "
+                    f"{manifest.hidden_size} values as the manifest says: the activations are damaged; "
+                    "rerun `ie-flow extract --force`")
+        return out
 
     def _checksum_problem(self, rel: str, data: bytes, sha256: str) -> str | None:
         from ie_flow.storage import sha256 as digest

@@ -28,7 +28,8 @@ def _word_tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>").save_pretrained(folder)
 
 
-def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int = 32,
+                    heads: int = 4) -> Path:
     """A random causal LM of `arch` saved as a normal HF folder (config + weights + tokenizer)."""
     import torch
     import transformers
@@ -39,10 +40,10 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, layers: in
     if arch == "llama":
         config = transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+            num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=64, bos_token_id=1,
         )
     elif arch == "gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=64,
+        config = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=64,
                                         bos_token_id=1, eos_token_id=1)
     else:
         raise ValueError(arch)

@@ -68,7 +68,8 @@ class MIEstimate:
 # --------------------------------------------------------------------------- validation
 
 def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.isfinite(a).all():
+    # pair by pair: the mask of a whole (P, n, d) stack would be P n d bytes
+    if not all(np.isfinite(block).all() for block in (a if a.ndim == 3 else [a])):
         bad = ~np.isfinite(a)
         n_nan = int(np.isnan(a).sum())
         n_inf = int(bad.sum()) - n_nan
@@ -181,15 +182,20 @@ def split_three(n: int, eval_fraction: float, select_fraction: float, seed: int)
 
 
 def bootstrap_weights(n: int, replicates: int, seed: int) -> np.ndarray:
-    """(replicates, n) float32 counts: replicate b draws n sample ids with replacement.
+    """(replicates, n) integer counts: replicate b draws n sample ids with replacement.
 
     Depends only on (n, replicates, seed), never on the estimator seed or the pair, so every
     cell of a run and every estimator seed sees the same resampled data sets (a quantity built
     from several cells, e.g. IE, can be bootstrapped by differencing replicates)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), n, 0xB007]))
-    ids = rng.integers(0, n, size=(replicates, n))
-    out = np.zeros((replicates, n), dtype=np.float32)
-    np.add.at(out, (np.arange(replicates)[:, None], ids), 1.0)
+    # small counts as uint8 (a fourth of float32: 60 MB for 200 resamples of 300,000 ids), one
+    # replicate's ids at a time (the same draws as all at once)
+    out = np.empty((replicates, n), dtype=np.uint8)
+    for b in range(replicates):
+        counts = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        if counts.max() > 255:  # never seen; kept exact if it happens
+            out = out.astype(np.uint16)
+        out[b] = counts
     return out
 
 
@@ -283,6 +289,14 @@ class Estimator:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # estimate_many takes float16 stacks as they are (else stage 2 hands it float32 copies)
+    takes_float16: ClassVar[bool] = False
+
+    def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
+        """Bytes ``estimate_many`` holds on (pairs, n, d) stacks of ``itemsize``-byte values: here
+        the stacks alone (this estimator's own working memory is not modelled; the neural
+        estimators' is, and checked against measurement by benchmarks/bench_scale.py)."""
+        return pairs * n * (dx + dy) * itemsize
 
     def __init__(self, **settings: Any) -> None:
         unknown = [k for k in settings if k not in self.defaults]

@@ -64,8 +64,13 @@ def infonce_pool_noise(S: torch.Tensor) -> torch.Tensor:
     u_rc = C softmax(S_r)_c (mean 1), so its pool error has variance Var_c(u_rc) / C; the bootstrap
     counts that error as independent from row to row, adding mean_r Var_c(u_rc) / (C R)."""
     R, C = S.shape[-2:]
-    v = (C * S.softmax(-1).square().sum(-1) - 1.0).clamp_min(0.0)  # (P, R): Var_c(u_rc)
-    return v.mean(-1) / (C * R)
+    return infonce_pool_noise_rows(S).mean(-1) / (C * R)
+
+
+def infonce_pool_noise_rows(S: torch.Tensor) -> torch.Tensor:
+    """(P, R) Var_c(u_rc) of each row (``infonce_pool_noise`` is their mean over C R)."""
+    C = S.shape[-1]
+    return (C * S.softmax(-1).square().sum(-1) - 1.0).clamp_min(0.0)
 
 
 def _neg_logmeanexp(S: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:

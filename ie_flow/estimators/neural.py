@@ -72,10 +72,17 @@ _COMMON: dict[str, Any] = {
 def _as_float_tensor(a: np.ndarray):
     import torch
 
-    # float32 C-contiguous input is shared with numpy (no copy of a multi-GB stack)
-    if a.dtype != np.float32 or not a.flags.c_contiguous:
+    # float16 or float32 C-contiguous input is shared with numpy (no copy of a multi-GB stack):
+    # the trainer converts only the rows it reads, exactly (float16 -> float32 loses nothing)
+    if a.dtype not in (np.float16, np.float32) or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=np.float32)
     return torch.from_numpy(a)
+
+
+def _pairs(a: np.ndarray, idx: list[int]) -> np.ndarray:
+    """The pairs ``idx`` of a stack: a view when they are consecutive (one pair, or all of them),
+    else a copy of those pairs (planned for in ``memory_plan``)."""
+    return a[idx[0] : idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1)) else a[idx]
 
 
 def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -135,9 +142,28 @@ class _SeedRuns:
     n_ev: int = 0
 
 
+# score chunks of ``chunk_elems`` float32 values alive at once in an evaluation: the scores and
+# the temporaries of their log-sum-exp / softmax (and the sub-pool's masked copy)
+SCORE_CHUNKS = 4
+
+
 class NeuralEstimator(Estimator):
     bound: ClassVar[str] = "infonce"
     defaults: ClassVar[dict[str, Any]] = dict(_COMMON)
+    takes_float16 = True
+
+    def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
+        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack)
+        and a copy of up to all but one of them (the retry or the second opinion of some pairs),
+        the bootstrap counts (one byte per resample and sample), the report and train rows'
+        weights (float32) and the score chunks (the report rows against their candidates, for all
+        pairs at once up to ``chunk_elems``)."""
+        s = self.settings
+        boot, report = int(s["bootstrap"]), round(n * eval_fraction)
+        candidates = {"report": report, "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
+        weights = boot * n + (2 * (boot + 1) * report * 4 if boot else 0)
+        scores = SCORE_CHUNKS * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
+        return (2 * pairs - 1) * n * (dx + dy) * itemsize + weights + scores
 
     def _config(self) -> TrainConfig:
         kw = {k: self.settings[k] for k in _TRAIN_FIELDS}
@@ -185,7 +211,7 @@ class NeuralEstimator(Estimator):
         if not todo:
             return out
         mlp = type(self)(**{**s, **MLP_CRITIC, "retry": False, "nonlinear_check": False})
-        for p, e in zip(todo, mlp.estimate_many(xs[todo], ys[todo], seeds, device)):
+        for p, e in zip(todo, mlp.estimate_many(_pairs(xs, todo), _pairs(ys, todo), seeds, device)):
             out[p] = second_opinion(out[p], e)
             if xs.shape[2] + ys.shape[2] <= KNN_MAX_DIMS:  # rows are distinct here (the cap did not bind)
                 out[p] = knn_opinion(out[p], *ksg_bits(xs[p], ys[p]))
@@ -198,7 +224,8 @@ class NeuralEstimator(Estimator):
         failed = [p for p, e in enumerate(out) if not e.valid and not e.diverged]
         if not failed:
             return out
-        again = type(self)(**safer_settings(self.settings)).estimate_many(xs[failed], ys[failed], seeds, device)
+        again = type(self)(**safer_settings(self.settings)).estimate_many(_pairs(xs, failed), _pairs(ys, failed),
+                                                                           seeds, device)
         for p, e in zip(failed, again):
             first = out[p].invalid_reason
             settings = {**e.settings, "retried_because": first}

@@ -55,31 +55,74 @@ def _grid_position(blk: torch.Tensor, med: torch.Tensor, inv: torch.Tensor, bins
     return c.add_(1.0).mul_(0.5 * bins).clamp_(0.0, bins - 1e-3)
 
 
+class CopulaMap:
+    """The fitted transform of every column of a (P, n, d) stack: each column's median and 1 /
+    spread and its table of normal scores at the grid's cell edges.  ``apply`` maps any rows of
+    any pairs, value by value, so a training step or an evaluation transforms only the rows it
+    reads: the (P, n, d) float32 stack is never materialised (docs/ARCHITECTURE.md, stage 2 memory)."""
+
+    def __init__(self, med: torch.Tensor, inv: torch.Tensor, edge: torch.Tensor, bins: int) -> None:
+        self.med, self.inv, self.bins = med, inv, bins  # (P, 1, d) each
+        P, _, d = med.shape
+        self.edge = edge  # (P * d * (bins + 1),): column c of pair p at [(p * d + c) * (bins + 1) ...]
+        self.slope = edge.roll(-1) - edge
+        self.offsets = torch.arange(P * d, dtype=torch.int32, device=edge.device).view(P, 1, d) * (bins + 1)
+
+    @torch.no_grad()
+    def apply(self, blk: torch.Tensor, pairs: slice | torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """Normal scores of float32 rows ``blk`` (p, r, d) of the pairs ``pairs``."""
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[pairs] if isinstance(pairs, slice) else t.index_select(0, pairs)
+
+        t = _grid_position(blk, pick(self.med), pick(self.inv), self.bins)
+        cell = t.int()  # int32 halves the memory traffic of the index passes
+        frac = t.sub_(cell)
+        flat = cell.add_(pick(self.offsets)).view(-1)
+        z = torch.addcmul(self.edge.index_select(0, flat), frac.view(-1), self.slope.index_select(0, flat))
+        return z.view(blk.shape).to(out_dtype)
+
+
 @torch.no_grad()
-def _copula_block(blk: torch.Tensor, train_idx: torch.Tensor, bins: int, out_dtype: torch.dtype) -> torch.Tensor:
-    p, n, d = blk.shape
-    gen = torch.Generator().manual_seed(0xC0)
-    sub = train_idx[torch.randperm(train_idx.numel(), generator=gen)[:_ROBUST_ROWS]].to(blk.device)
-    med, inv = _robust_scale(blk, sub)
-    t = _grid_position(blk, med, inv, bins)  # (p, n, d)
-    cell = t.int()  # int32 halves the memory traffic of the index passes
-    frac = t.sub_(cell)
-    offsets = torch.arange(p * d, dtype=torch.int32, device=blk.device).view(p, 1, d) * (bins + 1)
-    cell.add_(offsets)
-    m = train_idx.numel()
-    counts = torch.bincount(cell.index_select(1, train_idx.to(blk.device)).reshape(-1), minlength=p * d * (bins + 1))
+def _fit_block(train_rows: torch.Tensor, sub: torch.Tensor, bins: int, m: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(median, 1 / spread, edge scores (p * d * (bins + 1),)) of float32 train rows (p, m, d);
+    ``sub`` indexes the rows the robust scale is taken from."""
+    p, _, d = train_rows.shape
+    med, inv = _robust_scale(train_rows, sub)
+    cell = _grid_position(train_rows, med, inv, bins).int()
+    cell.add_(torch.arange(p * d, dtype=torch.int32, device=cell.device).view(p, 1, d) * (bins + 1))
+    counts = torch.bincount(cell.reshape(-1), minlength=p * d * (bins + 1))
     # training values strictly below each cell's left edge (cumulative counts, shifted by one)
     below = counts.view(p * d, bins + 1).cumsum(1).roll(1, dims=1)
     below[:, 0] = 0
     # normal score at each edge: Phi^-1 of the empirical CDF, kept inside the training ranks'
     # scores (a quarter rank beyond the extremes): values outside the training range stay bounded
-    ranks = torch.arange(m + 1, dtype=torch.float64, device=blk.device)
+    ranks = torch.arange(m + 1, dtype=torch.float64, device=cell.device)
     score_of_count = torch.special.ndtri(((ranks).clamp(0.25, m - 0.25)) / m).float()
-    edge = score_of_count.index_select(0, below.view(-1))  # (p * d * (bins + 1),)
-    slope = edge.roll(-1) - edge
-    flat = cell.view(-1)
-    z = torch.addcmul(edge.index_select(0, flat), frac.view(-1), slope.index_select(0, flat))
-    return z.view(p, n, d).to(out_dtype)
+    return med, inv, score_of_count.index_select(0, below.view(-1)).view(p, d, bins + 1)
+
+
+@torch.no_grad()
+def fit_copula(t: torch.Tensor, train_idx: torch.Tensor, *, bins: int = COPULA_BINS,
+               chunk_elems: int = 1 << 21) -> CopulaMap:
+    """The copula transform of every column of a (P, n, d) stack (any float dtype), fitted on
+    rows ``train_idx``, in blocks of pairs and columns of about ``chunk_elems`` training values
+    (columns are independent, so the blocks do not change a value)."""
+    P, _, d = t.shape
+    idx = train_idx.to(t.device)
+    m = idx.numel()
+    # the train rows the median and quartiles come from (positions among the train rows)
+    sub = torch.randperm(m, generator=torch.Generator().manual_seed(0xC0))[:_ROBUST_ROWS].to(t.device)
+    pairs = max(1, chunk_elems // max(1, m * d))
+    cols = d if pairs > 1 or m * d <= chunk_elems else max(1, chunk_elems // max(1, m))
+    med, inv = torch.empty(P, 1, d, device=t.device), torch.empty(P, 1, d, device=t.device)
+    edge = torch.empty(P, d, bins + 1, device=t.device)
+    for s in range(0, P, pairs):
+        for c in range(0, d, cols):
+            rows = t[s : s + pairs, :, c : c + cols].index_select(1, idx).to(torch.float32)
+            med[s : s + pairs, :, c : c + cols], inv[s : s + pairs, :, c : c + cols], \
+                edge[s : s + pairs, c : c + cols] = _fit_block(rows, sub, bins, m)
+    return CopulaMap(med, inv, edge.view(-1), bins)
 
 
 @torch.no_grad()
@@ -87,15 +130,18 @@ def copula_transform(
     t: torch.Tensor, train_idx: torch.Tensor, *, bins: int = COPULA_BINS,
     out_dtype: torch.dtype = torch.float32, chunk_elems: int = 1 << 21,
 ) -> torch.Tensor:
-    """Copula transform of every column of a (P, n, d) stack, fitted on rows ``train_idx``.
-
-    Returns a new (P, n, d) tensor of ``out_dtype`` on ``t``'s device, computed in chunks of
-    pairs of about ``chunk_elems`` values so the temporaries stay bounded."""
+    """Copula transform of every column of a (P, n, d) stack, fitted on rows ``train_idx``:
+    a new (P, n, d) tensor of ``out_dtype`` on ``t``'s device (``fit_copula`` and ``apply`` in
+    blocks, so the temporaries stay bounded)."""
     P, n, d = t.shape
+    fitted = fit_copula(t, train_idx, bins=bins, chunk_elems=chunk_elems)
     out = torch.empty((P, n, d), dtype=out_dtype, device=t.device)
     step = max(1, chunk_elems // max(1, n * d))
+    rows = max(1, chunk_elems // max(1, d))
     for s in range(0, P, step):
-        out[s : s + step] = _copula_block(t[s : s + step].to(torch.float32), train_idx, bins, out_dtype)
+        for r in range(0, n, rows):
+            out[s : s + step, r : r + rows] = fitted.apply(t[s : s + step, r : r + rows].to(torch.float32),
+                                                           slice(s, s + step), out_dtype)
     return out
 
 

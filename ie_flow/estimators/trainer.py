@@ -40,7 +40,7 @@ import torch
 
 from . import bounds
 from .critics import Params, SeparableCritic
-from .preprocess import check_preprocess, copula_transform
+from .preprocess import check_preprocess, fit_copula
 
 NEGATIVES = ("report", "heldout", "all")
 
@@ -117,48 +117,60 @@ class TrainResult:
     history: list[tuple[int, np.ndarray]]  # (step, held-out-only bound per pair in nats) per evaluation
 
 
-def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair mean and 1/std over the rows ``idx``; zero-variance columns get 1/std = 0,
+def _train_stats(t: torch.Tensor, idx: torch.Tensor, chunk_elems: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair mean and 1/std over the rows ``idx``, in blocks of pairs and columns of about
+    ``chunk_elems`` values (columns are independent); zero-variance columns get 1/std = 0,
     which removes them (the ``drop_constant`` behaviour; validation has already refused them
     when dropping was not asked for)."""
     P, _, d = t.shape
-    means, inv = [], []
-    for s in range(0, P, chunk):
-        blk = t[s : s + chunk].index_select(1, idx.to(t.device)).to(torch.float64)
-        m = blk.mean(1, keepdim=True)
-        sd = blk.std(1, keepdim=True)
-        tiny = sd <= 1e-7 * (m.abs() + 1.0)
-        means.append(m.float())
-        inv.append(torch.where(tiny, torch.zeros_like(sd), 1.0 / sd.clamp_min(1e-300)).float())
-    return torch.cat(means), torch.cat(inv)
+    n_tr = idx.numel()
+    pairs = max(1, chunk_elems // max(1, n_tr * d))
+    cols = d if n_tr * d <= chunk_elems else max(1, chunk_elems // max(1, n_tr))
+    means, inv = torch.empty(P, 1, d, device=t.device), torch.empty(P, 1, d, device=t.device)
+    for s in range(0, P, pairs):
+        for c in range(0, d, cols):
+            blk = t[s : s + pairs, :, c : c + cols].index_select(1, idx.to(t.device)).to(torch.float64)
+            m = blk.mean(1, keepdim=True)
+            sd = blk.std(1, keepdim=True)
+            tiny = sd <= 1e-7 * (m.abs() + 1.0)
+            means[s : s + pairs, :, c : c + cols] = m.float()
+            inv[s : s + pairs, :, c : c + cols] = torch.where(tiny, torch.zeros_like(sd), 1.0 / sd.clamp_min(1e-300)).float()
+    return means, inv
 
 
-def _standardise(t: torch.Tensor, idx: torch.Tensor, chunk: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """(x - mean) / std with train-row statistics, as a new tensor of ``out_dtype``."""
-    mean, inv = _train_stats(t, idx, chunk)
-    out = torch.empty(t.shape, dtype=out_dtype, device=t.device)
-    for s in range(0, t.shape[0], chunk):
-        blk = t[s : s + chunk].to(torch.float32)
-        out[s : s + chunk] = torch.addcmul(-mean[s : s + chunk] * inv[s : s + chunk], blk, inv[s : s + chunk])
-    return out
+class _Standardise:
+    """(x - mean) / std with train-row statistics, applied to the rows a step reads."""
+
+    def __init__(self, t: torch.Tensor, idx: torch.Tensor, chunk_elems: int) -> None:
+        mean, self.inv = _train_stats(t, idx, chunk_elems)
+        self.shift = -mean * self.inv
+
+    def apply(self, blk: torch.Tensor, pairs: slice | torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        def pick(a: torch.Tensor) -> torch.Tensor:
+            return a[pairs] if isinstance(pairs, slice) else a.index_select(0, pairs)
+
+        return torch.addcmul(pick(self.shift), blk, pick(self.inv)).to(out_dtype)
 
 
 class _Prepared:
     """Rows of a (P, n, d) stack after preprocessing.  The preprocessing (copula transform or
-    standardisation, fitted on the train rows) is computed once, in the dtype the critic
-    consumes, so a training step is a plain gather: standardising every minibatch on the fly
-    cost one extra pass over P x B x d values per side and step."""
+    standardisation) is fitted once on the train rows; the stack stays as given (float16
+    activations stay float16) and each read converts and transforms only the rows it gathers,
+    value by value, so the numbers are those of transforming the whole stack first while the
+    memory is the input's alone (a float32 copy of a 300,000-row pair is 1.8 GB)."""
 
     def __init__(self, t: torch.Tensor, train_idx: torch.Tensor, cfg: "TrainConfig", device: torch.device):
-        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-        src = _resident(t, device)
-        idx = train_idx.to(src.device)
+        self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        self.t, self.device = _resident(t, device), device
+        idx = train_idx.to(self.t.device)
         if cfg.preprocess == "copula":
-            prepared = copula_transform(src, idx, out_dtype=dtype, chunk_elems=cfg.chunk_elems >> 4)
+            self.map: Any = fit_copula(self.t, idx, chunk_elems=cfg.chunk_elems >> 4)
         else:
-            n_tr, d = idx.numel(), t.shape[2]
-            prepared = _standardise(src, idx, max(1, cfg.chunk_elems // max(1, n_tr * d)), dtype)
-        self.t, self.device = _resident(prepared, device), device
+            self.map = _Standardise(self.t, idx, cfg.chunk_elems)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.t.shape
 
     def rows(self, idx: torch.Tensor, sl: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """Prepared rows ``idx`` of the pairs ``sl`` (a slice, or a LongTensor of pair ids)."""
@@ -169,8 +181,9 @@ class _Prepared:
             lin = (pairs[:, None] * n + idx[None, :]).reshape(-1)  # one index_select on the flat view
             blk = self.t.view(P * n, d).index_select(0, lin).view(pairs.numel(), idx.numel(), d)
         else:
+            pairs = sl
             blk = self.t[sl].index_select(1, idx)
-        return blk.to(self.device, non_blocking=True)
+        return self.map.apply(blk.to(torch.float32), pairs, self.dtype).to(self.device, non_blocking=True)
 
 
 def _resident(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -395,6 +408,16 @@ def _report_pool(cfg: TrainConfig, tr: torch.Tensor, sel: torch.Tensor, rep: tor
     return cand, torch.arange(rep.numel())  # report rows come first in the pool
 
 
+def _row_weights(boot_weights: np.ndarray | None, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(1 + B, len(idx)) weights of the rows ``idx``: all ones (the value itself), then the
+    bootstrap resamples (if any); only those rows are copied (a (1 + B, n) float32 copy of
+    200 resamples of 300,000 ids is 241 MB)."""
+    w = torch.ones(1, idx.numel())
+    if boot_weights is not None:
+        w = torch.cat([w, torch.as_tensor(boot_weights).index_select(1, idx).to(torch.float32)])
+    return w.to(device)
+
+
 @torch.no_grad()
 def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared,
                       tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor, cfg: TrainConfig, seed: int,
@@ -410,52 +433,74 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
         keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
     # the pool-noise share of the bootstrap is derived for a pool made of the rows themselves
     shared_pool = keep is not None and cfg.negatives == "report"
-    # weight rows: all ones (the value itself), then the bootstrap resamples (if any)
-    w = torch.ones(1, X.t.shape[1])
-    if boot_weights is not None:
-        w = torch.cat([w, torch.as_tensor(boot_weights, dtype=torch.float32)])
-    w_rows = w.index_select(1, rep).to(device)
-    values, half, noise = [], [], []
-    for _, S in _score_chunks(critic, best, X, Y, rep, cand, cfg, device):
-        values.append(_weighted(name, S, w_rows, cfg))
-        if keep is not None:
-            rows = bounds.infonce_subpool_rows(S, pos.to(device), keep.to(device)).double()
-            half.append(bounds.reweighted_mean(rows, w_rows).cpu())
-        if shared_pool:
-            noise.append(bounds.infonce_pool_noise(S).double().cpu())
-    train, train_noise = _train_rows_bound(critic, best, X, Y, tr, cand.numel(), w, name, cfg, seed, device,
-                                           shared_pool)
-    values_all, half_all = torch.cat(values).numpy(), torch.cat(half).numpy() if keep is not None else None
+    values, half, noise = _reduce(critic, best, X, Y, rep, cand, name, _row_weights(boot_weights, rep, device),
+                                  keep, shared_pool, cfg, device)
+    g = torch.Generator().manual_seed(int(seed) + 4099)
+    sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
+    # the train/held-out gap's other half: the same bound on a train subset as large as the report
+    # pool, on the same resamples (one resample reweights every row set of the data it redraws)
+    train, _, train_noise = _reduce(critic, best, X, Y, sub, sub, name, _row_weights(boot_weights, sub, device),
+                                    None, shared_pool, cfg, device)
     resampled = boot_weights is not None
     return {
-        "nats": values_all[:, 0],
-        "half": None if half_all is None else half_all[:, 0],
+        "nats": values[:, 0],
+        "half": None if half is None else half[:, 0],
         "train": train[:, 0],
-        "replicates": values_all[:, 1:] if resampled else None,
-        "half_replicates": half_all[:, 1:] if resampled and half_all is not None else None,
+        "replicates": values[:, 1:] if resampled else None,
+        "half_replicates": half[:, 1:] if resampled and half is not None else None,
         "train_replicates": train[:, 1:] if resampled else None,
         # the pool's share of the bootstrap variance of the report and train values (nats²)
-        "pool_noise": (torch.cat(noise).numpy(), train_noise) if shared_pool else None,
+        "pool_noise": (noise, train_noise) if shared_pool else None,
         "n_candidates": int(cand.numel()),
         "n_candidates_half": None if keep is None else int(keep.sum()) + 1,
     }
 
 
-def _train_rows_bound(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared,
-                      tr: torch.Tensor, size: int, w: torch.Tensor, name: str, cfg: TrainConfig, seed: int,
-                      device: torch.device, pool_noise: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The train/held-out gap's other half: the same bound on a train subset as large as the
-    report pool, (P, 1 + B) on the same resamples (one resample reweights every row set of the
-    data it redraws), and its pool noise (P,) when asked."""
-    g = torch.Generator().manual_seed(int(seed) + 4099)
-    sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), size)]]
-    w_sub = w.index_select(1, sub).to(device)
-    values, noise = [], []
-    for _, S in _score_chunks(critic, best, X, Y, sub, sub, cfg, device):
-        values.append(_weighted(name, S, w_sub, cfg))
+def _reduce(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared, rows: torch.Tensor,
+            cand: torch.Tensor, name: str, w_rows: torch.Tensor, keep: torch.Tensor | None, pool_noise: bool,
+            cfg: TrainConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(P, 1 + B) bound of x[rows] against y[cand] (row r's own y in column r) on each row
+    weighting, the same with the pool cut to ``keep`` (InfoNCE), and the pool noise (P,).
+    InfoNCE's terms are per row, so its scores are streamed over the rows when one pair's
+    would exceed ``chunk_elems``; the other bounds take every row at once."""
+    values, half, noise = [], [], []
+    if name != "infonce":
+        for _, _, S in _score_chunks(critic, best, X, Y, rows, cand, cfg, device):
+            values.append(_weighted(name, S, w_rows, cfg))
+        return torch.cat(values).numpy(), None, None
+    pos, keep_d = torch.arange(rows.numel(), device=device), None if keep is None else keep.to(device)
+
+    def terms(S: torch.Tensor, rs: slice) -> list[torch.Tensor]:
+        out = [bounds.infonce_rows(S, pos[rs])]
+        if keep_d is not None:
+            out.append(bounds.infonce_subpool_rows(S, pos[rs], keep_d))
         if pool_noise:
-            noise.append(bounds.infonce_pool_noise(S).double().cpu())
-    return torch.cat(values).numpy(), torch.cat(noise).numpy() if pool_noise else None
+            out.append(bounds.infonce_pool_noise_rows(S))
+        return out
+
+    R, C = rows.numel(), cand.numel()
+    for _, per_row in _row_terms(_score_chunks(critic, best, X, Y, rows, cand, cfg, device, split_rows=True), terms):
+        values.append(bounds.reweighted_mean(per_row[0].double(), w_rows).double().cpu())
+        if keep_d is not None:
+            half.append(bounds.reweighted_mean(per_row[1].double(), w_rows).cpu())
+        if pool_noise:
+            noise.append((per_row[-1].mean(-1) / (C * R)).double().cpu())
+    cat = lambda parts: torch.cat(parts).numpy() if parts else None  # noqa: E731
+    return cat(values), cat(half), cat(noise)
+
+
+def _row_terms(chunks: Any, terms: Any) -> Any:
+    """Per chunk of pairs: ``terms(S, row slice)``'s (p, r) tensors of every row block of the
+    score chunks, joined along the rows into (p, R)."""
+    current, parts = None, []
+    for sl, rs, S in chunks:
+        if rs.start == 0 and parts:
+            yield current, [torch.cat(p, -1) for p in zip(*parts)]
+            parts = []
+        current = sl
+        parts.append(terms(S, rs))
+    if parts:
+        yield current, [torch.cat(p, -1) for p in zip(*parts)]
 
 
 def _weighted(name: str, S: torch.Tensor, w_rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -470,21 +515,44 @@ def _weighted(name: str, S: torch.Tensor, w_rows: torch.Tensor, cfg: TrainConfig
 
 def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepared, Y: _Prepared,
                   rows: torch.Tensor, cand: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                  todo: torch.Tensor | None = None):
-    """Yield (pair selection, (p, R, C) float32 critic scores) chunk by chunk over the pairs
-    (all pairs, or the pair ids ``todo``), so the score tensor stays within ``chunk_elems``."""
-    P = X.t.shape[0]
+                  todo: torch.Tensor | None = None, split_rows: bool = False):
+    """Yield (pair selection, row slice, (p, r, C) float32 critic scores) chunk by chunk over the
+    pairs (all pairs, or the pair ids ``todo``), so the score tensor stays within ``chunk_elems``;
+    with ``split_rows``, a pair whose R x C scores alone exceed it comes in blocks of rows (its
+    candidates' features computed once, in blocks too)."""
+    P = X.shape[0]
     R, C = rows.numel(), cand.numel()
-    d = max(X.t.shape[2], Y.t.shape[2])
+    d = max(X.shape[2], Y.shape[2])
     chunk = max(1, cfg.chunk_elems // max(1, R * C, C * d))
+    stream = split_rows and max(R * C, C * d) > cfg.chunk_elems
     n_todo = P if todo is None else todo.numel()
     for s in range(0, n_todo, chunk):
         sl: slice | torch.Tensor = slice(s, min(P, s + chunk)) if todo is None else todo[s : s + chunk].to(device)
+        if stream:
+            gy = _features(critic, state["y"], Y, cand, sl, cfg, device)
+            block = max(1, cfg.chunk_elems // max(C, d))
+            for a in range(0, R, block):
+                fx = _features(critic, state["x"], X, rows[a : a + block], sl, cfg, device)
+                with _autocast(device, cfg.precision):
+                    S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+                yield sl, slice(a, min(R, a + block)), S
+            continue
         with _autocast(device, cfg.precision):
             fx = critic.side_q(state["x"], X.rows(rows, sl), cfg.layers, sl)
             gy = critic.side_q(state["y"], Y.rows(cand, sl), cfg.layers, sl)
             S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-        yield sl, S
+        yield sl, slice(0, R), S
+
+
+def _features(critic: SeparableCritic, side: Params, Z: _Prepared, idx: torch.Tensor, sl: slice | torch.Tensor,
+              cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """(p, len(idx), k + 1) critic features of rows ``idx``, gathered in blocks of ``chunk_elems / 16``
+    values: transforming a block takes about five float32 copies of it (a block of ``chunk_elems``
+    was 670 MB at d = 768)."""
+    block = max(1, (cfg.chunk_elems >> 4) // Z.shape[2])
+    with _autocast(device, cfg.precision):
+        return torch.cat([critic.side_q(side, Z.rows(idx[a : a + block], sl), cfg.layers, sl)
+                          for a in range(0, idx.numel(), block)], dim=1)
 
 
 @torch.no_grad()
@@ -502,12 +570,18 @@ def _evaluate(
 ) -> torch.Tensor:
     """Bound (nats, (P,)) of x[rows] against candidates y[cand]; ``pos[r]`` is the column of
     row r's own y.  Only the pairs ``pairs`` when given (the others read NaN)."""
-    P = X.t.shape[0]
+    P = X.shape[0]
     subset = pairs is not None and pairs.numel() < P
     pos_d = pos.to(device)
+    todo = pairs if subset else None
     full = []
-    for _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, pairs if subset else None):
-        full.append((bounds.dv(S, pos_d) if cfg.ema is not None else bounds.bound(cfg.bound, S, pos_d, cfg.clip)).cpu())
+    if cfg.ema is None and cfg.bound == "infonce":  # per-row terms: streamed over the rows when large
+        chunks = _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo, split_rows=True)
+        for _, (terms,) in _row_terms(chunks, lambda S, rs: [bounds.infonce_rows(S, pos_d[rs])]):
+            full.append(terms.mean(-1).cpu())
+    else:
+        for _, _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo):
+            full.append((bounds.dv(S, pos_d) if cfg.ema is not None else bounds.bound(cfg.bound, S, pos_d, cfg.clip)).cpu())
     if not subset:
         return torch.cat(full)
     out = torch.full((P,), math.nan, dtype=torch.float32)  # stopped pairs read as NaN

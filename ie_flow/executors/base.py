@@ -84,7 +84,9 @@ class Executor:
         """What the workers can use: this machine's cores and GPUs, for in-process executors."""
         import torch
 
-        return Resources(float(os.cpu_count() or 1), float(torch.cuda.device_count()), 1)
+        # memory for the work: what Ray's local runtime offers tasks by default (70% of the machine's)
+        memory = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0.0
+        return Resources(float(os.cpu_count() or 1), float(torch.cuda.device_count()), 1, memory)
 
     def run(self, step: Step, units: list[WorkUnit], completion: Completion, plan: WorkerPlan) -> list[dict[str, Any]]:
         """Do the units without a completion marker; return every unit's record, in unit order."""

@@ -77,7 +77,7 @@ def cluster_resources() -> Resources:
 
     total = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return Resources(float(total.get("CPU", 0)), float(total.get("GPU", 0)), max(1, nodes))
+    return Resources(float(total.get("CPU", 0)), float(total.get("GPU", 0)), max(1, nodes), float(total.get("memory", 0)))
 
 
 class StepWorker:

@@ -20,6 +20,7 @@ class WorkerPlan:
     threads: int  # torch threads inside a worker
     units_per_call: int = 1  # units handed to a worker together (layers share one batched model)
     retries: int = 2  # times a unit is tried again after its worker died
+    memory: int | None = None  # bytes a worker may hold (its share of the node's memory for tasks)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Resources:
     cpus: float
     gpus: float
     nodes: int
+    memory: float = 0.0  # bytes for tasks and actors, all nodes together (Ray's "memory" resource)
 
     @property
     def cpus_per_node(self) -> float:
@@ -58,6 +60,12 @@ def plan_compute_workers(res: Resources, units: int, units_per_call: int | None 
     if res.gpus > 0 and gpus != 0:
         per = gpus or 1.0
         n = max(1, int(res.gpus / per))
-        return WorkerPlan(n, n, 1.0, per, 1, units_per_call or max(1, -(-units // n)))
+        return WorkerPlan(n, n, 1.0, per, 1, units_per_call or max(1, -(-units // n)),
+                          memory=_share(res, -(-n // res.nodes)))
     booked = max(1.0, res.cpus_per_node)
-    return WorkerPlan(res.nodes, res.nodes, booked, 0.0, int(booked), units_per_call or 6)
+    return WorkerPlan(res.nodes, res.nodes, booked, 0.0, int(booked), units_per_call or 6, memory=_share(res, 1))
+
+
+def _share(res: Resources, workers_per_node: int) -> int | None:
+    """One worker's share of a node's memory for tasks (None when the cluster reports none)."""
+    return int(res.memory / max(1, res.nodes) / workers_per_node) if res.memory > 0 else None

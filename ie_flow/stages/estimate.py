@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ie_flow import IEFlowError
 from ie_flow.config import EstimateSpec
 from ie_flow.emergence import MI_COLUMNS
 from ie_flow.estimators.base import MIEstimate, is_saturated
 from ie_flow.executors import WorkUnit
+from ie_flow.memory import PeakRSS
 from ie_flow.store import DatasetFolder, Manifest, ResultsFolder
+
+log = logging.getLogger("ie_flow")
 
 
 def run_name(spec: EstimateSpec, manifest_sha256: str | None, code_version: str) -> str:
@@ -85,33 +90,123 @@ def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: s
                                           eval_fraction=spec.eval_fraction, drop_constant=True, **spec.settings)]
 
 
-def estimate_layer_group(
-    folder: DatasetFolder, manifest: Manifest, layers: list[int], spec: EstimateSpec, out: ResultsFolder,
-    device: str | None = None,
-) -> None:
-    """Estimate M_l(t) for `layers` (all stored positions) as one batched model; write one file per layer."""
+# a stage-2 worker's resident memory before it reads anything (torch, pyarrow, Ray's worker):
+# measured at the start of its first task (benchmarks/bench_scale.py), rounded up
+WORKER_BYTES = 768 * 2**20
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Planned bytes of a stage-2 task: the worker, what the estimator holds on the cells'
+    ((layer, position) pairs') x and y stacks, and the stored stacks a conversion is made from
+    (docs/ARCHITECTURE.md, "Stage 2 memory")."""
+
+    estimator: Any
+    samples: int
+    width: int  # d after `estimate.dims`
+    cell_itemsize: int  # bytes per value handed to the estimator (2: the stored float16 as is)
+    eval_fraction: float
+    read_per_cell: int  # the stored stacks alive while a converted or narrowed copy is made
+
+    def bytes(self, cells: int) -> int:
+        held = self.estimator.memory_plan(cells, self.samples, self.width, self.width, self.cell_itemsize,
+                                          self.eval_fraction)
+        return WORKER_BYTES + held + cells * self.read_per_cell
+
+    def cells_within(self, budget: int | None, total: int) -> int:
+        """How many cells a task estimates at once under `budget` (all of them without one)."""
+        if budget is None:
+            return total
+        if self.bytes(1) > budget:
+            raise IEFlowError(
+                f"estimate.memory_budget {budget / 2**30:.2f} GiB is too small for one cell: one (layer, position) "
+                f"pair of {self.samples} samples x d={self.width} needs {self.bytes(1) / 2**30:.2f} GiB "
+                f"(of which {WORKER_BYTES / 2**30:.2f} GiB is the worker itself); raise --memory-budget, "
+                "or use fewer samples or `estimate.dims`")
+        fit = 1
+        while fit < total and self.bytes(fit + 1) <= budget:
+            fit += 1
+        return fit
+
+
+def task_plan(spec: EstimateSpec, samples: int, d: int, storage_dtype: str) -> TaskPlan:
+    """The planned bytes of a task estimating `spec` on `samples` x `d` activations."""
+    from ie_flow.estimators import get_estimator, parse_dims
+
+    est = get_estimator(spec.method, **spec.settings)
+    kind, k = parse_dims(spec.dims)
+    width = d if kind == "full" else min(int(k or d), d)
+    stored = 2 if storage_dtype == "float16" else 4
+    itemsize = stored if type(est).takes_float16 and kind != "project" else 4
+    read = 0 if (kind == "full" and itemsize == stored) else samples * 2 * d * stored
+    return TaskPlan(est, samples, width, itemsize, spec.eval_fraction, read)
+
+
+def check_memory_budget(spec: EstimateSpec, samples: int, d: int, storage_dtype: str) -> None:
+    """Fail before any work when the budget cannot hold one cell."""
+    if spec.memory_budget is not None:
+        task_plan(spec, samples, d, storage_dtype).cells_within(spec.memory_budget, 1)
+
+
+def read_cell_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[tuple[int, int]], spec: EstimateSpec,
+                     variant: str, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P, n, d) x and y stacks of `cells` ((layer, stored column) pairs) as the estimator takes
+    them: boundaries l and l + 1, straight from the Parquet shards; float16 stays float16 where it can."""
     from ie_flow.estimators import apply_dims
 
+    out = []
+    for side in (0, 1):
+        stack = folder.read_cells(manifest, [(l + side, t) for l, t in cells], variant)
+        if spec.dims != "full" or stack.dtype.itemsize != itemsize:
+            # one fixed projection (seed 0) for every model and seed, so comparisons see the same coordinates
+            dtype = np.float32 if itemsize == 4 else stack.dtype
+            first = apply_dims(stack[0].astype(dtype, copy=False), spec.dims, 0)
+            narrow = np.empty((len(stack), *first.shape), dtype=first.dtype)  # filled cell by cell: one copy
+            narrow[0] = first
+            for k in range(1, len(stack)):
+                narrow[k] = apply_dims(stack[k].astype(dtype, copy=False), spec.dims, 0)
+            stack = narrow
+        out.append(stack)
+    return out[0], out[1]
+
+
+def estimate_layer_group(
+    folder: DatasetFolder, manifest: Manifest, layers: list[int], spec: EstimateSpec, out: ResultsFolder,
+    device: str | None = None, budget: int | None = None,
+) -> list[dict[str, Any]]:
+    """Estimate M_l(t) for `layers` (all stored positions) and write one file per layer. The
+    cells (layer, position) go to the estimator in batches that fit `budget` (one batched model
+    each; all of them in one when it allows, as without a budget), each read from storage
+    just before and freed after. Returns the planned and measured peak bytes of every batch."""
     labels = manifest.positions  # stored column t holds token position labels[t]
-    positions = len(labels)
     variants = [("", ("macro", "micro") if manifest.micro == "in_context" else ("macro",))]
     if manifest.micro == "isolated":
         variants.append(("isolated", ("micro",)))
+    plan = task_plan(spec, manifest.samples, manifest.hidden_size, manifest.storage_dtype)
+    cells = [(l, t) for l in layers for t in range(len(labels))]
+    size = plan.cells_within(budget, len(cells))
     rows: dict[int, list[dict[str, Any]]] = {l: [] for l in layers}
+    batches = []
     for variant, levels in variants:
-        cache = {b: folder.read_boundary(manifest, b, variant) for b in sorted({b for l in layers for b in (l, l + 1)})}
-        # one fixed projection (seed 0) for every model and seed, so comparisons see the same coordinates
-        xs = np.stack([apply_dims(cache[l][:, t], spec.dims, 0) for l in layers for t in range(positions)])
-        ys = np.stack([apply_dims(cache[l + 1][:, t], spec.dims, 0) for l in layers for t in range(positions)])
-        del cache
-        for k, cell in enumerate(estimate_cells(xs, ys, spec, device)):
-            layer, position = layers[k // positions], labels[k % positions]
-            for est, level in ((e, lv) for e in cell for lv in levels):
-                if est.diverged:
-                    raise RuntimeError(f"estimator diverged at layer {layer}, position {position}: {est.settings}")
-                rows[layer].extend(mi_rows(layer, position, level, est))
+        for batch in (cells[i : i + size] for i in range(0, len(cells), size)):
+            stats = {"variant": variant, "cells": len(batch), "layers": sorted({l for l, _ in batch}),
+                     "planned_bytes": plan.bytes(len(batch)), "budget_bytes": budget}
+            with PeakRSS() as peak:
+                xs, ys = read_cell_stacks(folder, manifest, batch, spec, variant, plan.cell_itemsize)
+                estimates = estimate_cells(xs, ys, spec, device)
+                del xs, ys
+            batches.append({**stats, "peak_rss_bytes": peak.bytes})
+            log.info("stage 2 task: layers %s, %d cell(s)%s: planned %.0f MiB, peak RSS %.0f MiB%s", stats["layers"],
+                     len(batch), f" ({variant})" if variant else "", stats["planned_bytes"] / 2**20,
+                     peak.bytes / 2**20, "" if budget is None else f" (budget {budget / 2**20:.0f} MiB)")
+            for (layer, t), cell in zip(batch, estimates):
+                for est, level in ((e, lv) for e in cell for lv in levels):
+                    if est.diverged:
+                        raise RuntimeError(f"estimator diverged at layer {layer}, position {labels[t]}: {est.settings}")
+                    rows[layer].extend(mi_rows(layer, labels[t], level, est))
     for layer in layers:
         out.storage.write_parquet(out.layer_file(layer), mi_table(rows[layer]))
+    return batches
 
 
 def layer_units(layers: list[int]) -> list[WorkUnit]:
@@ -120,19 +215,24 @@ def layer_units(layers: list[int]) -> list[WorkUnit]:
 
 @dataclass
 class EstimateLayers:
-    """The stage 2 step: the layers of one call are estimated together as one batched model."""
+    """The stage 2 step: the layers of one call are estimated together, as one batched model
+    when `budget` (bytes per worker; None: no limit) allows, else in batches of cells that fit it.
+    A layer stays the unit of completion, so a rerun skips the layers already written."""
 
     folder: DatasetFolder
     manifest: Manifest
     spec: EstimateSpec
     out: ResultsFolder
+    budget: int | None = None
     name: str = "stage 2 estimate"
     unit: str = "layer"
 
     def setup(self) -> None:
-        """Nothing to load: the activations a group needs are read per group."""
+        """Nothing to load: the activations a group needs are read per batch of cells."""
 
     def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
         layers = [u.payload["layer"] for u in units]
-        estimate_layer_group(self.folder, self.manifest, layers, self.spec, self.out)
-        return [{"layer": l, "file": self.out.layer_file(l)} for l in layers]
+        batches = estimate_layer_group(self.folder, self.manifest, layers, self.spec, self.out, budget=self.budget)
+        # "_" keys are run statistics, kept out of the completion markers
+        return [{"layer": l, "file": self.out.layer_file(l), "_batches": [b for b in batches if l in b["layers"]]}
+                for l in layers]
