@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow import IEFlowError, __version__
-from ie_flow.config import JobSpec, split_problem
+from ie_flow.config import JobSpec
 from ie_flow.control import control_job
 from ie_flow.executors import Completion, Executor, get_executor
 from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, ResultsRecord, StorageRoot
@@ -90,11 +90,10 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     check_before_tokenizer(job)
     tokenizer = load_tokenizer(job.model.name, job.model.revision)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
-    problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
-    if problem:  # a text corpus can give fewer windows than asked for
-        raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
-    check_estimator_settings(job, corpus.num_samples)
+    if corpus.num_samples != job.corpus.samples:  # a text corpus can give fewer windows than asked for
+        check_estimator_settings(job, corpus.num_samples, f"corpus {job.corpus.name} gave {corpus.num_samples} "
+                                 "windows: ")
     return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions)
 
 
@@ -109,27 +108,34 @@ def check_before_tokenizer(job: JobSpec) -> None:
     if "://" not in c.name and "/" in c.name and not os.path.exists(c.name):
         raise IEFlowError(f"corpus not found: {c.name} (not a built-in name, file or folder)")
     kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
-    check_estimator_settings(job, c.samples)  # again with the windows the corpus really gives, below
+    # again with the windows the corpus really gives (plan_extract)
+    check_estimator_settings(job, c.samples)
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision))
 
 
-def check_estimator_settings(job: JobSpec, samples: int) -> None:
-    """Unknown or bad estimator settings (a β <= 0, more queries than samples) fail before any work."""
+def check_estimator_settings(job: JobSpec, samples: int, context: str = "") -> None:
+    """Unknown or bad estimator settings (a β <= 0) and too few samples for the estimator's own
+    needs (its `check`: a split, or more samples than dimensions) fail before any work."""
     from ie_flow.control import measured_job
-    from ie_flow.estimators import get_estimator
 
     for spec in [job.estimate] + ([measured_job(job).estimate] if job.control.kind != "none" else []):
         try:
-            settings = get_estimator(spec.method, **spec.settings).settings
+            estimator = spec.estimator()
         except ValueError as e:
             raise IEFlowError(f"estimator {spec.method}: {e}") from None
+        settings = estimator.settings
         betas = [settings["beta"], *(settings.get("betas") or [])] if "beta" in settings else []
         if any(not b > 0 for b in betas):
             raise IEFlowError(f"estimator {spec.method}: every beta must be > 0, got {betas}")
-        if (settings.get("queries") or 0) > samples:  # unset: the estimator uses min(512, n)
-            raise IEFlowError(f"estimator {spec.method}: queries={settings['queries']} exceeds the {samples} "
-                              "samples; lower settings.queries")
+        dims = None
+        if estimator.checks_dims:  # reading the config of a GGUF model takes seconds: only when it counts
+            from ie_flow.models import hidden_size
+
+            dims = (spec.cell_dims(hidden_size(job.model.name, job.model.revision)),) * 2  # a block boundary each
+        problem = estimator.check(samples, dims)
+        if problem:
+            raise IEFlowError(f"{context}estimator {spec.method}: {problem}")
 
 
 def check_reuse(plan: ExtractPlan, force: bool) -> None:

@@ -106,3 +106,11 @@ def plot_control(control: dict[str, Any], path: Path, title: str) -> Path:
     bottom.set(xlabel="layer", ylabel="difference (bits)")
     bottom.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def write_plots(em: Any, label: str, out: Path) -> list[Path]:
+    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
+            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
+            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]

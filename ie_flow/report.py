@@ -4,9 +4,7 @@ them: the per-layer table, the comparison of several runs, and the `--json` obje
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ie_flow import IEFlowError
@@ -35,24 +33,10 @@ def _from_storage(folder: ResultsFolder) -> LoadedResult:
 
 
 def _from_mlflow(run_id: str, tracking_uri: str) -> LoadedResult:
-    import mlflow
-    import pyarrow.parquet as pq
-
     from ie_flow.emergence import information_emergence
-    from ie_flow.tracking import check_reachable
+    from ie_flow.tracking import download_results
 
-    check_reachable(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
-        raise IEFlowError(f"no MLflow run {run_id} at {tracking_uri}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        record = ResultsRecord.model_validate_json(Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="summary.json", dst_path=tmp)).read_text())
-        table = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="mi.parquet",
-                                                                  dst_path=tmp))
-    record.mlflow_run_id = run_id
+    record, table = download_results(run_id, tracking_uri)
     return LoadedResult(record, table, information_emergence(table, record.micro_reduce, record.beta), None)
 
 
@@ -143,13 +127,3 @@ def format_compare(results: list[LoadedResult]) -> str:
     if any(l.saturated for r in results for l in r.emergence.layers):
         lines.append("* layer with saturated estimates: its IE is a difference of lower bounds")
     return "\n".join(lines)
-
-
-def write_plots(em: Any, label: str, out: Path) -> list[Path]:
-    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`."""
-    from ie_flow.plots import plot_ie_per_layer, plot_mi_heatmap, plot_token_curves
-
-    out.mkdir(parents=True, exist_ok=True)
-    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
-            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
-            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]

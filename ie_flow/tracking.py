@@ -228,7 +228,7 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
     import mlflow
     import pyarrow.parquet as pq
 
-    from ie_flow.report import write_plots
+    from ie_flow.plots import write_plots
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -253,6 +253,28 @@ def _log_seed_children(parent_id: str, em: Any, tags: dict[str, str]) -> None:
                               tags={**tags, "seed": str(seed)}):
             for i, layer in enumerate(em.layers):
                 mlflow.log_metric("ie", float(em.ie_per_seed[s, i]), step=layer.layer)
+
+
+def download_results(run_id: str, tracking_uri: str) -> tuple[Any, Any]:
+    """(ResultsRecord, MI table) of a logged run, read back from its artifacts."""
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from ie_flow.store import ResultsRecord
+
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
+        raise IEFlowError(f"no MLflow run {run_id} at {tracking_uri}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        record = ResultsRecord.model_validate_json(Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="summary.json", dst_path=tmp)).read_text())
+        table = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="mi.parquet",
+                                                                  dst_path=tmp))
+    record.mlflow_run_id = run_id
+    return record, table
 
 
 def relog_command(results_uri: str, tracking_uri: str) -> str:
