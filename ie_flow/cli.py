@@ -67,20 +67,20 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def _print_outcome(outcome: Any, as_json: bool, seconds: bool = True) -> None:
-    from ie_flow.report import LoadedResult, format_table, json_summary
+def _print_outcome(result: Any, as_json: bool, seconds: bool = True) -> None:
+    """A job's results.Result: the table (or the --json object), times and where everything is."""
+    from ie_flow.report import format_table, json_summary
 
-    result = LoadedResult(outcome.record, outcome.table, outcome.emergence, outcome.results)
-    if outcome.tracking_error:
-        typer.echo(f"warning: {outcome.tracking_error}", err=True)
+    if result.tracking_error:
+        typer.echo(f"warning: {result.tracking_error}", err=True)
     if as_json:
         typer.echo(json.dumps(json_summary(result)))
         return
     typer.echo(format_table(result))
     if seconds:
-        s = outcome.record.seconds
+        s = result.record.seconds
         typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.items()))
-    _print_where(outcome.record)
+    _print_where(result.record)
 
 
 def _print_where(r: Any) -> None:
@@ -171,7 +171,7 @@ def report(
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
         with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
             run_id = log_results(result.record, result.table, result.emergence, job.tracking.uri,
-                                 experiment or result.record.job["tracking"]["experiment"])
+                                 experiment or result.record.job.tracking.experiment)
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
         result.results.write_summary(result.record)
     plots = write_plots(result.emergence, result.label, out) if out else []

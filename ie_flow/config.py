@@ -8,12 +8,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ie_flow import IEFlowError
 
 DEFAULT_STORAGE = "./ie-flow-data"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
+# validation context of a job read back from a finished job's record: what the job could do was
+# checked when it ran (a control's own measurement keeps its parent's control setting)
+STORED = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
 
 
 class _Section(BaseModel):
@@ -187,9 +194,11 @@ class JobSpec(_Section):
     control: ControlSpec = Field(default_factory=ControlSpec)
 
     @model_validator(mode="after")
-    def _samples_fit(self) -> "JobSpec":
+    def _samples_fit(self, info: ValidationInfo) -> "JobSpec":
         """The estimator's own sample needs (a split for the neural ones, 8 for smoothed); its
         dimensions are checked once the model's config is read (jobs.check_before_tokenizer)."""
+        if _stored(info):
+            return self
         try:
             problem = self.estimate.estimator().check(self.corpus.samples)
         except ValueError:  # bad settings: jobs.check_estimator_settings names them with the estimator
@@ -199,10 +208,12 @@ class JobSpec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _control_exists(self) -> "JobSpec":
+    def _control_exists(self, info: ValidationInfo) -> "JobSpec":
         from ie_flow.corpora import ICL_CORPORA
         from ie_flow.models import RANDOM_PREFIX
 
+        if _stored(info):
+            return self
         kind = self.control.kind
         if kind == "random" and self.model.name.startswith(RANDOM_PREFIX):
             raise ValueError(f"--control random needs a trained model: {self.model.name} has no random copy of its own")

@@ -16,7 +16,8 @@ from ie_flow import IEFlowError, __version__
 from ie_flow.config import JobSpec
 from ie_flow.control import control_job
 from ie_flow.executors import Completion, Executor, get_executor
-from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, ResultsRecord, StorageRoot
+from ie_flow.results import Result, results_record
+from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, StorageRoot
 
 log = logging.getLogger("ie_flow")
 
@@ -37,17 +38,6 @@ class Estimated:
     table: Any  # the MI table (pyarrow)
     seconds: float
     reused_layers: int
-
-
-@dataclass
-class JobOutcome:
-    record: ResultsRecord  # what summary.json holds
-    table: Any
-    emergence: Any
-    results: ResultsFolder
-    input_ids: np.ndarray | None = None
-    tracking_error: str | None = None
-    comparison: Any = None  # control.ControlComparison when the job had a control
 
 
 def executor_for(job: JobSpec) -> Executor:
@@ -281,7 +271,7 @@ def job_run(job: JobSpec, model_key: str, dataset_id: str) -> Any:
     return JobRun(job, f"{model_key} on {dataset_id}", results_folder_for(job, model_key, dataset_id).mi_uri)
 
 
-def run_job(job: JobSpec) -> JobOutcome:
+def run_job(job: JobSpec) -> Result:
     """The whole job: stage 1, stage 2, the control if asked for, IE, summary on storage, MLflow (a
     run that opens RUNNING when the job starts and ends FINISHED, or FAILED with the error)."""
     t0 = time.perf_counter()
@@ -318,7 +308,7 @@ def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked:
                              model_est.results.mi_uri, ctrl_est.results.mi_uri)
 
 
-def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
+def estimate_job(job: JobSpec, folder: DatasetFolder) -> Result:
     """Stage 2 and what follows, on activations that are already on storage."""
     manifest = folder.load_manifest()
     with job_run(job, manifest.model.key, manifest.dataset.id) as tracked:
@@ -327,7 +317,7 @@ def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
 
 
 def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
-           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> JobOutcome:
+           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> Result:
     """IE from the MI table, the summary record on storage, then the tracking run."""
     from ie_flow.emergence import choose_beta, emergence_by_beta
 
@@ -337,14 +327,14 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
         log.warning("warning: no β of %s is valid in every cell; the headline shows β = %g, marked invalid",
                     sorted(profiles), beta)
     em = profiles[beta]
-    record = ResultsRecord(
-        job=job.model_dump(mode="json"), job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
-        manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
+    record = results_record(
+        job=job, job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
+        manifest=manifest.model_copy(update={"shards": []}), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
         tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
         control=comparison.record() if comparison else None,
     )
     estimated.results.write_summary(record)
-    outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)
-    outcome.tracking_error = tracked.log(outcome)
-    return outcome
+    result = Result(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)
+    result.tracking_error = tracked.log(result)
+    return result
