@@ -33,7 +33,7 @@ LAYER_GROUP = 5  # layers estimated together (bounded memory at n = 16,384)
 def mi_tables(boundary: callable, layers: int, positions: int, device: str | None, ns=NS) -> dict[int, object]:
     """{n: MI table} of every layer and position, for the first n windows, n in `ns`."""
     from ie_flow.config import EstimateSpec
-    from ie_flow.stages.estimate import estimate_cells, mi_rows, mi_table
+    from ie_flow.results import estimate_cells, mi_rows, mi_table
 
     spec = EstimateSpec(method="smoothed", seeds=[0])
     rows: dict[int, list] = {n: [] for n in ns}

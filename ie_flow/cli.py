@@ -18,7 +18,9 @@ from typer.core import TyperGroup
 
 from ie_flow import IEFlowError, Refused, __version__, first_line
 from ie_flow.config import JobSpec
-from ie_flow.options import AsJson, EndpointOpt, ExperimentOpt, RayAddressOpt, StorageOpt, TrackingOpt, build_job, job_command
+from ie_flow.executors import executor_names
+from ie_flow.options import (CLUSTER, JOB_OPTIONS, AsJson, EndpointOpt, ExperimentOpt, RayAddressOpt, StorageOpt,
+                             TrackingOpt, build_job, choice_option, job_command)
 
 app = typer.Typer(
     name="ie-flow",
@@ -65,20 +67,20 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def _print_outcome(outcome: Any, as_json: bool, seconds: bool = True) -> None:
-    from ie_flow.report import LoadedResult, format_table, json_summary
+def _print_outcome(result: Any, as_json: bool, seconds: bool = True) -> None:
+    """A job's results.Result: the table (or the --json object), times and where everything is."""
+    from ie_flow.report import format_table, json_summary
 
-    result = LoadedResult(outcome.record, outcome.table, outcome.emergence, outcome.results)
-    if outcome.tracking_error:
-        typer.echo(f"warning: {outcome.tracking_error}", err=True)
+    if result.tracking_error:
+        typer.echo(f"warning: {result.tracking_error}", err=True)
     if as_json:
         typer.echo(json.dumps(json_summary(result)))
         return
     typer.echo(format_table(result))
     if seconds:
-        s = outcome.record.seconds
+        s = result.record.seconds
         typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.items()))
-    _print_where(outcome.record)
+    _print_where(result.record)
 
 
 def _print_where(r: Any) -> None:
@@ -127,7 +129,7 @@ def extract(
 def estimate(
     manifest: Annotated[str, typer.Argument(help="manifest.json URI (or its folder) written by `ie-flow extract`.")],
     workflow: Annotated[Optional[Path], typer.Option(help="Job spec YAML for estimator settings.")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="MI estimator (see `ie-flow run --help`).")] = None,
+    estimator: JOB_OPTIONS["estimator"][0] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Estimator seeds, comma separated.")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="Memory per stage-2 worker, e.g. 4GiB.")] = None,
     storage: StorageOpt = None, s3_endpoint: EndpointOpt = None, tracking_uri: TrackingOpt = None,
@@ -160,7 +162,8 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Table and plots of a finished job."""
-    from ie_flow.report import format_table, json_summary, load_result, write_plots
+    from ie_flow.plots import write_plots
+    from ie_flow.report import format_table, json_summary, load_result
 
     result = load_result(target, job.storage.uri, job.tracking.uri, job.storage.endpoint_url)
     if log_run:
@@ -170,7 +173,7 @@ def report(
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
         with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
             run_id = log_results(result.record, result.table, result.emergence, job.tracking.uri,
-                                 experiment or result.record.job["tracking"]["experiment"])
+                                 experiment or result.record.job.tracking.experiment)
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
         result.results.write_summary(result.record)
     plots = write_plots(result.emergence, result.label, out) if out else []
@@ -303,8 +306,8 @@ def corpus_generate(
     top_p: _gen("Nucleus sampling mass (default 0.9).", Optional[float]) = None,
     text_field: _gen("Text field / column of a JSONL or Parquet prompt corpus.", Optional[str]) = None,
     ray_address: RayAddressOpt = None,
-    executor: _gen("serial (default: in-process) or ray (the local runtime, or the --ray-address "
-                   "cluster).", Optional[str]) = None,
+    executor: choice_option("serial (default: in-process) or ray (the local runtime, or the --ray-address cluster).",
+                            CLUSTER, executor_names()) = None,
     s3_endpoint: EndpointOpt = None,
     force: Annotated[bool, typer.Option(help="Replace OUT (and unfinished batches) made with other settings.")] = False,
     as_json: AsJson = False,
@@ -372,34 +375,42 @@ JobId = Annotated[str, typer.Argument(help="Ray job submission id.")]
 
 
 @app.command()
-def status(job_id: JobId, ray_address: RayAddressOpt = None) -> None:
+def status(job_id: JobId, ray_address: RayAddressOpt = None, as_json: AsJson = False) -> None:
     """Status of a submitted job."""
     from ie_flow.submit import client_for
 
     info = client_for(ray_address).get_job_info(job_id)
-    typer.echo(f"{job_id}: {str(info.status).split('.')[-1]}  {info.message or ''}".rstrip())
+    state, message = str(info.status).split(".")[-1], info.message or ""
+    typer.echo(json.dumps({"job_id": job_id, "status": state, "message": message}) if as_json
+               else f"{job_id}: {state}  {message}".rstrip())
 
 
 @app.command()
 def logs(job_id: JobId, ray_address: RayAddressOpt = None,
-         follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False) -> None:
-    """Logs of a submitted job."""
+         follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
+         as_json: AsJson = False) -> None:
+    """Logs of a submitted job (with --json: one object holding them, after the job ends with --follow)."""
     from ie_flow.submit import client_for, wait_for
 
     client = client_for(ray_address)
-    if follow:
+    if as_json:
+        state = wait_for(client, job_id, timeout=10**9, echo_logs=False) if follow else \
+            str(client.get_job_status(job_id)).split(".")[-1]
+        typer.echo(json.dumps({"job_id": job_id, "status": state, "logs": client.get_job_logs(job_id)}))
+    elif follow:
         wait_for(client, job_id, timeout=10**9)
     else:
         typer.echo(client.get_job_logs(job_id), nl=False)
 
 
 @app.command()
-def stop(job_id: JobId, ray_address: RayAddressOpt = None) -> None:
+def stop(job_id: JobId, ray_address: RayAddressOpt = None, as_json: AsJson = False) -> None:
     """Stop a submitted job."""
     from ie_flow.submit import client_for
 
-    stopped = client_for(ray_address).stop_job(job_id)
-    typer.echo(f"{job_id}: {'stop requested' if stopped else 'already ended'}")
+    stopped = bool(client_for(ray_address).stop_job(job_id))
+    typer.echo(json.dumps({"job_id": job_id, "stopped": stopped}) if as_json
+               else f"{job_id}: {'stop requested' if stopped else 'already ended'}")
 
 
 def _version(value: bool) -> None:
@@ -410,7 +421,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, MLflow's and transformers' own logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, MLflow's and transformers' own logs "
+                                                                  "(anywhere on the command line).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     from ie_flow.logs import configure_logging
@@ -418,8 +430,20 @@ def _global(
     configure_logging(verbose)
 
 
+GLOBAL_FLAGS = ("-v", "--verbose")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """`-v` anywhere on the command line: moved before the subcommand, where click looks for the
+    app's own options (nothing after a `--` is touched)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def run_cli(args: list[str] | None = None) -> int:
     """Run one command in this process and return its exit code (tests call this directly)."""
+    args = hoist_global_flags(sys.argv[1:] if args is None else list(args))
     try:
         result = app(args=args, standalone_mode=False)  # returns the code of typer.Exit / --help
         code = result if isinstance(result, int) else 0

@@ -8,12 +8,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ie_flow import IEFlowError
 
 DEFAULT_STORAGE = "./ie-flow-data"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
+# validation context of a job read back from a finished job's record: what the job could do was
+# checked when it ran (a control's own measurement keeps its parent's control setting)
+STORED = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
 
 
 class _Section(BaseModel):
@@ -86,6 +93,18 @@ class EstimateSpec(_Section):
     def _memory_budget(cls, v: Any) -> int | None:
         return None if v is None else parse_bytes(v)
 
+    def estimator(self) -> Any:
+        """The estimator stage 2 runs for this spec, with the settings it gives it (ValueError for bad ones)."""
+        from ie_flow.estimators import ESTIMATORS, get_estimator
+
+        stage = {"eval_fraction": self.eval_fraction, "drop_constant": True}
+        defaults = ESTIMATORS[self.method].defaults
+        return get_estimator(self.method, **{k: v for k, v in stage.items() if k in defaults}, **self.settings)
+
+    def cell_dims(self, hidden_size: int) -> int:
+        """Dimensions of each side of a cell after `dims` (full, first:K, project:K)."""
+        return hidden_size if self.dims == "full" else min(hidden_size, int(self.dims.partition(":")[2]))
+
     @field_validator("dims")
     @classmethod
     def _dims(cls, v: str) -> str:
@@ -128,6 +147,16 @@ class StorageSpec(_Section):
     # S3-compatible endpoint (MinIO, moto); credentials come from the environment only
     endpoint_url: str | None = None
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        from ie_flow.locations import storage_problem
+
+        problem = storage_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING
@@ -135,6 +164,15 @@ class TrackingSpec(_Section):
     enabled: bool = True
     # the job's run is a child of this run (a reproduction's cells under its parent run)
     parent_run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _uri(self) -> "TrackingSpec":
+        from ie_flow.locations import tracking_problem
+
+        problem = tracking_problem(self.uri) if self.enabled else None  # --no-tracking: the URI is unused
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class RuntimeSpec(_Section):
@@ -164,17 +202,26 @@ class JobSpec(_Section):
     control: ControlSpec = Field(default_factory=ControlSpec)
 
     @model_validator(mode="after")
-    def _split_fits(self) -> "JobSpec":
-        problem = split_problem(self.corpus.samples, self.estimate.eval_fraction)
+    def _samples_fit(self, info: ValidationInfo) -> "JobSpec":
+        """The estimator's own sample needs (a split for the neural ones, 8 for smoothed); its
+        dimensions are checked once the model's config is read (jobs.check_before_tokenizer)."""
+        if _stored(info):
+            return self
+        try:
+            problem = self.estimate.estimator().check(self.corpus.samples)
+        except ValueError:  # bad settings: jobs.check_estimator_settings names them with the estimator
+            return self
         if problem:
             raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
-    def _control_exists(self) -> "JobSpec":
+    def _control_exists(self, info: ValidationInfo) -> "JobSpec":
         from ie_flow.corpora import ICL_CORPORA
         from ie_flow.models import RANDOM_PREFIX
 
+        if _stored(info):
+            return self
         kind = self.control.kind
         if kind == "random" and self.model.name.startswith(RANDOM_PREFIX):
             raise ValueError(f"--control random needs a trained model: {self.model.name} has no random copy of its own")
@@ -204,17 +251,6 @@ def parse_bytes(v: Any) -> int:
     if size < 1:
         raise ValueError(f"a size must be at least 1 byte, got {v!r}")
     return size
-
-
-def split_problem(samples: int, eval_fraction: float, select_fraction: float = 0.1) -> str | None:
-    """Why `samples` cannot be split into train / select / report parts, or None when it can."""
-    from ie_flow.estimators.base import required_samples
-
-    need = required_samples(eval_fraction, select_fraction)
-    if samples >= need:
-        return None
-    return (f"samples={samples} is too few for the train/select/report split with eval_fraction={eval_fraction}: "
-            f"need at least {need} samples")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from ie_flow.config import EstimateSpec, JobSpec
 from ie_flow.emergence import Emergence, bootstrap_interval, choose_beta, emergence_by_beta
 from ie_flow.models import RANDOM_PREFIX
+from ie_flow.results import ControlLayer, ControlRecord
 
 
 def measured_job(job: JobSpec) -> JobSpec:
@@ -56,14 +57,14 @@ class ControlComparison:
     model_results: str = ""  # mi.parquet URIs of the two measurements
     control_results: str = ""
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ControlRecord:
         """What summary.json keeps of the comparison."""
-        return {
-            "kind": self.kind, "estimator": self.estimator, "beta": self.beta, "beta_valid": self.beta_valid,
-            "model_results": self.model_results, "control_results": self.control_results,
-            "layers": [{"layer": d.layer, "model_ie": d.model_ie, "control_ie": d.control_ie, "diff": d.diff,
-                        "ci_low": d.ci_low, "ci_high": d.ci_high} for d in self.layers],
-        }
+        return ControlRecord(
+            kind=self.kind, estimator=self.estimator, beta=self.beta, beta_valid=self.beta_valid,
+            model_results=self.model_results, control_results=self.control_results,
+            layers=[ControlLayer(layer=d.layer, model_ie=d.model_ie, control_ie=d.control_ie, diff=d.diff,
+                                 ci_low=d.ci_low, ci_high=d.ci_high) for d in self.layers],
+        )
 
 
 def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") -> tuple[float | None, bool, Emergence,
@@ -82,39 +83,34 @@ def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") ->
     return beta, valid, em, ec, rows
 
 
-def _apart(row: dict[str, Any]) -> bool:
-    """The difference's interval excludes 0."""
-    return row["diff"] is not None and math.isfinite(row["diff"]) and (row["ci_low"] > 0 or row["ci_high"] < 0)
-
-
-def format_comparison(control: dict[str, Any], main: Emergence | None = None, main_label: str = "") -> str:
+def format_comparison(control: ControlRecord, main: Emergence | None = None, main_label: str = "") -> str:
     """Side by side per layer: the main estimator's IE (`*` saturated), the control estimator's IE of
     the model and of the control at the headline β, and their difference with its interval (from a
     ControlComparison's record, so `ie-flow report` prints it from summary.json too)."""
-    est, kind = control["estimator"], control["kind"]
-    beta = "" if control["beta"] is None else f", β = {control['beta']:g}" + (
-        "" if control["beta_valid"] else " (no β valid in every cell: read with care)")
+    est, kind = control.estimator, control.kind
+    beta = "" if control.beta is None else f", β = {control.beta:g}" + (
+        "" if control.beta_valid else " (no β valid in every cell: read with care)")
     head = f"{'layer':>5}  " + (f"{main_label + ' IE':>13}  " if main else "") + \
         f"{est + ' IE':>12}  {kind + ' ctrl':>12}  {'difference':>10}  {'95% interval':>17}"
     lines = [f"model vs {kind} control, {est}{beta}", head]
     main_ie = {l.layer: l for l in main.layers} if main else {}
-    for d in control["layers"]:
-        m = main_ie.get(d["layer"])
+    for d in control.layers:
+        m = main_ie.get(d.layer)
         first = f"{m.ie:>12.3f}{'*' if m.saturated else ' '}  " if m else ""
-        lines.append(f"{d['layer']:>5}  {first}{d['model_ie']:>12.3f}  {d['control_ie']:>12.3f}  {d['diff']:>10.3f}  "
-                     f"[{d['ci_low']:>7.3f}, {d['ci_high']:>7.3f}]{'  *' if _apart(d) else ''}")
+        lines.append(f"{d.layer:>5}  {first}{d.model_ie:>12.3f}  {d.control_ie:>12.3f}  {d.diff:>10.3f}  "
+                     f"[{d.ci_low:>7.3f}, {d.ci_high:>7.3f}]{'  *' if d.apart else ''}")
     lines.append(summary_sentence(control))
     return "\n".join(lines)
 
 
-def summary_sentence(control: dict[str, Any]) -> str:
+def summary_sentence(control: ControlRecord) -> str:
     """The plain sentence on what the run shows."""
-    est, kind, rows = control["estimator"], control["kind"], control["layers"]
-    diffs = [d for d in rows if d["diff"] is not None and math.isfinite(d["diff"])]
+    est, kind, rows = control.estimator, control.kind, control.layers
+    diffs = [d for d in rows if math.isfinite(d.diff)]
     if not diffs:
         return f"No layer has a valid {est} IE for both the model and its {kind} control: nothing to compare."
-    apart = [d for d in diffs if _apart(d)]
-    higher = sum(d["diff"] > 0 for d in apart)
+    apart = [d for d in diffs if d.apart]
+    higher = sum(d.diff > 0 for d in apart)
     return (f"In {len(apart)} of {len(rows)} layers (marked *) the model's {est} IE differs from its {kind} control "
             f"beyond the 95% interval ({higher} higher, {len(apart) - higher} lower); mean difference "
-            f"{np.mean([d['diff'] for d in diffs]):+.3f} bits.")
+            f"{np.mean([d.diff for d in diffs]):+.3f} bits.")

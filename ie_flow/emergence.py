@@ -1,10 +1,8 @@
 """Information Emergence from an MI table (docs/METHOD.md section 2). Pure functions, no I/O.
 
-MI table rows (one per cell, level, β and estimator seed): layer, position, level (macro|micro),
-method, seed, bits, ceiling_bits, saturated, n_train, n_eval, beta (NaN unless `smoothed`), ci_low,
-ci_high, valid, invalid_reason, critic and lower_bound (the critic check's verdict, estimators/critic_check.py),
-the smoothed diagnostics, and the bootstrap replicates of the cell.
-Level "macro" at position t is the in-context M_l(t); IE uses the last position. Level "micro" at t is
+The MI table's columns are defined once, in ie_flow.results (MI_FIELDS); among them critic and lower_bound
+(the critic check's verdict, estimators/critic_check.py). Level "macro" at position t is the in-context
+M_l(t); IE uses the last position. Level "micro" at t is
 M_l^mi_t (in-context: the same value; isolated: token t run alone).
 
 Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)
@@ -21,12 +19,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow.estimators.base import seed_interval
-
-MI_COLUMNS = ("layer", "position", "level", "method", "seed", "bits", "ceiling_bits", "saturated", "n_train",
-              "n_eval", "beta", "ci_low", "ci_high", "valid", "invalid_reason", "critic", "lower_bound", "null_bits",
-              "mc_se_bits",
-              "resub_loo_gap_bits", "stability_bits", "replicates")
-
+from ie_flow.results import LayerRecord, Summary
 
 @dataclass(frozen=True)
 class LayerEmergence:
@@ -65,29 +58,26 @@ class Emergence:
     beta: float | None = None  # the smoothed estimator's resolution, None for the others
 
     @property
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> Summary:
         ie = np.array([l.ie for l in self.layers])
         ok = np.isfinite(ie)
         if not ok.any():
-            return {"ie_mean": math.nan, "ie_max": math.nan, "ie_argmax_layer": -1, "ie_std_layers": math.nan,
-                    "ie_std_seeds": math.nan, "saturated_layers": 0, "invalid_layers": len(ie)}
+            return Summary(ie_mean=math.nan, ie_mean_ci_low=math.nan, ie_mean_ci_high=math.nan, ie_max=math.nan,
+                           ie_argmax_layer=-1, ie_std_layers=math.nan, ie_std_seeds=math.nan, saturated_layers=0,
+                           invalid_layers=len(ie))
         mean = float(ie[ok].mean())
         low, high = bootstrap_interval(mean, self.ie_replicates[:, ok].mean(axis=1), self.ie_per_seed[:, ok].mean(axis=1))
-        return {
-            "ie_mean": mean,
-            "ie_mean_ci_low": low,
-            "ie_mean_ci_high": high,
-            "ie_max": float(ie[ok].max()),
-            "ie_argmax_layer": int(self.layers[int(np.flatnonzero(ok)[ie[ok].argmax()])].layer),
-            "ie_std_layers": float(ie[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
+        return Summary(
+            ie_mean=mean, ie_mean_ci_low=low, ie_mean_ci_high=high, ie_max=float(ie[ok].max()),
+            ie_argmax_layer=int(self.layers[int(np.flatnonzero(ok)[ie[ok].argmax()])].layer),
+            ie_std_layers=float(ie[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
             # spread of the model-level IE (mean over layers) across estimator seeds
-            "ie_std_seeds": float(self.ie_per_seed[:, ok].mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
-            "saturated_layers": int(sum(l.saturated for l in self.layers)),
-            "invalid_layers": int((~ok).sum()),
-        }
+            ie_std_seeds=float(self.ie_per_seed[:, ok].mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
+            saturated_layers=int(sum(l.saturated for l in self.layers)), invalid_layers=int((~ok).sum()),
+        )
 
-    def layer_rows(self) -> list[dict[str, Any]]:
-        return [{**asdict(l), "saturated": l.saturated} for l in self.layers]
+    def layer_rows(self) -> list[LayerRecord]:
+        return [LayerRecord(**asdict(l), saturated=l.saturated) for l in self.layers]
 
 
 def bootstrap_interval(point: float, replicates: np.ndarray, per_seed: np.ndarray) -> tuple[float, float]:

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from ie_flow import IEFlowError, Refused, __version__
-from ie_flow.config import JobSpec, split_problem
+from ie_flow.config import JobSpec
 from ie_flow.control import control_job
 from ie_flow.executors import Completion, Executor, get_executor
-from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, ResultsRecord, StorageRoot
+from ie_flow.results import Result, results_record
+from ie_flow.store import DatasetFolder, DatasetInfo, Manifest, ModelInfo, ResultsFolder, StorageRoot
 
 log = logging.getLogger("ie_flow")
 
@@ -37,17 +38,6 @@ class Estimated:
     seconds: float
     reused_layers: int
     stats: list[dict[str, Any]] = field(default_factory=list)  # per estimated layer: its tasks' planned and peak bytes
-
-
-@dataclass
-class JobOutcome:
-    record: ResultsRecord  # what summary.json holds
-    table: Any
-    emergence: Any
-    results: ResultsFolder
-    input_ids: np.ndarray | None = None
-    tracking_error: str | None = None
-    comparison: Any = None  # control.ControlComparison when the job had a control
 
 
 def executor_for(job: JobSpec) -> Executor:
@@ -98,11 +88,10 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     check_before_tokenizer(job)
     tokenizer = load_tokenizer(job.model.name, job.model.revision, endpoint)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
-    problem = split_problem(corpus.num_samples, job.estimate.eval_fraction)
-    if problem:  # a text corpus can give fewer windows than asked for
-        raise IEFlowError(f"corpus {job.corpus.name} gave {corpus.num_samples} windows: {problem}")
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
-    check_estimator_settings(job, corpus.num_samples)
+    if corpus.num_samples != job.corpus.samples:  # a text corpus can give fewer windows than asked for
+        check_estimator_settings(job, corpus.num_samples, f"corpus {job.corpus.name} gave {corpus.num_samples} "
+                                 "windows: ")
     identity = model_identity(source, job.model.seed)
     return ExtractPlan(job, root.activations(source.key, corpus.dataset_id), source, tokenizer, corpus, positions,
                        identity)
@@ -118,7 +107,8 @@ def check_before_tokenizer(job: JobSpec) -> None:
     c = job.corpus
     local_corpus(c.name)  # a built-in, a URI, or a file or folder that exists
     kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
-    check_estimator_settings(job, c.samples)  # again with the windows the corpus really gives, below
+    # again with the windows the corpus really gives (plan_extract)
+    check_estimator_settings(job, c.samples)
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision,
                                                                    job.storage.endpoint_url))
@@ -130,22 +120,29 @@ def check_before_tokenizer(job: JobSpec) -> None:
         check_memory_budget(job.estimate, c.samples, width, job.extract.storage_dtype)
 
 
-def check_estimator_settings(job: JobSpec, samples: int) -> None:
-    """Unknown or bad estimator settings (a β <= 0, more queries than samples) fail before any work."""
+def check_estimator_settings(job: JobSpec, samples: int, context: str = "") -> None:
+    """Unknown or bad estimator settings (a β <= 0) and too few samples for the estimator's own
+    needs (its `check`: a split, or more samples than dimensions) fail before any work."""
     from ie_flow.control import measured_job
-    from ie_flow.estimators import get_estimator
 
     for spec in [job.estimate] + ([measured_job(job).estimate] if job.control.kind != "none" else []):
         try:
-            settings = get_estimator(spec.method, **spec.settings).settings
+            estimator = spec.estimator()
         except ValueError as e:
             raise IEFlowError(f"estimator {spec.method}: {e}") from None
+        settings = estimator.settings
         betas = [settings["beta"], *(settings.get("betas") or [])] if "beta" in settings else []
         if any(not b > 0 for b in betas):
             raise IEFlowError(f"estimator {spec.method}: every beta must be > 0, got {betas}")
-        if (settings.get("queries") or 0) > samples:  # unset: the estimator uses min(512, n)
-            raise IEFlowError(f"estimator {spec.method}: queries={settings['queries']} exceeds the {samples} "
-                              "samples; lower settings.queries")
+        dims = None
+        if estimator.checks_dims:  # reading the config of a GGUF model takes seconds: only when it counts
+            from ie_flow.models import hidden_size
+
+            width = hidden_size(job.model.name, job.model.revision, job.storage.endpoint_url)
+            dims = (spec.cell_dims(width),) * 2  # a block boundary each
+        problem = estimator.check(samples, dims)
+        if problem:
+            raise IEFlowError(f"{context}estimator {spec.method}: {problem}")
 
 
 # settings that name the model's weights: when only they differ, the stored activations are stale
@@ -362,7 +359,7 @@ def reusable_manifest_sha256(plan: ExtractPlan) -> str | None:
     return folder.load_manifest().sha256() if folder.has_manifest() and check_reuse(plan, False) is None else None
 
 
-def run_job(job: JobSpec) -> JobOutcome:
+def run_job(job: JobSpec) -> Result:
     """The whole job: stage 1, stage 2, the control if asked for, IE, summary on storage, MLflow (a
     run that opens RUNNING when the job starts and ends FINISHED, or FAILED with the error)."""
     t0 = time.perf_counter()
@@ -399,7 +396,7 @@ def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked:
                              model_est.results.mi_uri, ctrl_est.results.mi_uri)
 
 
-def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
+def estimate_job(job: JobSpec, folder: DatasetFolder) -> Result:
     """Stage 2 and what follows, on activations that are already on storage."""
     manifest = folder.load_manifest()
     with job_run(job, manifest.model.key, manifest.dataset.id, manifest.sha256()) as tracked:
@@ -408,7 +405,7 @@ def estimate_job(job: JobSpec, folder: DatasetFolder) -> JobOutcome:
 
 
 def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
-           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> JobOutcome:
+           seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> Result:
     """IE from the MI table, the summary record on storage, then the tracking run."""
     from ie_flow.emergence import choose_beta, emergence_by_beta
     from ie_flow.provenance import code_version
@@ -419,15 +416,15 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
         log.warning("warning: no β of %s is valid in every cell; the headline shows β = %g, marked invalid",
                     sorted(profiles), beta)
     em = profiles[beta]
-    record = ResultsRecord(
-        job=job.model_dump(mode="json"), job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
-        manifest=manifest.without_shards(), results_uri=estimated.results.mi_uri, seconds=seconds,
+    record = results_record(
+        job=job, job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
+        manifest=manifest.model_copy(update={"shards": []}), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
         tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
         control=comparison.record() if comparison else None, manifest_sha256=manifest.sha256(),
         code_version=code_version(),
     )
     estimated.results.write_summary(record)
-    outcome = JobOutcome(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)
-    outcome.tracking_error = tracked.log(outcome)
-    return outcome
+    result = Result(record, estimated.table, em, estimated.results, input_ids, comparison=comparison)
+    result.tracking_error = tracked.log(result)
+    return result

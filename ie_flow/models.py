@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -54,7 +55,7 @@ class ModelSource:
     @property
     def key(self) -> str:
         """Path-safe name for storage folders: alias, folder or file stem, or hub id."""
-        from ie_flow.corpora import path_safe
+        from ie_flow.storage import path_safe
 
         base = self.name[len(RANDOM_PREFIX) :] if self.random_init else self.name
         if self.kind in ("folder", "gguf") and base not in model_aliases():
@@ -414,28 +415,39 @@ def count_blocks(name: str, revision: str | None = None, endpoint_url: str | Non
 
 
 def hidden_size(name: str, revision: str | None = None, endpoint_url: str | None = None) -> int:
-    """The residual stream's width d, from the model's config alone: lets a job check its
-    stage-2 memory budget before any work."""
+    """The width of a block boundary, from the config alone: lets a job check an estimator's
+    sample needs (more samples than dimensions) before any work."""
     return _config_int(name, revision, ("hidden_size", "n_embd", "d_model"), "the hidden size", endpoint_url)
 
 
 def _config_int(name: str, revision: str | None, keys: tuple[str, ...], what: str,
                 endpoint_url: str | None = None) -> int:
-    source = resolve_model(name, revision, endpoint_url)
-    location, kwargs = _hf_location(source)
-    if source.kind == "folder" and (Path(location) / "config.json").is_file():  # no transformers import
-        config_json = json.loads((Path(location) / "config.json").read_text())
+    for read in (_folder_config, _transformers_config):  # transformers only when config.json does not say
+        config = read(name, revision, endpoint_url)
         for key in keys:
-            if isinstance(config_json.get(key), int):
-                return int(config_json[key])
+            if isinstance(config.get(key), int):
+                return int(config[key])
+    raise IEFlowError(f"cannot tell {what} of {name!r} from its config")
+
+
+def _folder_config(name: str, revision: str | None, endpoint_url: str | None = None) -> dict[str, Any]:
+    """A model folder's config.json as written (read without importing transformers); {} otherwise."""
+    source = resolve_model(name, revision, endpoint_url)
+    location, _ = _hf_location(source)
+    if source.kind == "folder" and (Path(location) / "config.json").is_file():
+        return json.loads((Path(location) / "config.json").read_text())
+    return {}
+
+
+@functools.lru_cache(maxsize=16)  # a GGUF file's config is parsed once per process, not per question
+def _transformers_config(name: str, revision: str | None, endpoint_url: str | None = None) -> dict[str, Any]:
     import transformers
 
+    source = resolve_model(name, revision, endpoint_url)
+    location, kwargs = _hf_location(source)
     try:
         config = transformers.AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise IEFlowError(f"cannot read the config of {name!r} ({source.kind} {location}): {first_line(e)}") from None
     config = getattr(config, "text_config", None) or config  # multimodal wrappers keep the LM's config inside
-    for key in keys:
-        if isinstance(getattr(config, key, None), int):
-            return int(getattr(config, key))
-    raise IEFlowError(f"cannot tell {what} of {name!r} from its config")
+    return config.to_dict()

@@ -88,21 +88,30 @@ def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per laye
     return _save(plt, fig, path)
 
 
-def plot_control(control: dict[str, Any], path: Path, title: str) -> Path:
-    """IE of the model and of its control at the headline β, and their difference with its interval."""
+def plot_control(control: Any, path: Path, title: str) -> Path:
+    """IE of the model and of its control at the headline β, and their difference with its interval
+    (from a results.ControlRecord)."""
     plt = _pyplot()
-    rows = control["layers"]
-    layers = [r["layer"] for r in rows]
+    rows = control.layers
+    layers = [r.layer for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    top.plot(layers, [r["model_ie"] for r in rows], marker="o", ms=3, label="model")
-    top.plot(layers, [r["control_ie"] for r in rows], marker="o", ms=3, label=f"{control['kind']} control")
-    top.set(ylabel="IE (bits)", title=f"{title}: {control['estimator']}"
-            + (f", β = {control['beta']:g}" if control.get("beta") is not None else ""))
+    top.plot(layers, [r.model_ie for r in rows], marker="o", ms=3, label="model")
+    top.plot(layers, [r.control_ie for r in rows], marker="o", ms=3, label=f"{control.kind} control")
+    top.set(ylabel="IE (bits)", title=f"{title}: {control.estimator}"
+            + (f", β = {control.beta:g}" if control.beta is not None else ""))
     top.legend(fontsize=8)
-    bottom.plot(layers, [r["diff"] for r in rows], marker="o", ms=3, color="black", label="model - control")
-    bottom.fill_between(layers, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.25,
+    bottom.plot(layers, [r.diff for r in rows], marker="o", ms=3, color="black", label="model - control")
+    bottom.fill_between(layers, [r.ci_low for r in rows], [r.ci_high for r in rows], alpha=0.25,
                         label="95% bootstrap interval")
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set(xlabel="layer", ylabel="difference (bits)")
     bottom.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def write_plots(em: Any, label: str, out: Path) -> list[Path]:
+    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
+            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
+            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]

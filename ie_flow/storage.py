@@ -7,6 +7,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from functools import cached_property
 from typing import Any
 
@@ -42,6 +43,11 @@ def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[Any, str]
 
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def path_safe(name: str) -> str:
+    """A name usable as one path segment on local disks and S3."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--").replace(":", "-")).strip("-") or "x"
 
 
 def sha256(data: bytes) -> str:

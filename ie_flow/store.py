@@ -144,53 +144,6 @@ class Manifest(_Record):
         return sha256(json_bytes(self.model_dump(mode="json")))
 
 
-class ResultsRecord(BaseModel):
-    """summary.json of a results folder: the job, where its data is, and what it found."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    job: dict[str, Any]  # the resolved JobSpec (config.JobSpec.model_dump)
-    job_yaml: str
-    manifest_uri: str
-    manifest: dict[str, Any]  # Manifest.without_shards()
-    results_uri: str
-    seconds: dict[str, float]
-    summary: dict[str, float]
-    layers: list[dict[str, Any]]
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
-    beta: float | None = None
-    beta_valid: bool = True
-    # the control measured in the same run (control.ControlComparison.record), if any
-    control: dict[str, Any] | None = None
-    # what the results folder is keyed on (with the estimator settings): the manifest's sha256 and
-    # the code version (provenance.code_version)
-    manifest_sha256: str | None = None
-    code_version: str | None = None
-
-    @property
-    def model_name(self) -> str:
-        return self.manifest["model"]["name"]
-
-    @property
-    def label(self) -> str:
-        model = self.manifest["model"]
-        return f"{model.get('key', model['name'])} / {self.manifest['dataset']['id']}"
-
-    @property
-    def corpus_digest(self) -> str:
-        return self.manifest["dataset"]["digest"]
-
-    @property
-    def estimator(self) -> str:
-        return self.job["estimate"]["method"]
-
-    @property
-    def micro_reduce(self) -> str:
-        return self.job["estimate"]["micro_reduce"]
-
-
 @dataclass(frozen=True)
 class DatasetFolder:
     """activations/{model}/{dataset}: one model's activations on one corpus."""
@@ -338,17 +291,17 @@ class ResultsFolder:
     def has_summary(self) -> bool:
         return self.storage.exists(SUMMARY)
 
-    def write_summary(self, record: ResultsRecord) -> None:
+    def write_summary(self, record: Any) -> None:
+        """summary.json from the typed record (results.ResultsRecord)."""
         self.storage.write_json(SUMMARY, record.model_dump(mode="json"))
 
-    def load(self) -> tuple[ResultsRecord, Any]:
-        """(summary record, MI table) of a finished run, or a clear error."""
+    def load(self) -> tuple[dict[str, Any], Any]:
+        """(summary.json's content, MI table) of a finished run, or a clear error (results.load_results types them)."""
         if not self.has_summary():
             if self.storage.exists("layers"):
                 raise IEFlowError(f"{self.storage.url()} is an unfinished stage 2 (no {SUMMARY}); rerun the job")
             raise IEFlowError(f"no ie-flow results at {self.storage.url()} (no {SUMMARY})")
-        record = ResultsRecord.model_validate(self.storage.read_json(SUMMARY))
-        return record, self.storage.read_parquet(MI_TABLE)
+        return self.storage.read_json(SUMMARY), self.storage.read_parquet(MI_TABLE)
 
 
 class ReproductionEntry(BaseModel):

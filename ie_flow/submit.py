@@ -21,9 +21,11 @@ DEFAULT_JOBS_API = "http://127.0.0.1:8265"
 def client_for(address: str | None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
+    from ie_flow.locations import jobs_api_problem
+
     address = address or DEFAULT_JOBS_API
-    if not address.startswith(("http://", "https://")):
-        raise IEFlowError(f"--ray-address must be the Jobs API URL (http://HEAD:8265) here, got {address!r}")
+    if jobs_api_problem(address):
+        raise IEFlowError(jobs_api_problem(address))
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - connection and auth errors from the Jobs API

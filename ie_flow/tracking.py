@@ -164,7 +164,7 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
         run = client.create_run(exp, run_name=_title(record), tags=tags)
         from mlflow.entities import Param
 
-        params = job_params(record.job)
+        params = job_params(record.job.model_dump(mode="json"))
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     run_id = run.info.run_id
     first_time = "ie_mean" not in run.data.metrics  # a relog of logged results adds no metric points
@@ -186,17 +186,16 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
 
 
 def _title(record: Any) -> str:
-    m = record.manifest
-    return f"{m['model'].get('key', m['model']['name'])} on {m['dataset']['id']}"
+    return f"{record.manifest.model.key} on {record.manifest.dataset.id}"
 
 
 def _result_tags(record: Any) -> dict[str, str]:
-    model, dataset = record.manifest["model"], record.manifest["dataset"]
+    model, dataset = record.manifest.model, record.manifest.dataset
     return {
-        "model": model["name"], "model.kind": model["kind"], "model.revision": str(model["revision"]),
-        "model.fingerprint": str(model["fingerprint"]), "corpus.digest": dataset["digest"],
-        "corpus.name": dataset["name"], "estimator": record.estimator, "units": "bits",
-        "code_version": __version__, "storage_uri": record.job["storage"]["uri"],
+        "model": model.name, "model.kind": model.kind, "model.revision": str(model.revision),
+        "model.fingerprint": str(model.fingerprint), "corpus.digest": dataset.digest,
+        "corpus.name": dataset.name, "estimator": record.estimator, "units": "bits",
+        "code_version": __version__, "storage_uri": record.job.storage.uri,
         "manifest_uri": record.manifest_uri, "results_uri": record.results_uri,
         "mlflow.note.content": f"Information Emergence of {_title(record)}",
     }
@@ -218,35 +217,34 @@ def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(row[key]), now, row["layer"]) for row in em.layer_rows()
-               for key in METRICS_PER_LAYER if math.isfinite(row[key])]  # closed forms have no ceiling
-    summary = {**em.summary, **{f"seconds_{k}": v for k, v in record.seconds.items()}}
+    metrics = [Metric(key, float(getattr(row, key)), now, row.layer) for row in em.layer_rows()
+               for key in METRICS_PER_LAYER if math.isfinite(getattr(row, key))]  # closed forms have no ceiling
+    summary = {**em.summary.model_dump(), **{f"seconds_{k}": v for k, v in record.seconds.items()}}
     metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
     for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 
 
-def _log_manifest_params(client: Any, run_id: str, manifest: dict[str, Any]) -> None:
+def _log_manifest_params(client: Any, run_id: str, manifest: Any) -> None:
     """What stage 1 found (not in the config): the window length, sample count, blocks, width."""
     from mlflow.entities import Param
 
-    facts = {"tokens": manifest["tokens"], "samples": manifest["samples"], "layers": manifest["num_blocks"],
-             "hidden_size": manifest["hidden_size"], "storage_dtype": manifest["storage_dtype"],
-             "micro": manifest["micro"]}
+    facts = {"tokens": manifest.tokens, "samples": manifest.samples, "layers": manifest.num_blocks,
+             "hidden_size": manifest.hidden_size, "storage_dtype": manifest.storage_dtype, "micro": manifest.micro}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in facts.items()])
 
 
-def _log_control_metrics(client: Any, run_id: str, control: dict[str, Any]) -> None:
+def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
     """Model minus control per layer (step = layer), from the comparison's record."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     keys = {"model_ie": "control_model_ie", "control_ie": "control_ie", "diff": "control_diff",
             "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high"}
-    metrics = [Metric(name, float(row[k]), now, row["layer"]) for row in control["layers"] for k, name in keys.items()
-               if row[k] is not None and math.isfinite(row[k])]
-    if control.get("beta") is not None:
-        metrics.append(Metric("control_beta", float(control["beta"]), now, 0))
+    metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
+               for k, name in keys.items() if math.isfinite(getattr(row, k))]
+    if control.beta is not None:
+        metrics.append(Metric("control_beta", float(control.beta), now, 0))
     for i in range(0, len(metrics), 900):
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 
@@ -254,11 +252,11 @@ def _log_control_metrics(client: Any, run_id: str, control: dict[str, Any]) -> N
 def _log_dataset(record: Any, input_ids: Any) -> None:
     import mlflow
 
-    dataset = record.manifest["dataset"]
+    dataset = record.manifest.dataset
     with warnings.catch_warnings():  # MLflow warns that a local path could be two source kinds
         warnings.simplefilter("ignore", UserWarning)
-        ds = mlflow.data.from_numpy(input_ids, source=record.manifest_uri, name=dataset["id"],
-                                    digest=dataset["digest"][:16])
+        ds = mlflow.data.from_numpy(input_ids, source=record.manifest_uri, name=dataset.id,
+                                    digest=dataset.digest[:16])
     mlflow.log_input(ds, context="corpus")
 
 
@@ -266,7 +264,7 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
     import mlflow
     import pyarrow.parquet as pq
 
-    from ie_flow.report import write_plots
+    from ie_flow.plots import write_plots
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -276,7 +274,7 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
         if record.control:
             from ie_flow.plots import plot_control
 
-            plot_control(record.control, d / "control_difference.png", f"model - {record.control['kind']} control")
+            plot_control(record.control, d / "control_difference.png", f"model - {record.control.kind} control")
         (d / "job.yaml").write_text(record.job_yaml)
         (d / "summary.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2, default=str))
         mlflow.log_artifacts(tmp)
@@ -291,6 +289,28 @@ def _log_seed_children(parent_id: str, em: Any, tags: dict[str, str]) -> None:
                               tags={**tags, "seed": str(seed)}):
             for i, layer in enumerate(em.layers):
                 mlflow.log_metric("ie", float(em.ie_per_seed[s, i]), step=layer.layer)
+
+
+def download_results(run_id: str, tracking_uri: str) -> tuple[Any, Any]:
+    """(ResultsRecord, MI table) of a logged run, read back from its artifacts."""
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from ie_flow.results import read_record
+
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
+        raise IEFlowError(f"no MLflow run {run_id} at {tracking_uri}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        record = read_record(Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="summary.json", dst_path=tmp)).read_text())
+        table = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="mi.parquet",
+                                                                  dst_path=tmp))
+    record.mlflow_run_id = run_id
+    return record, table
 
 
 def relog_command(results_uri: str, tracking_uri: str) -> str:

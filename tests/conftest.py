@@ -58,6 +58,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wide_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Boundaries wider than the Gaussian estimator's 128 dimensions per side."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "wide-llama", "llama", layers=1, hidden=160)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", "gpt2")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow import IEFlowError
+from ie_flow.storage import path_safe
 
 ICL_CORPORA = ("icl-countries", "icl-animals", "icl-colours", "icl-mixed")
 
@@ -78,11 +78,6 @@ class Corpus:
         if tokenizer is not None:
             info["examples"] = [tokenizer.decode(row) for row in self.input_ids[:examples]]
         return info
-
-
-def path_safe(name: str) -> str:
-    """A name usable as one path segment on local disks and S3."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--").replace(":", "-")).strip("-") or "x"
 
 
 def build_corpus(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:

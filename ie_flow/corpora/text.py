@@ -49,23 +49,35 @@ def _decode(raw: bytes, where: str) -> str:
         raise IEFlowError(f"{where} is not valid UTF-8 (byte {e.start}): {e.reason}") from None
 
 
+def _parquet_documents(fs: Any, path: str, name: str, text_field: str) -> Iterator[str]:
+    """The text column of a Parquet file; a file that is not Parquet, or whose column holds no
+    text, is refused with one line (not pyarrow's exception, after the work started)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            if text_field not in schema.names:
+                raise IEFlowError(f"{name} has no column {text_field!r} (columns: {', '.join(schema.names)}); "
+                                  "set --text-field")
+            kind = schema.field(text_field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise IEFlowError(f"{name} column {text_field!r} holds {kind}, not text; set --text-field")
+            for batch in pf.iter_batches(columns=[text_field]):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+    except (pa.ArrowException, OSError) as e:  # not Parquet, or a damaged file
+        raise IEFlowError(f"{name} is not a valid Parquet file: {first_line(e)}") from None
+
+
 def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None = None) -> Iterator[str]:
     """Yield documents one at a time (streaming: a large corpus is never held whole)."""
     fs, files = _files(uri, endpoint_url)
     for path in files:
         name = os.path.basename(path)
         if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                if text_field not in pf.schema_arrow.names:
-                    raise IEFlowError(
-                        f"{name} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
-                        "set --text-field"
-                    )
-                for batch in pf.iter_batches(columns=[text_field]):
-                    yield from (t for t in batch.column(0).to_pylist() if t)
+            yield from _parquet_documents(fs, path, name, text_field)
             continue
         jsonl = path.endswith((".jsonl", ".json"))
         with fs.open(path, "rb") as f:
@@ -151,7 +163,7 @@ def text_corpus(
     endpoint_url: str | None = None, other: Any = None,
 ) -> "Corpus":
     """Windows of a text/JSONL/Parquet corpus in corpus order (deterministic: same file, same ids)."""
-    from ie_flow.corpora import path_safe
+    from ie_flow.storage import path_safe
 
     base = path_safe(os.path.splitext(os.path.basename(uri.rstrip("/")))[0])
     settings = {"kind": "text", "source": uri, "text_field": text_field}

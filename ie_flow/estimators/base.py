@@ -98,6 +98,15 @@ def required_samples(eval_fraction: float, select_fraction: float = 0.0) -> int:
     return need
 
 
+def split_problem(samples: int, eval_fraction: float, select_fraction: float = 0.1) -> str | None:
+    """Why `samples` cannot be split into train / select / report parts, or None when it can."""
+    need = required_samples(eval_fraction, select_fraction)
+    if samples >= need:
+        return None
+    return (f"samples={samples} is too few for the train/select/report split with eval_fraction={eval_fraction}: "
+            f"need at least {need} samples")
+
+
 def validate_pairs(
     xs: np.ndarray,
     ys: np.ndarray,
@@ -297,6 +306,7 @@ class Estimator:
         the stacks alone (this estimator's own working memory is not modelled; the neural
         estimators' is, and checked against measurement by benchmarks/bench_scale.py)."""
         return pairs * n * (dx + dy) * itemsize
+    checks_dims: ClassVar[bool] = False  # whether `check` needs the dimensions too (a job then reads them)
 
     def __init__(self, **settings: Any) -> None:
         unknown = [k for k in settings if k not in self.defaults]
@@ -312,6 +322,15 @@ class Estimator:
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
     ) -> list[MIEstimate]:
         raise NotImplementedError
+
+    def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
+        """Why `n` sample pairs (of `dims` = (dx, dy) dimensions, when known) are too few for this
+        estimator, or None when they are enough: a job asks before any work. This default is the
+        train / select / report split of the estimators that have one."""
+        s = self.settings
+        if "eval_fraction" not in s:
+            return None
+        return split_problem(n, s["eval_fraction"], s.get("select_fraction", 0.1))
 
     # helpers shared by subclasses
     @staticmethod

@@ -62,8 +62,16 @@ def _prepare(a: np.ndarray, transform: str, max_dims: int | None) -> np.ndarray:
     return a
 
 
+def _dims_problem(dx: int, dy: int, n: int) -> str | None:
+    """The joint covariance of dx + dy dimensions needs more samples than dimensions + 1."""
+    if dx + dy < n - 1:
+        return None
+    return f"{dx}+{dy} dimensions need more than {dx + dy + 1} samples (n={n}); lower max_dims"
+
+
 class GaussianMI(Estimator):
     name = "gaussian"
+    checks_dims = True  # the joint covariance needs more samples than dimensions
     defaults: ClassVar[dict[str, Any]] = {
         "transform": "linear",  # linear | copula
         "ridge": 1e-6,
@@ -72,6 +80,13 @@ class GaussianMI(Estimator):
         "eval_fraction": 0.2,  # only for the common sample-count check; no split is used
         "drop_constant": False,
     }
+
+    def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
+        split = super().check(n, dims)
+        if split or dims is None:
+            return split
+        cap = self.settings["max_dims"] or max(dims)
+        return _dims_problem(min(dims[0], cap), min(dims[1], cap), n)
 
     def estimate_many(
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
@@ -88,10 +103,8 @@ class GaussianMI(Estimator):
             a = _prepare(xs[p], s["transform"], s["max_dims"])
             b = _prepare(ys[p], s["transform"], s["max_dims"])
             dx, dy = a.shape[1], b.shape[1]
-            if dx + dy >= n - 1:
-                raise ValueError(
-                    f"gaussian: {dx}+{dy} dimensions need more than {dx + dy + 1} samples (n={n}); lower max_dims"
-                )
+            if _dims_problem(dx, dy, n):
+                raise ValueError(f"gaussian: {_dims_problem(dx, dy, n)}")
             joint = np.concatenate([a, b], axis=1)
             C = np.cov(joint, rowvar=False) + s["ridge"] * np.eye(dx + dy)
             ld = lambda m: np.linalg.slogdet(m)[1]  # noqa: E731

@@ -685,6 +685,15 @@ class SmoothedMI(Estimator):
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
     }
 
+    def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
+        """No split: 8 samples, and at least as many as an explicit number of queries."""
+        if n < 8:
+            return f"smoothed needs at least 8 samples, got {n}"
+        queries = self.settings["queries"]
+        if queries is not None and int(queries) > n:
+            return f"queries={queries} exceeds the {n} samples; lower settings.queries"
+        return None
+
     def estimate_many(
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
     ) -> list[MIEstimate]:

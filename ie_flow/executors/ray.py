@@ -26,15 +26,22 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1", "HF_HUB_DI
 
 
 def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
-    """Raise IEFlowError at once when nothing listens at a HOST:PORT Ray address.
+    """Raise IEFlowError at once when the address is not a cluster's (a Jobs API URL, a typo) or
+    nothing listens at its HOST:PORT.
 
     ray.init keeps retrying an unreachable GCS for minutes (still retrying 127.0.0.1:1 after 400 s, measured); one TCP
-    connect answers in milliseconds. `auto`, ray://... and other schemes are left to ray.init."""
-    if not address or address in ("auto", "local") or "://" in address:
+    connect answers in milliseconds. `auto`, `local` and a well-formed ray://... (Ray Client connects
+    its own way) are left to ray.init."""
+    from ie_flow.locations import ray_cluster_problem
+
+    if not address or address in ("auto", "local"):
+        return
+    problem = ray_cluster_problem(address)
+    if problem:
+        raise IEFlowError(problem)
+    if "://" in address:
         return
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise IEFlowError(f"bad Ray address {address!r}: use HOST:PORT, auto or ray://HOST:PORT")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass

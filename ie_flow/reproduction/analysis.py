@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ie_flow.emergence import Emergence, emergence_by_beta
-from ie_flow.store import ReproductionEntry, ReproductionIndex, ResultsRecord, results_folder
+from ie_flow.results import ResultsRecord, read_record
+from ie_flow.store import ReproductionEntry, ReproductionIndex, results_folder
 
 VERDICTS = ("reproduced", "reproduced with the paper's estimator only", "not testable here (saturated)",
             "explained by the corpus", "not reproduced")
@@ -38,7 +39,7 @@ class Measured:
 
     @property
     def samples(self) -> int:
-        return int(self.record.manifest["samples"])
+        return self.record.manifest.samples
 
     @property
     def digest(self) -> str:
@@ -51,7 +52,8 @@ class Measured:
 def load_measurements(index: ReproductionIndex, endpoint_url: str | None = None) -> dict[str, Measured]:
     out = {}
     for key, entry in index.entries.items():
-        record, table = results_folder(entry.results_uri, endpoint_url).load()
+        data, table = results_folder(entry.results_uri, endpoint_url).load()
+        record = read_record(data)
         out[key] = Measured(key, entry, record, emergence_by_beta(table, record.micro_reduce))
     return out
 
@@ -92,9 +94,9 @@ def mean_of(values: list[Value]) -> Value:
 
 def ie_mean(em: Emergence) -> Value:
     s = em.summary
-    if not math.isfinite(s["ie_mean"]):
+    if not math.isfinite(s.ie_mean):
         return Value(math.nan, math.nan, math.nan)
-    return Value(s["ie_mean"], s.get("ie_mean_ci_low", s["ie_mean"]), s.get("ie_mean_ci_high", s["ie_mean"]))
+    return Value(s.ie_mean, s.ie_mean_ci_low, s.ie_mean_ci_high)
 
 
 def saturated_share(ems: list[Emergence]) -> float:

@@ -132,10 +132,10 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
             tags = m.entry.tags
             em, order = m.at(beta), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
             curve = mean_curve(em)
-            rows.append([str(tags.get("corpus.name")), str(m.record.manifest["tokens"]), order, est, str(m.samples),
+            rows.append([str(tags.get("corpus.name")), str(m.record.manifest.tokens), order, est, str(m.samples),
                          " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em))])
-            curves[f"{tags.get('corpus.name')} {m.record.manifest['tokens']} tok, {order} ({est})"] = curve
-            if m.entry.experiment == exp and m.record.manifest["tokens"] == 8:
+            curves[f"{tags.get('corpus.name')} {m.record.manifest.tokens} tok, {order} ({est})"] = curve
+            if m.entry.experiment == exp and m.record.manifest.tokens == 8:
                 (shuffled if order == "shuffled" else real).append(token_rise(em))
         findings.append(Finding(est, mean_of(real), mean_of(shuffled) if shuffled else None,
                                 _sat([m for m in every if m.entry.experiment == exp], beta)))

@@ -14,10 +14,9 @@ import numpy as np
 
 from ie_flow import IEFlowError
 from ie_flow.config import EstimateSpec
-from ie_flow.emergence import MI_COLUMNS
-from ie_flow.estimators.base import MIEstimate, is_saturated
 from ie_flow.executors import WorkUnit
 from ie_flow.memory import PeakRSS
+from ie_flow.results import estimate_cells, mi_rows, mi_table
 from ie_flow.store import DatasetFolder, Manifest, ResultsFolder
 
 log = logging.getLogger("ie_flow")
@@ -32,62 +31,6 @@ def run_name(spec: EstimateSpec, manifest_sha256: str | None, code_version: str)
         "dims": spec.dims, "settings": spec.settings, "manifest_sha256": manifest_sha256, "code": code_version,
     }
     return f"{spec.method}-{hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]}"
-
-
-# per-cell diagnostics kept as columns of the MI table (NaN where an estimator has none)
-DIAGNOSTIC_COLUMNS = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits")
-
-
-def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict[str, Any]]:
-    """One row per estimator seed (emergence.py computes the spread across seeds); the interval,
-    validity, diagnostics and bootstrap replicates belong to the estimate and repeat on its rows."""
-    nan = float("nan")
-    # closed-form and paper-protocol estimators have no ceiling: never saturated
-    ceiling = float("inf") if est.ceiling_bits is None else float(est.ceiling_bits)
-    shared = {
-        "layer": layer, "position": position, "level": level, "method": est.method,
-        "beta": float(est.diagnostics.get("beta", nan)), "ceiling_bits": ceiling,
-        "n_train": int(est.n_train), "n_eval": int(est.n_eval), "ci_low": float(est.ci_low),
-        "ci_high": float(est.ci_high), "valid": bool(est.valid), "invalid_reason": est.invalid_reason,
-        # the critic check (estimators/critic_check.py): which critic resolved the cell, why it is a lower bound
-        "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
-        **{k: float(est.diagnostics.get(k, nan)) for k in DIAGNOSTIC_COLUMNS},
-        "replicates": [float(v) for v in est.replicate_bits],
-    }
-    # the estimator's own flag also counts its pool test (halving the negatives lowers it)
-    return [{**shared, "seed": int(seed), "bits": float(bits),
-             "saturated": bool(est.saturated or is_saturated(bits, ceiling))}
-            for seed, bits in zip(est.seeds, est.bits_per_seed)]
-
-
-def mi_table(rows: list[dict[str, Any]]) -> Any:
-    import pyarrow as pa
-
-    f64 = pa.float64()
-    schema = pa.schema([
-        ("layer", pa.int32()), ("position", pa.int16()), ("level", pa.string()), ("method", pa.string()),
-        ("seed", pa.int64()), ("bits", f64), ("ceiling_bits", f64), ("saturated", pa.bool_()),
-        ("n_train", pa.int64()), ("n_eval", pa.int64()), ("beta", f64), ("ci_low", f64), ("ci_high", f64),
-        ("valid", pa.bool_()), ("invalid_reason", pa.string()), ("critic", pa.string()),
-        ("lower_bound", pa.string()), *[(k, f64) for k in DIAGNOSTIC_COLUMNS],
-        ("replicates", pa.list_(f64)),
-    ])
-    assert tuple(schema.names) == MI_COLUMNS
-    rows = sorted(rows, key=lambda r: (r["layer"], r["level"], r["beta"] if r["beta"] == r["beta"] else -1.0,
-                                       r["position"], r["seed"]))
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None
-                   ) -> list[list[MIEstimate]]:
-    """Every cell's estimates: one per β of the smoothed grid, otherwise one."""
-    from ie_flow.estimators import estimate_mi_many, get_estimator
-
-    if spec.method == "smoothed":
-        return get_estimator("smoothed", **spec.settings).estimate_grid(xs, ys, seeds=tuple(spec.seeds),
-                                                                         device=device)
-    return [[e] for e in estimate_mi_many(xs, ys, method=spec.method, seeds=tuple(spec.seeds), device=device,
-                                          eval_fraction=spec.eval_fraction, drop_constant=True, **spec.settings)]
 
 
 # a stage-2 worker's resident memory before it reads anything (torch, pyarrow, Ray's worker):

@@ -90,6 +90,12 @@ def test_submit_to_cluster_matches_local_run(ray_cluster, s3_server, mlflow_serv
     json_lines = [json.loads(l) for l in logs.stdout.splitlines() if l.startswith("{") and l.endswith("}")]
     assert json_lines and json_lines[-1] == result
     assert s3_server.secret not in logs.stdout  # the cluster's credentials stay out of the job's logs
+    # the same as one JSON object each; stop: the job has already ended
+    answers = {cmd: cli(cmd, job_id, "--ray-address", ray_cluster.address, "--json", env=ray_cluster.env,
+                        timeout=60).json() for cmd in ("status", "logs", "stop")}
+    assert answers["status"]["job_id"] == job_id and answers["status"]["status"] == "SUCCEEDED"
+    assert answers["logs"]["status"] == "SUCCEEDED" and answers["logs"]["logs"] == logs.stdout
+    assert answers["stop"] == {"job_id": job_id, "stopped": False}
 
     # -- the same workflow file run on this machine (only the storage URI changed) gives the same MI
     # table; run after the cluster job, since a third Ray runtime beside the cluster timed out at

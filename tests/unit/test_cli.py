@@ -39,7 +39,7 @@ def test_run_and_submit_take_the_same_job_options(ie_flow):
         (["--samples", "50"], "need at least 128 samples"),
         (["--samples", "abc"], "Invalid value for '--samples'"),
         (["--estimator", "infonse"], "did you mean 'infonce'"),
-        (["--executor", "serail"], "unknown executor 'serail'"),
+        (["--executor", "serail"], "did you mean 'serial'"),
         (["--corpus", "icl-colors"], "did you mean 'icl-colours'"),
         (["--shots", "9"], "corpus.shots"),
         (["--seeds", "a,b"], "--seeds must be integers"),

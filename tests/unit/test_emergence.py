@@ -50,15 +50,15 @@ def test_seeds_give_spread_and_summary():
     assert em.layers[0].ie_std_seeds == pytest.approx(np.std([1.0, 1.5], ddof=1))
     assert em.layers[0].ie_ci_low < em.layers[0].ie < em.layers[0].ie_ci_high
     s = em.summary
-    assert s["ie_mean"] == pytest.approx(np.mean(ie)) and s["ie_max"] == pytest.approx(max(ie))
-    assert s["ie_argmax_layer"] == 2 and s["ie_std_layers"] == pytest.approx(np.std(ie, ddof=1))
-    assert s["ie_std_seeds"] == pytest.approx(np.std([np.mean([1, 1.5, 2]), np.mean([1.5, 2, 2.5])], ddof=1))
+    assert s.ie_mean == pytest.approx(np.mean(ie)) and s.ie_max == pytest.approx(max(ie))
+    assert s.ie_argmax_layer == 2 and s.ie_std_layers == pytest.approx(np.std(ie, ddof=1))
+    assert s.ie_std_seeds == pytest.approx(np.std([np.mean([1, 1.5, 2]), np.mean([1.5, 2, 2.5])], ddof=1))
 
 
 def test_saturation_is_reported():
     em = information_emergence(_rows({(0, 0, 0): 2.0, (0, 0, 1): 9.95}, ceiling=10.0))
     assert em.layers[0].macro_saturated and em.layers[0].micro_saturated == 1
-    assert em.summary["saturated_layers"] == 1
+    assert em.summary.saturated_layers == 1
     assert em.saturated[0].tolist() == [False, True]
 
 
@@ -80,7 +80,7 @@ def test_an_invalid_cell_is_never_averaged_in():
     em = information_emergence(rows)
     assert em.layers[0].valid and em.layers[0].ie == pytest.approx(3 - 2)
     assert not em.layers[1].valid and np.isnan(em.layers[1].ie) and "null 0.6 bit" in em.layers[1].invalid_reason
-    assert em.summary["ie_mean"] == pytest.approx(1.0) and em.summary["invalid_layers"] == 1
+    assert em.summary.ie_mean == pytest.approx(1.0) and em.summary.invalid_layers == 1
     assert np.isnan(em.token_curves[1, 0]) and em.invalid[1].tolist() == [True, False]
 
 

@@ -346,7 +346,7 @@ def test_llm_like_failing_cell_is_caught_and_left_out_of_ie() -> None:
     em = information_emergence(rows)
     assert em.layers[0].valid and em.layers[0].ie == pytest.approx(good[1].bits - (good[0].bits + good[1].bits) / 2)
     assert not em.layers[1].valid and np.isnan(em.layers[1].ie) and "below -0.1 bit" in em.layers[1].invalid_reason
-    assert em.summary["invalid_layers"] == 1 and em.summary["ie_mean"] == pytest.approx(em.layers[0].ie)
+    assert em.summary.invalid_layers == 1 and em.summary.ie_mean == pytest.approx(em.layers[0].ie)
 
 
 def test_mine_paper_keeps_the_papers_protocol() -> None:

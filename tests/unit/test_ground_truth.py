@@ -21,7 +21,7 @@ def outcome(tiny_llama, tmp_path_factory):
 
 
 def test_first_name_and_its_comma_carry_log2_k(outcome):
-    k = outcome.record.manifest["dataset"]["settings"]["K"]
+    k = outcome.record.manifest.dataset.settings["K"]
     assert k == 16
     macro = {(r["layer"], r["position"]): r for r in outcome.table.to_pylist() if r["level"] == "macro"}
     for (layer, pos), r in macro.items():
@@ -53,7 +53,7 @@ def test_saturation_flags_match_ceilings(outcome):
         assert r["bits"] <= r["ceiling_bits"] + 1e-6
         if r["bits"] >= r["ceiling_bits"] - 0.1:  # at the ceiling: must be flagged (a lower bound)
             assert r["saturated"], r
-    entropy = outcome.record.manifest["prefix_entropy_bits"]
+    entropy = outcome.record.manifest.prefix_entropy_bits
     # no estimate exceeds what the distinct prefixes allow (plus estimator noise)
     for r in rows:
         assert r["bits"] <= entropy[r["position"]] + 0.2, r

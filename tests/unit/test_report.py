@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from ie_flow.config import load_job
 from ie_flow.emergence import information_emergence
-from ie_flow.report import LoadedResult, format_compare, format_table, json_summary
-from ie_flow.store import ResultsRecord
+from ie_flow.report import format_compare, format_table, json_summary
+from ie_flow.results import Result, ResultsRecord
+from ie_flow.store import DatasetInfo, Manifest, ModelInfo
 
 
-def _result(model: str, macro_last: float, saturated_at: float = 10.0) -> LoadedResult:
+def _manifest(model: str) -> Manifest:
+    return Manifest(code_version="test", model=ModelInfo(name=model, key=model, kind="folder", location=model),
+                    tokenizer={}, dataset=DatasetInfo(name="icl-x", id="icl-x-12345678", digest="ab" * 32, settings={}),
+                    samples=640, tokens=3, num_blocks=2, hidden_size=8, boundaries=[0, 1, 2], positions=[0, 1, 2],
+                    storage_dtype="float16", micro="in_context", prefix_entropy_bits=[4.0, 4.0, 7.86])
+
+
+def _result(model: str, macro_last: float, saturated_at: float = 10.0) -> Result:
     rows = []
     for layer in (0, 1):
         for pos, bits in enumerate((1.0, 2.0, macro_last + layer)):
@@ -17,11 +26,9 @@ def _result(model: str, macro_last: float, saturated_at: float = 10.0) -> Loaded
                              "n_train": 80, "n_eval": 20})
     em = information_emergence(rows)
     record = ResultsRecord(
-        job={"estimate": {"method": "infonce", "micro_reduce": "mean"}}, job_yaml="", manifest_uri="m",
-        manifest={"model": {"name": model, "key": model}, "dataset": {"id": "icl-x-12345678", "digest": "ab" * 32},
-                  "micro": "in_context", "prefix_entropy_bits": [4.0, 4.0, 7.86]},
+        job=load_job(None, {"estimate.method": "infonce"}), job_yaml="", manifest_uri="m", manifest=_manifest(model),
         results_uri="r/mi.parquet", seconds={}, summary=em.summary, layers=em.layer_rows())
-    return LoadedResult(record, rows, em, None)
+    return Result(record, rows, em, None)
 
 
 def test_format_table_rows_and_notes():
@@ -73,7 +80,7 @@ def test_lower_bound_cells_reach_the_table_and_the_report(tmp_path):
     assert back[(1, 1, "macro")]["critic"] == "mlp (hidden=128, layers=1)" and back[(0, 1, "macro")]["critic"] == "linear"
     assert lower_bound_cells(table) == {1: [f"macro t=0: {why}", f"micro t=0: {why}"]}
     result = _result("m1", 3.0)
-    text = format_table(LoadedResult(result.record, table, information_emergence(table), None)).splitlines()
+    text = format_table(Result(result.record, table, information_emergence(table), None)).splitlines()
     assert text[3].endswith("2 lower bound") and text[2].endswith("  -")  # layer 1 has the flagged cell
     assert f"note: 2 cell(s) are lower bounds (the critic check); the first: layer 1 macro t=0: {why}" in text
     from ie_flow.tracking import _critic_tags  # and the MLflow run's tags (the table itself is its artifact)

@@ -14,6 +14,7 @@ import pytest
 from ie_flow.cli import run_cli
 from ie_flow.reproduction.analysis import Finding, Value, verdict
 from ie_flow.reproduction.experiments import load_experiments
+from ie_flow.report import load_results
 from ie_flow.store import StorageRoot, results_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -74,9 +75,8 @@ def test_report_numbers_come_from_the_stored_results(reproduced):
     report = (tmp / "docs" / "REPRODUCTION.md").read_text()
     index = StorageRoot(str(tmp / "data")).load_reproduction()
     entry = index.entries["icl/icl-countries-shots2/infonce"]
-    record, _ = results_folder(entry.results_uri).load()
-    s = record.summary
-    shown = f"{s['ie_mean']:+.3f} [{s['ie_mean_ci_low']:+.3f}, {s['ie_mean_ci_high']:+.3f}]"
+    s = load_results(results_folder(entry.results_uri)).record.summary
+    shown = f"{s.ie_mean:+.3f} [{s.ie_mean_ci_low:+.3f}, {s.ie_mean_ci_high:+.3f}]"
     assert f"| icl-countries | 2 | infonce | 640 | {shown} |" in report
     for key, e in index.entries.items():  # every measurement traced to its folder (and run, where it has one)
         assert f"| {key} | `{e.results_uri.rsplit('/', 1)[0]}` |" in report

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ie_flow import IEFlowError
-from ie_flow.config import load_job, split_problem
+from ie_flow.config import load_job
+from ie_flow.estimators.base import split_problem
 from ie_flow.jobs import estimate_mi, extract_activations, plan_extract
 from ie_flow.storage import Storage
 from ie_flow.store import (

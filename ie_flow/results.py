@@ -1,0 +1,243 @@
+"""The measurement contract: the MI table every estimator's results become (one row per cell,
+level, variant and estimator seed), defined here once, and the typed records of a finished job
+(`ResultsRecord`: the job spec, the manifest, the `Summary`, the layers, the `ControlRecord`), with
+one `Result` type for results just computed or loaded from storage or MLflow. Stage 2 writes the
+table; jobs, emergence, report, tracking, control, plots and the reproduction read through here.
+
+MI table columns (MI_FIELDS): layer, position, level (macro|micro), method, seed, bits, ceiling_bits,
+saturated, n_train, n_eval, beta (NaN unless `smoothed`), ci_low, ci_high, valid, invalid_reason, the
+per-cell diagnostics (NaN where an estimator has none) and the bootstrap replicates of the cell."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, field_serializer
+
+from ie_flow.config import STORED, EstimateSpec, JobSpec
+from ie_flow.estimators.base import MIEstimate, is_saturated
+from ie_flow.store import Manifest, ResultsFolder
+
+# per-cell diagnostics kept as columns of the MI table (NaN where an estimator has none)
+DIAGNOSTIC_COLUMNS = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits")
+
+# (column, Arrow type): the one definition of the MI table's schema
+MI_FIELDS: tuple[tuple[str, str], ...] = (
+    ("layer", "int32"), ("position", "int16"), ("level", "string"), ("method", "string"), ("seed", "int64"),
+    ("bits", "float64"), ("ceiling_bits", "float64"), ("saturated", "bool"), ("n_train", "int64"),
+    ("n_eval", "int64"), ("beta", "float64"), ("ci_low", "float64"), ("ci_high", "float64"), ("valid", "bool"),
+    ("invalid_reason", "string"), ("critic", "string"), ("lower_bound", "string"),
+    *((k, "float64") for k in DIAGNOSTIC_COLUMNS), ("replicates", "list<float64>"),
+)
+MI_COLUMNS = tuple(name for name, _ in MI_FIELDS)
+
+
+def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict[str, Any]]:
+    """One row per estimator seed (emergence.py computes the spread across seeds); the interval,
+    validity, diagnostics and bootstrap replicates belong to the estimate and repeat on its rows."""
+    nan = float("nan")
+    # closed-form and paper-protocol estimators have no ceiling: never saturated
+    ceiling = float("inf") if est.ceiling_bits is None else float(est.ceiling_bits)
+    shared = {
+        "layer": layer, "position": position, "level": level, "method": est.method,
+        "beta": float(est.diagnostics.get("beta", nan)), "ceiling_bits": ceiling,
+        "n_train": int(est.n_train), "n_eval": int(est.n_eval), "ci_low": float(est.ci_low),
+        "ci_high": float(est.ci_high), "valid": bool(est.valid), "invalid_reason": est.invalid_reason,
+        # the critic check (estimators/critic_check.py): which critic resolved the cell, why it is a lower bound
+        "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
+        **{k: float(est.diagnostics.get(k, nan)) for k in DIAGNOSTIC_COLUMNS},
+        "replicates": [float(v) for v in est.replicate_bits],
+    }
+    # the estimator's own flag also counts its pool test (halving the negatives lowers it)
+    return [{**shared, "seed": int(seed), "bits": float(bits),
+             "saturated": bool(est.saturated or is_saturated(bits, ceiling))}
+            for seed, bits in zip(est.seeds, est.bits_per_seed)]
+
+
+def mi_schema() -> Any:
+    """The MI table's Arrow schema, from MI_FIELDS (plain Arrow types only)."""
+    import pyarrow as pa
+
+    types = {"int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
+             "bool": pa.bool_(), "string": pa.string(), "list<float64>": pa.list_(pa.float64())}
+    return pa.schema([(name, types[kind]) for name, kind in MI_FIELDS])
+
+
+def mi_table(rows: list[dict[str, Any]]) -> Any:
+    """Rows (see `mi_rows`) as the MI table, in a fixed order (layer, level, variant, position, seed)."""
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: (r["layer"], r["level"], r["beta"] if r["beta"] == r["beta"] else -1.0,
+                                       r["position"], r["seed"]))
+    return pa.Table.from_pylist(rows, schema=mi_schema())
+
+
+def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None
+                   ) -> list[list[MIEstimate]]:
+    """Every cell's estimates: one per β of the smoothed grid, otherwise one."""
+    from ie_flow.estimators import estimate_mi_many, get_estimator
+
+    if spec.method == "smoothed":
+        return get_estimator("smoothed", **spec.settings).estimate_grid(xs, ys, seeds=tuple(spec.seeds),
+                                                                         device=device)
+    return [[e] for e in estimate_mi_many(xs, ys, method=spec.method, seeds=tuple(spec.seeds), device=device,
+                                          eval_fraction=spec.eval_fraction, drop_constant=True, **spec.settings)]
+
+
+# --- the records of a finished job (summary.json) ---------------------------------------------
+def _nan_if_none(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+# a float that may be NaN or infinite (an invalid layer, a closed form's ceiling): null in summary.json
+Number = Annotated[float, BeforeValidator(_nan_if_none),
+                   PlainSerializer(lambda v: v if math.isfinite(v) else None, when_used="json")]
+Figure = Annotated[float, BeforeValidator(_nan_if_none)]  # a summary figure: NaN stays NaN in summary.json
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Summary(_Record):
+    """The model-level figures of one IE profile; every key is always there (NaN when undefined)."""
+
+    ie_mean: Figure
+    ie_mean_ci_low: Figure = math.nan  # (records written before every key was always there lack them)
+    ie_mean_ci_high: Figure = math.nan
+    ie_max: Figure
+    ie_argmax_layer: int
+    ie_std_layers: Figure
+    ie_std_seeds: Figure
+    saturated_layers: int
+    invalid_layers: int
+
+    @property
+    def has_interval(self) -> bool:
+        return self.ie_mean_ci_low != self.ie_mean_ci_high and math.isfinite(self.ie_mean_ci_low)
+
+
+class LayerRecord(_Record):
+    """One layer of an IE profile (emergence.LayerEmergence as kept on storage)."""
+
+    layer: int
+    ie: Number
+    ie_std_seeds: Number
+    ie_ci_low: Number
+    ie_ci_high: Number
+    mi_macro: Number
+    mi_micro: Number
+    ceiling_bits: Number
+    macro_saturated: bool
+    micro_saturated: int
+    valid: bool = True
+    invalid_reason: str | None = None
+    saturated: bool
+
+
+class ControlLayer(_Record):
+    layer: int
+    model_ie: Number
+    control_ie: Number
+    diff: Number  # model - control; NaN when either side is invalid
+    ci_low: Number
+    ci_high: Number
+
+    @property
+    def apart(self) -> bool:
+        """The difference's interval excludes 0."""
+        return math.isfinite(self.diff) and (self.ci_low > 0 or self.ci_high < 0)
+
+
+class ControlRecord(_Record):
+    """The control measured in the same run (control.ControlComparison.record)."""
+
+    kind: str
+    estimator: str
+    beta: float | None
+    beta_valid: bool
+    model_results: str = ""  # mi.parquet URIs of the two measurements
+    control_results: str = ""
+    layers: list[ControlLayer]
+
+
+class ResultsRecord(BaseModel):
+    """summary.json of a results folder: the job, where its data is, and what it found."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job: JobSpec  # the resolved job spec
+    job_yaml: str
+    manifest_uri: str
+    manifest: Manifest  # kept without its shard list
+    results_uri: str
+    seconds: dict[str, float]
+    summary: Summary
+    layers: list[LayerRecord]
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
+    beta: float | None = None
+    beta_valid: bool = True
+    control: ControlRecord | None = None
+    # what the results folder is keyed on (with the estimator settings): the manifest's sha256 and
+    # the code version (provenance.code_version)
+    manifest_sha256: str | None = None
+    code_version: str | None = None
+
+    @field_serializer("manifest")
+    def _manifest(self, manifest: Manifest) -> dict[str, Any]:
+        return manifest.without_shards()
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.model.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.model.key} / {self.manifest.dataset.id}"
+
+    @property
+    def corpus_digest(self) -> str:
+        return self.manifest.dataset.digest
+
+    @property
+    def estimator(self) -> str:
+        return self.job.estimate.method
+
+    @property
+    def micro_reduce(self) -> str:
+        return self.job.estimate.micro_reduce
+
+
+@dataclass
+class Result:
+    """A finished job's results wherever they come from (the job just run, storage, an MLflow run)."""
+
+    record: ResultsRecord  # what summary.json holds
+    table: Any  # the MI table (pyarrow, or rows)
+    emergence: Any  # emergence.Emergence at the record's headline
+    results: ResultsFolder | None = None  # the folder on storage, when there is one
+    input_ids: np.ndarray | None = None  # the corpus windows, when the job was just run
+    tracking_error: str | None = None
+    comparison: Any = None  # control.ControlComparison when the job had a control (just run)
+
+    @property
+    def label(self) -> str:
+        return self.record.label
+
+
+def read_record(data: dict[str, Any] | str) -> ResultsRecord:
+    """summary.json's content (parsed, or its text) as the typed record."""
+    if isinstance(data, str):
+        return ResultsRecord.model_validate_json(data, context=STORED)
+    return ResultsRecord.model_validate(data, context=STORED)
+
+
+def results_record(**fields: Any) -> ResultsRecord:
+    """The record of a job just finished (its job spec was checked when it started)."""
+    return ResultsRecord.model_validate(fields, context=STORED)
+
