@@ -1,8 +1,7 @@
 """Information Emergence from an MI table (docs/METHOD.md section 2). Pure functions, no I/O.
 
-The MI table's columns are defined once, in ie_flow.results (MI_FIELDS); among them critic and lower_bound
-(the critic check's verdict, estimators/critic_check.py). Level "macro" at position t is the in-context
-M_l(t); IE uses the last position. Level "micro" at t is
+The MI table's columns are defined once, in ie_flow.results (MI_FIELDS). Level "macro" at position t is the
+in-context M_l(t); IE uses the last position. Level "micro" at t is
 M_l^mi_t (in-context: the same value; isolated: token t run alone).
 
 Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)

@@ -40,25 +40,11 @@ def load_result(target: str | None, storage_uri: str, tracking_uri: str, endpoin
     return load_results(results_folder(target, endpoint_url))
 
 
-def _layer_notes(l: Any, lower: dict[int, list[str]]) -> str:
+def _layer_notes(l: Any) -> str:
     if not l.valid:
         return f"invalid: {l.invalid_reason}"
     sat = (["macro"] if l.macro_saturated else []) + ([f"{l.micro_saturated} micro"] if l.micro_saturated else [])
-    sat += [f"{len(lower[l.layer])} lower bound"] if lower.get(l.layer) else []
     return ", ".join(sat) or "-"
-
-
-def lower_bound_cells(table: Any) -> dict[int, list[str]]:
-    """Layer -> "level t=position: why" for the cells the critic check marked as lower bounds
-    (the MI table's ``lower_bound`` column; absent in tables written before it)."""
-    from ie_flow.emergence import split_by_beta
-
-    out: dict[int, list[str]] = {}
-    for r in (r for rows in split_by_beta(table).values() for r in rows if r.get("lower_bound")):
-        cell = f"{r['level']} t={r['position']}: {r['lower_bound']}"
-        if cell not in out.setdefault(int(r["layer"]), []):  # one row per estimator seed
-            out[int(r["layer"])].append(cell)
-    return out
 
 
 def format_table(result: Result) -> str:
@@ -69,11 +55,10 @@ def format_table(result: Result) -> str:
         f"reduce={em.micro_reduce}, estimator={record.estimator}{beta}, seeds={em.seeds})",
         f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  notes",
     ]
-    lower = lower_bound_cells(result.table)
     for l in em.layers:
         lines.append(
             f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
-            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l, lower)}"
+            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l)}"
         )
     s = em.summary
     interval = f" [{s.ie_mean_ci_low:.3f}, {s.ie_mean_ci_high:.3f}]" if s.has_interval else ""
@@ -83,10 +68,6 @@ def format_table(result: Result) -> str:
     )
     if s.saturated_layers:
         lines.append(f"note: {s.saturated_layers} layer(s) have estimates at their ceiling: those are lower bounds")
-    if lower:
-        first = next(f"layer {layer} {cells[0]}" for layer, cells in sorted(lower.items()))
-        lines.append(f"note: {sum(map(len, lower.values()))} cell(s) are lower bounds (the critic check); "
-                     f"the first: {first}")
     if s.invalid_layers:
         lines.append(f"note: {s.invalid_layers} layer(s) have an invalid cell: left out of the model IE")
     entropy = record.manifest.prefix_entropy_bits
