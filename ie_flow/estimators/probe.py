@@ -7,8 +7,9 @@ the linear-softmax family (multinomial logistic regression on the standardised c
 tuned and reported on three disjoint splits, made by *group* (e.g. the set of names of a sequence) so
 that a probe cannot score by memorising the tuples it was fitted on:
 
-- fit: the probes of a grid of L2 penalties are trained (full batch, Nesterov momentum), plus the
-  constant predictor (the fit split's label frequencies), which is also the baseline of every gain;
+- fit: the probes of a grid of L2 penalties are trained (full batch, preconditioned gradient descent
+  with momentum), plus the constant predictor (the fit split's label frequencies), which is also the
+  baseline of every gain;
 - tune: the penalty with the lowest cross-entropy is chosen (the constant predictor included, so a cell
   with nothing to decode reads 0, not a noisy negative);
 - report: ``bits`` is the mean gain over the report rows, log2 q(s|h) - log2 p_fit(s): a held-out value
@@ -146,7 +147,7 @@ def _log_q(x: Any, w: Any, b: Any) -> Any:
     return torch.log_softmax(logits, dim=-1).permute(0, 2, 1, 3)
 
 
-def _gains(x: Any, ids: Any, splits: Splits, penalties: Any, steps: int, n_classes: int) -> tuple[Any, Any, Any]:
+def _gains(x: Any, ids: Any, splits: Splits, penalties: Any, steps: int, n_classes: int) -> tuple[Any, Any]:
     """Per-row gains (bits) of each cell's chosen probe on all rows (C, n), and the chosen penalty
     (C,; inf = the constant predictor)."""
     import torch
@@ -164,7 +165,7 @@ def _gains(x: Any, ids: Any, splits: Splits, penalties: Any, steps: int, n_class
     chosen = row_ll.gather(1, best.view(-1, 1, 1).expand(-1, 1, row_ll.shape[2]))[:, 0]
     gains = torch.where(use_probe[:, None], chosen, torch.zeros_like(chosen)) * LOG2E
     penalty = torch.where(use_probe, penalties[best], torch.full_like(penalties[best], math.inf))
-    return gains, penalty, lq
+    return gains, penalty
 
 
 class UsableInformation(Estimator):
@@ -223,7 +224,7 @@ class UsableInformation(Estimator):
         step = max(1, int(s["cells_per_batch"]))
         for c0 in range(0, xs.shape[0], step):
             x = torch.as_tensor(np.ascontiguousarray(xs[c0:c0 + step], dtype=np.float32), device=dev)
-            gains, penalty, _ = _gains(x, ids_t, splits, penalties, int(s["steps"]), n_classes)
+            gains, penalty = _gains(x, ids_t, splits, penalties, int(s["steps"]), n_classes)
             g = gains.double().cpu().numpy()
             out["report"].extend(g[:, splits.report].mean(axis=1))
             out["fit"].extend(g[:, splits.fit].mean(axis=1))
