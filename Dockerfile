@@ -2,7 +2,7 @@
 # ie-flow worker/driver image: one image for the Ray head, the GPU workers and the job driver,
 # so a workflow runs the same code on every node.
 #
-#   docker build -t ghcr.io/ie-flow/ie-flow:0.1.0 .
+#   docker build -t ghcr.io/ie-flow/ie-flow:0.2.0 .
 #
 # Used by infra/kuberay/*.yaml, infra/cluster-launcher/aws.yaml and infra/compose/.
 
@@ -30,7 +30,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG PYTHON_VERSION=3.11
 
 LABEL org.opencontainers.image.title="ie-flow" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="0.2.0" \
       org.opencontainers.image.description="Information Emergence of language models on Ray (worker/driver image)"
 
 # wget: KubeRay's readiness/liveness probes; rsync + openssh-client: the Ray cluster launcher syncs

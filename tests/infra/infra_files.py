@@ -32,7 +32,7 @@ COMPOSE_GPU = INFRA / "compose" / "docker-compose.gpu.yaml"
 MLFLOW_DOCKERFILE = INFRA / "compose" / "mlflow.Dockerfile"
 README = INFRA / "README.md"
 
-IMAGE = "ghcr.io/ie-flow/ie-flow:0.1.0"
+IMAGE = "ghcr.io/ie-flow/ie-flow:0.2.0"
 ENTRY_POINT = "ie-flow"
 TORCH_PIN = "torch==2.13.0"
 PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001, "mlflow": 5000, "s3": 9000, "s3_console": 9001}

@@ -127,7 +127,10 @@ def test_has_what_kuberay_and_the_cluster_launcher_call() -> None:
 
 
 def test_image_tag_matches_the_package_version() -> None:
-    version = pyproject()["project"]["version"]
+    import ie_flow
+
+    assert pyproject()["project"]["dynamic"] == ["version"]  # the package's one version source
+    version = ie_flow.__version__
     assert IMAGE.rsplit(":", 1)[1] == version
     labels = " ".join(rest for kw, rest in dockerfile_instructions() if kw == "LABEL")
     assert f'org.opencontainers.image.version="{version}"' in labels
