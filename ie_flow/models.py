@@ -82,7 +82,7 @@ def resolve_model(name: str, revision: str | None = None, endpoint_url: str | No
     random_init = name.startswith(RANDOM_PREFIX)
     base = name[len(RANDOM_PREFIX) :] if random_init else name
     if base.startswith("s3://"):
-        from ie_flow.inputs import fetch_model
+        from ie_flow.model_fetch import fetch_model
 
         base = str(fetch_model(base, endpoint_url))
     if base in GGUF_ALIASES:

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-BOUNDS = ("infonce", "dv", "nwj", "smile")
+from .train_config import BOUNDS  # noqa: F401 - the bound names, defined with the settings
 
 
 def _pos_and_neg_mask(S: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

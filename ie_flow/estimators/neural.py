@@ -25,7 +25,7 @@ from .base import (
     resolve_device,
     split_three,
 )
-from .trainer import TrainConfig, resolve_precision, train_batched
+from .train_config import TrainConfig
 from .critic_check import MLP_CRITIC, needs_check, second_opinion
 from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
 
@@ -219,6 +219,8 @@ class NeuralEstimator(Estimator):
     def _run_seeds(self, X: Any, Y: Any, n: int, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any) -> _SeedRuns:
         import torch
 
+        from .trainer import train_batched  # torch: imported when an estimate is made, not with the defaults
+
         s = self.settings
         boot = bootstrap_weights(n, int(s["bootstrap"]), int(s["bootstrap_seed"])) if s["bootstrap"] else None
         runs = _SeedRuns()
@@ -240,6 +242,8 @@ class NeuralEstimator(Estimator):
 
     def _aggregate(self, runs: _SeedRuns, seeds: tuple[int, ...], cfg: TrainConfig, dev: Any, P: int,
                    t0: float) -> list[MIEstimate]:
+        from .trainer import resolve_precision
+
         s = self.settings
         elapsed = self._clock() - t0
         ceiling = math.log2(runs.n_cand)

@@ -27,15 +27,9 @@ import math
 
 import torch
 
-PREPROCESS = ("copula", "none")
+from .train_config import PREPROCESS, check_preprocess  # noqa: F401 - the names, defined with the settings
 COPULA_BINS = 1024
 _ROBUST_ROWS = 256  # training rows used for the median / quartiles of each column
-
-
-def check_preprocess(name: str) -> str:
-    if name not in PREPROCESS:
-        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {name!r}")
-    return name
 
 
 def _robust_scale(blk: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,8 @@ def test_upload_is_content_addressed_and_done_once(tmp_path, caplog, monkeypatch
 
 def test_fetched_model_is_the_uploaded_bytes_and_a_damaged_copy_is_refused(tiny_llama, tmp_path, monkeypatch):
     from ie_flow import IEFlowError
-    from ie_flow.inputs import fetch_model, upload_input
+    from ie_flow.inputs import upload_input
+    from ie_flow.model_fetch import fetch_model
     from ie_flow.storage import Storage
 
     monkeypatch.setenv("IE_FLOW_CACHE", str(tmp_path / "cache"))
