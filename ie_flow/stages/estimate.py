@@ -133,6 +133,7 @@ def estimate_layer_group(
     for variant, levels in variants:
         for batch in (cells[i : i + size] for i in range(0, len(cells), size)):
             stats = {"variant": variant, "cells": len(batch), "layers": sorted({l for l, _ in batch}),
+                     "first_cell": list(batch[0]),  # (layer, stored column): names the batch
                      "planned_bytes": plan.bytes(len(batch)), "budget_bytes": budget}
             with PeakRSS() as peak:
                 xs, ys = read_cell_stacks(folder, manifest, batch, spec, variant, plan.cell_itemsize)
