@@ -50,7 +50,7 @@ reproduce: install system-deps gemma
 	$(BIN)/ie-flow reproduce
 
 test: install system-deps
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=20
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -q

@@ -173,8 +173,10 @@ def report(
             raise IEFlowError("--log needs a results folder on storage, not an MLflow run id")
         with _stdout_to_stderr(as_json):  # MLflow prints the run's URL on stdout: keep --json's stdout clean
             run_id = log_results(result.record, result.table, result.emergence, job.tracking.uri,
-                                 experiment or result.record.job.tracking.experiment)
+                                 experiment or result.record.job.tracking.experiment,
+                                 pending_run_id=result.record.mlflow_pending_run_id)
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
+        result.record.mlflow_pending_run_id = None
         result.results.write_summary(result.record)
     plots = write_plots(result.emergence, result.label, out) if out else []
     if as_json:

@@ -176,6 +176,8 @@ class ResultsRecord(BaseModel):
     layers: list[LayerRecord]
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    # the run the job opened but could not log into (the server went down): `report --log` finishes it
+    mlflow_pending_run_id: str | None = None
     # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
     beta: float | None = None
     beta_valid: bool = True

@@ -151,14 +151,18 @@ def fail_run(uri: str, run_id: str, error: str) -> None:
 
 
 def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, input_ids: Any = None,
-                run_id: str | None = None, parent_run_id: str | None = None) -> str:
-    """Log a finished job's results into `run_id`, or into the run that already holds these results,
-    or a new run (a child of `parent_run_id` if given); the run ends FINISHED. Returns its id."""
+                run_id: str | None = None, parent_run_id: str | None = None,
+                pending_run_id: str | None = None) -> str:
+    """Log a finished job's results into `run_id`, or the run that already holds these results, or
+    `pending_run_id` (the run the job opened, if this server still has it), or a new run (a child of
+    `parent_run_id` if given); the run ends FINISHED. Returns its id."""
     import mlflow
 
     client = _client(uri)
     exp = _experiment_id(client, experiment)
     run = client.get_run(run_id) if run_id else find_run(client, exp, record.results_uri)
+    if run is None and pending_run_id:
+        run = _run_if_here(client, pending_run_id)
     if run is None:
         tags = {"results_uri": record.results_uri, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = client.create_run(exp, run_name=_title(record), tags=tags)
@@ -183,6 +187,13 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
                 _log_seed_children(run_id, em, child_tags)
         _log_artifacts(record, table, em)
     return run_id
+
+
+def _run_if_here(client: Any, run_id: str) -> Any | None:
+    try:
+        return client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - deleted, or a run of another server: log into a new run
+        return None
 
 
 def _title(record: Any) -> str:
@@ -351,6 +362,9 @@ class JobRun:
             run_id = log_results(record, outcome.table, outcome.emergence, uri, self.job.tracking.experiment,
                                  outcome.input_ids, self.run_id, self.parent_id)
         except Exception as e:  # noqa: BLE001 - any tracking failure must not lose the computed results
+            if self.run_id is not None:  # so that `report --log` finishes this run rather than opening another
+                record.mlflow_pending_run_id = self.run_id
+                outcome.results.write_summary(record)
             return (f"could not log to MLflow at {uri}: {first_line(e)}. The results are on storage at "
                     f"{record.results_uri}; log them later with: {relog_command(record.results_uri, uri)}")
         record.mlflow_run_id, record.tracking_uri = run_id, uri
