@@ -122,16 +122,39 @@ class RayExecutor(Executor):
         import ray
 
         init_ray(self.address)
-        # SPREAD: one worker per node before a second on any (a model per node, all nodes' cores used)
         actor_class = ray.remote(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=plan.retries,
-                                 max_task_retries=0, scheduling_strategy="SPREAD")(StepWorker)
+                                 max_task_retries=0)(StepWorker)
         # up to max_workers: those the cluster cannot place yet start when an autoscaler adds nodes
-        actors = [actor_class.remote(step, plan.threads) for _ in range(min(plan.max_workers, len(groups)))]
+        count = min(plan.max_workers, len(groups))
+        actors = [actor_class.options(scheduling_strategy=where).remote(step, plan.threads)
+                  for where in _placements(plan, count)]
         try:
             yield from _work_queue(actors, deque(groups), plan.retries)
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+def _placements(plan: WorkerPlan, count: int) -> list[Any]:
+    """Where each of `count` workers goes: one per node before a second on any (a model per node,
+    all nodes' cores used), as many on a node as its resources hold. Ray's SPREAD is only a
+    preference (two half-CPU workers were seen on one node of two), so the nodes are named; a
+    worker no live node has room for is left to Ray (an autoscaler may add its node)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    room = {}
+    for node in sorted(ray.nodes(), key=lambda n: n["NodeID"]):
+        res = node.get("Resources", {}) if node.get("Alive") else {}
+        fits = [res.get(key, 0.0) / need for key, need in (("CPU", plan.cpus), ("GPU", plan.gpus)) if need > 0]
+        room[node["NodeID"]] = int(min(fits, default=1) + 1e-9)
+    placed: list[Any] = []
+    while len(placed) < count and any(room.values()):
+        for node_id in room:
+            if room[node_id] > 0 and len(placed) < count:
+                room[node_id] -= 1
+                placed.append(NodeAffinitySchedulingStrategy(node_id=node_id, soft=True))
+    return placed + ["SPREAD"] * (count - len(placed))
 
 
 def _work_queue(actors: list[Any], queue: deque, retries: int
