@@ -28,4 +28,5 @@ t0 = time.perf_counter()
 out = E.estimate_mi_many(xs, ys, seeds=(0,), device="cpu")
 dt = time.perf_counter() - t0
 print(f"{root}: {dt:.1f} s for {len(out)} estimates; mean {sum(e.bits for e in out) / len(out):.3f} bits; "
-      f"flagged {sum(bool(e.settings.get('not_resolvable')) for e in out)}; ie_flow from {E.__file__}")
+      f"flagged {sum(bool(e.settings.get('lower_bound') or e.settings.get('not_resolvable')) for e in out)}; "
+      f"MLP re-estimates {sum('mlp_bits' in e.diagnostics for e in out)}; ie_flow from {E.__file__}")

@@ -53,6 +53,14 @@ def coverage(task: Task, reps: int, n: int, method: str, base_seed: int, threads
     above = sum(e.valid and e.ci_low > truth for e in ests)
     bits = np.array([e.bits for e in ests])
     width = np.array([e.ci_high - e.ci_low for e in ests])
+    # the critic check (critic_check.py) replaces a cell only where the MLP is adopted; the linear
+    # critic's own interval stays in the diagnostics, so both coverages come from the same draws
+    adopted = [e for e in ests if e.settings.get("critic", "linear") != "linear"]
+    linear_ok = sum(e.valid and e.diagnostics.get("linear_ci_low", e.ci_low) <= truth
+                    <= e.diagnostics.get("linear_ci_high", e.ci_high) for e in ests)
+    print(f"  critic check: MLP adopted in {len(adopted)} of {reps} cells, lower bound flagged in "
+          f"{sum(bool(e.settings.get('lower_bound')) for e in ests)}; coverage with the linear critic's intervals "
+          f"on the same draws {linear_ok / reps:.1%}", flush=True)
     return {"truth": truth, "coverage": float(np.mean(ok)), "mean": float(bits.mean()), "sd": float(bits.std(ddof=1)),
             "width": float(width.mean()), "invalid": sum(not e.valid for e in ests), "seconds": seconds,
             "covered": int(sum(ok)), "reps": reps, "below": below, "above": above}

@@ -1,7 +1,8 @@
 """Information Emergence from an MI table (docs/METHOD.md section 2). Pure functions, no I/O.
 
-The MI table's columns are defined once, in ie_flow.results (MI_FIELDS). Level "macro" at position t is the
-in-context M_l(t); IE uses the last position. Level "micro" at t is
+The MI table's columns are defined once, in ie_flow.results (MI_FIELDS); among them critic and lower_bound
+(the critic check's verdict, estimators/critic_check.py). Level "macro" at position t is the in-context
+M_l(t); IE uses the last position. Level "micro" at t is
 M_l^mi_t (in-context: the same value; isolated: token t run alone).
 
 Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)
@@ -245,3 +246,14 @@ def choose_beta(*profiles: dict[float | None, Emergence]) -> tuple[float | None,
     valid_layers = {b: sum(all(p[b].layers[i].valid for p in profiles) for i in range(len(profiles[0][b].layers)))
                     for b in common}
     return max(common, key=lambda b: (valid_layers[b], -b)), False
+
+
+def lower_bound_cells(table: Any) -> dict[int, list[str]]:
+    """Layer -> "level t=position: why" for the cells the critic check marked as lower bounds
+    (the MI table's ``lower_bound`` column; absent in tables written before it)."""
+    out: dict[int, list[str]] = {}
+    for r in (r for rows in split_by_beta(table).values() for r in rows if r.get("lower_bound")):
+        cell = f"{r['level']} t={r['position']}: {r['lower_bound']}"
+        if cell not in out.setdefault(int(r["layer"]), []):  # one row per estimator seed
+            out[int(r["layer"])].append(cell)
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ie_flow.emergence import information_emergence
+from ie_flow.emergence import information_emergence, lower_bound_cells
 from ie_flow.results import Result, ResultsRecord, read_record
 from ie_flow.store import ResultsFolder, StorageRoot, results_folder
 
@@ -40,10 +40,11 @@ def load_result(target: str | None, storage_uri: str, tracking_uri: str, endpoin
     return load_results(results_folder(target, endpoint_url))
 
 
-def _layer_notes(l: Any) -> str:
+def _layer_notes(l: Any, lower: dict[int, list[str]]) -> str:
     if not l.valid:
         return f"invalid: {l.invalid_reason}"
     sat = (["macro"] if l.macro_saturated else []) + ([f"{l.micro_saturated} micro"] if l.micro_saturated else [])
+    sat += [f"{len(lower[l.layer])} lower bound"] if lower.get(l.layer) else []
     return ", ".join(sat) or "-"
 
 
@@ -55,10 +56,11 @@ def format_table(result: Result) -> str:
         f"reduce={em.micro_reduce}, estimator={record.estimator}{beta}, seeds={em.seeds})",
         f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  notes",
     ]
+    lower = lower_bound_cells(result.table)
     for l in em.layers:
         lines.append(
             f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
-            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l)}"
+            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l, lower)}"
         )
     s = em.summary
     interval = f" [{s.ie_mean_ci_low:.3f}, {s.ie_mean_ci_high:.3f}]" if s.has_interval else ""
@@ -68,6 +70,10 @@ def format_table(result: Result) -> str:
     )
     if s.saturated_layers:
         lines.append(f"note: {s.saturated_layers} layer(s) have estimates at their ceiling: those are lower bounds")
+    if lower:
+        first = next(f"layer {layer} {cells[0]}" for layer, cells in sorted(lower.items()))
+        lines.append(f"note: {sum(map(len, lower.values()))} cell(s) are lower bounds (the critic check); "
+                     f"the first: {first}")
     if s.invalid_layers:
         lines.append(f"note: {s.invalid_layers} layer(s) have an invalid cell: left out of the model IE")
     entropy = record.manifest.prefix_entropy_bits

@@ -29,7 +29,8 @@ MI_FIELDS: tuple[tuple[str, str], ...] = (
     ("layer", "int32"), ("position", "int16"), ("level", "string"), ("method", "string"), ("seed", "int64"),
     ("bits", "float64"), ("ceiling_bits", "float64"), ("saturated", "bool"), ("n_train", "int64"),
     ("n_eval", "int64"), ("beta", "float64"), ("ci_low", "float64"), ("ci_high", "float64"), ("valid", "bool"),
-    ("invalid_reason", "string"), *((k, "float64") for k in DIAGNOSTIC_COLUMNS), ("replicates", "list<float64>"),
+    ("invalid_reason", "string"), ("critic", "string"), ("lower_bound", "string"),
+    *((k, "float64") for k in DIAGNOSTIC_COLUMNS), ("replicates", "list<float64>"),
 )
 MI_COLUMNS = tuple(name for name, _ in MI_FIELDS)
 
@@ -45,6 +46,8 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
         "beta": float(est.diagnostics.get("beta", nan)), "ceiling_bits": ceiling,
         "n_train": int(est.n_train), "n_eval": int(est.n_eval), "ci_low": float(est.ci_low),
         "ci_high": float(est.ci_high), "valid": bool(est.valid), "invalid_reason": est.invalid_reason,
+        # the critic check (estimators/critic_check.py): which critic resolved the cell, why it is a lower bound
+        "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
         **{k: float(est.diagnostics.get(k, nan)) for k in DIAGNOSTIC_COLUMNS},
         "replicates": [float(v) for v in est.replicate_bits],
     }

@@ -174,7 +174,7 @@ def log_results(record: Any, table: Any, em: Any, uri: str, experiment: str, inp
     first_time = "ie_mean" not in run.data.metrics  # a relog of logged results adds no metric points
     mlflow.set_experiment(experiment_id=exp)
     with mlflow.start_run(run_id=run_id):  # ends FINISHED when the block exits normally
-        mlflow.set_tags(_result_tags(record))
+        mlflow.set_tags({**_result_tags(record), **_critic_tags(table)})
         if first_time:
             _log_manifest_params(client, run_id, record.manifest)
             _log_metrics(client, run_id, record, em)
@@ -210,6 +210,18 @@ def _result_tags(record: Any) -> dict[str, str]:
         "manifest_uri": record.manifest_uri, "results_uri": record.results_uri,
         "mlflow.note.content": f"Information Emergence of {_title(record)}",
     }
+
+
+def _critic_tags(table: Any) -> dict[str, str]:
+    """The critic check's verdicts (the MI table's columns, also in the mi.parquet artifact) as tags."""
+    from collections import Counter
+
+    from ie_flow.emergence import lower_bound_cells
+
+    rows = table.to_pylist() if hasattr(table, "to_pylist") else list(table)
+    critics = Counter(r.get("critic") for r in rows if r.get("critic"))
+    return {"critic_check.critics": ", ".join(f"{k}: {v} rows" for k, v in sorted(critics.items())) or "none",
+            "critic_check.lower_bound_cells": str(sum(map(len, lower_bound_cells(table).values())))}
 
 
 def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:

@@ -4,8 +4,8 @@ SMILE, NWJ.
 All share the batched separable critic and trainer; they differ only in the bound.  Each
 estimate comes with a 95% interval (bootstrap over the report rows' sample ids, critic fixed,
 combined with the t-interval over seeds), its ceiling and saturation flag, and the validity
-verdict of validity.py (a failed cell is retried once with ``safer_settings``); where the linear
-critic finds nothing, critic_check.py asks an MLP critic for a second opinion."""
+verdict of validity.py (a failed cell is retried once with ``safer_settings``); critic_check.py
+says which critic resolved each cell and which cells are only lower bounds."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +26,19 @@ from .base import (
     split_three,
 )
 from .train_config import TrainConfig
-from .critic_check import MLP_CRITIC, needs_check, second_opinion
+from .critic_check import (
+    KNN_MAX_DIMS,
+    MLP_CRITIC,
+    energy_opinion,
+    entropy_cap,
+    found_nothing,
+    knn_opinion,
+    needs_check,
+    resolved_at_cap,
+    second_opinion,
+)
+from .energy_test import energy_test
+from .knn import ksg_bits
 from .validity import GAP_LIMIT_BITS, SPREAD_LIMIT_BITS, invalid_reason
 
 # registry names of this module's estimators (read by estimators/__init__.py without importing it)
@@ -50,8 +62,9 @@ _COMMON: dict[str, Any] = {
     "gap_limit_bits": GAP_LIMIT_BITS,
     "spread_limit_bits": SPREAD_LIMIT_BITS,
     "retry": True,
-    # critic_check.py: cells where the linear critic finds nothing get an MLP second opinion
-    # (never run when the critic is already an MLP)
+    # critic_check.py: valid, unsaturated cells below their entropy cap get an MLP second opinion
+    # and, in a few dimensions, a KSG third one; where all find nothing, a test on the squares of x
+    # and y (energy_test.py) says whether 0 is only a lower bound (none of it when the critic is an MLP)
     "nonlinear_check": True,
     # CPU threads for this call (None: leave torch's setting).  On a busy 2-core machine two
     # OpenMP threads fighting other processes ran 5-10x slower than one thread.
@@ -81,7 +94,7 @@ def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
     learning rates and some weight decay (all of which shrink what a critic can memorise)."""
     return {**settings, "preprocess": "copula", "hidden": 0, "layers": 0, "lr": settings["lr"] / 3,
             "scale_lr": settings["scale_lr"] / 3, "weight_decay": max(settings["weight_decay"], 1e-2),
-            "retry": False}
+            "retry": False, "nonlinear_check": False}  # the caller checks the critic of the retried cells
 
 
 def _bias_corrected(bound: np.ndarray, half: np.ndarray | None, train: np.ndarray) -> np.ndarray:
@@ -134,8 +147,10 @@ class _SeedRuns:
 
 
 # score chunks of ``chunk_elems`` float32 values alive at once in an evaluation: the scores and
-# the temporaries of their log-sum-exp / softmax (and the sub-pool's masked copy)
-SCORE_CHUNKS = 4
+# the temporaries of the critic's sum, their log-sum-exp / softmax and the sub-pool's masked copy.
+# Measured at n = 300,000 (d = 768, one cell, rows streamed): 1,000 MiB above the cell's stacks at
+# the peak, of which 172 MiB resample weights, so about 6.5 chunks of 128 MiB (4 had been planned)
+SCORE_CHUNKS = 7
 
 
 class NeuralEstimator(Estimator):
@@ -188,16 +203,26 @@ class NeuralEstimator(Estimator):
 
     def _check_critic(self, xs: np.ndarray, ys: np.ndarray, out: list[MIEstimate], seeds: tuple[int, ...],
                       device: Any) -> list[MIEstimate]:
-        """The MLP second opinion on cells where the linear critic found little (critic_check.py)."""
+        """Which critic resolves each cell, and which cells are lower bounds (critic_check.py)."""
         s = self.settings
         if s["hidden"] or s["layers"] or not s["nonlinear_check"]:
             return out
-        low = [p for p, e in enumerate(out) if needs_check(e)]
-        if not low:
+        todo = []
+        for p in (p for p, e in enumerate(out) if needs_check(e)):
+            cap = entropy_cap(out[p], xs[p], ys[p])
+            if cap is not None:
+                out[p] = resolved_at_cap(out[p], cap)
+            else:
+                todo.append(p)
+        if not todo:
             return out
         mlp = type(self)(**{**s, **MLP_CRITIC, "retry": False, "nonlinear_check": False})
-        for p, e in zip(low, mlp.estimate_many(_pairs(xs, low), _pairs(ys, low), seeds, device)):
+        for p, e in zip(todo, mlp.estimate_many(_pairs(xs, todo), _pairs(ys, todo), seeds, device)):
             out[p] = second_opinion(out[p], e)
+            if xs.shape[2] + ys.shape[2] <= KNN_MAX_DIMS:  # rows are distinct here (the cap did not bind)
+                out[p] = knn_opinion(out[p], *ksg_bits(xs[p], ys[p]))
+            if found_nothing(out[p]):
+                out[p] = energy_opinion(out[p], energy_test(xs[p], ys[p]))
         return out
 
     def _retry_failed(self, xs: np.ndarray, ys: np.ndarray, out: list[MIEstimate], seeds: tuple[int, ...],

@@ -76,12 +76,12 @@ def linear_gaussian_smoothed(d: int, beta: float, seed: int, n: int = 4000) -> t
     return x.astype(np.float32), y.astype(np.float32), bits
 
 
-def spiral_gaussian(seed: int, n: int = 5000, speed: float = 0.5) -> tuple[np.ndarray, np.ndarray, float]:
-    """The sparse Gaussian (5 + 5 dims, 2 pairs at rho = 0.8) with x bent by a spiral: x's
-    (0, 1) plane rotated by an angle ``speed`` * ||x||^2.  A diffeomorphism of x (its inverse
-    rotates back by the same angle, ||x|| being unchanged), so I is unchanged: 1.474 bits; no
-    per-coordinate map undoes it."""
-    x, y, bits = sparse_gaussian(5, 2, 0.8, seed=seed, n=n)
+def spiral_gaussian(seed: int, n: int = 5000, speed: float = 0.5, d: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
+    """The sparse Gaussian (d + d dims, 2 pairs at rho = 0.8; 5 + 5 by default) with x bent by a
+    spiral: x's (0, 1) plane rotated by an angle ``speed`` * ||x||^2.  A diffeomorphism of x (its
+    inverse rotates back by the same angle, ||x|| being unchanged), so I is unchanged: 1.474 bits;
+    no per-coordinate map undoes it."""
+    x, y, bits = sparse_gaussian(d, 2, 0.8, seed=seed, n=n)
     angle = speed * (x**2).sum(1)
     c, s = np.cos(angle), np.sin(angle)
     x = x.copy()
@@ -122,3 +122,38 @@ def shifted_gaussian_labels(bits: float, n: int, d: int, sets: int, seed: int) -
     u /= np.linalg.norm(u, axis=2, keepdims=True)
     x = rng.standard_normal((sets, n, d)) + delta * labels[:, :, None] * u
     return x.astype(np.float32), labels
+
+
+def additive_uniform_bits(a: float) -> float:
+    """I(X; X + U(-a, a)) in bits for X ~ N(0, 1): h(Y) - log(2a), with h(Y) by 1-D quadrature of
+    the density p(y) = (Phi(y + a) - Phi(y - a)) / (2a)."""
+    from scipy import integrate
+    from scipy.special import ndtr
+
+    def minus_p_log_p(v: float) -> float:
+        p = (ndtr(v + a) - ndtr(v - a)) / (2 * a)
+        return -p * math.log(p) if p > 0 else 0.0
+
+    lim = a + 12.0
+    h, _ = integrate.quad(minus_p_log_p, -lim, lim, points=[-a, a], limit=400, epsabs=1e-11)
+    return (h - math.log(2 * a)) / math.log(2.0)
+
+
+def additive_uniform(a: float, seed: int, n: int = 5000) -> tuple[np.ndarray, np.ndarray, float]:
+    """x ~ N(0, 1) and y = x + U(-a, a), one dimension each (the density ratio is a box of
+    half-width a around y = x: no bilinear-plus-quadratic critic has that shape)."""
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, 1))
+    y = x + r.uniform(-a, a, size=(n, 1))
+    return x, y, additive_uniform_bits(a)
+
+
+def swiss_roll_gaussian(rho: float, seed: int, n: int = 5000) -> tuple[np.ndarray, np.ndarray, float]:
+    """A 1-D Gaussian pair (correlation rho) with x embedded in 2-D as a swiss roll: u = Phi(x),
+    t = 1.5 pi (1 + 2u), x -> (t cos t, t sin t) / 21 (injective and smooth, so I is the pair's
+    -log2(1 - rho^2) / 2)."""
+    from scipy.special import ndtr
+
+    x, y, bits = correlated_gaussian(1, rho, seed=seed, n=n)
+    t = 1.5 * math.pi * (1 + 2 * ndtr(x[:, 0]))
+    return np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / 21.0, y, bits

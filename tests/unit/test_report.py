@@ -52,3 +52,38 @@ def test_json_summary_follows_the_contract():
     out = json_summary(_result("m1", 3.0))
     assert out["model"] == "m1" and out["results"] == "r/mi.parquet" and out["corpus_digest"] == "ab" * 32
     assert [l["layer"] for l in out["layers"]] == [0, 1] and abs(out["summary"]["ie_mean"] - (1 + 5 / 3) / 2) < 1e-9
+
+
+def test_lower_bound_cells_reach_the_table_and_the_report(tmp_path):
+    """The critic check's verdict goes from the estimate's settings to the MI table's `critic` and
+    `lower_bound` columns (a real Parquet round trip), and from there to the printed report."""
+    import pyarrow.parquet as pq
+
+    from ie_flow.estimators.base import MIEstimate
+    from ie_flow.emergence import lower_bound_cells
+    from ie_flow.stages.estimate import mi_rows, mi_table
+
+    def est(bits: float, **settings) -> MIEstimate:
+        return MIEstimate(bits=bits, ceiling_bits=10.0, saturated=False, n_train=80, n_eval=20, method="infonce",
+                          seconds=0.0, seeds=(0,), bits_per_seed=(bits,), ci_low=bits - 0.1, ci_high=bits + 0.1,
+                          settings=settings)
+
+    why = "a k-nearest-neighbour (KSG) estimate reads 1.22 bits"
+    cells = {(0, 0): est(1.0, critic="linear"), (0, 1): est(2.0, critic="linear"),
+             (1, 0): est(0.9, critic="linear", lower_bound=why), (1, 1): est(2.5, critic="mlp (hidden=128, layers=1)")}
+    rows = [r for (layer, pos), e in cells.items() for level in ("macro", "micro") for r in mi_rows(layer, pos, level, e)]
+    path = tmp_path / "mi.parquet"
+    pq.write_table(mi_table(rows), path)
+    table = pq.read_table(path)
+    back = {(r["layer"], r["position"], r["level"]): r for r in table.to_pylist()}
+    assert back[(1, 0, "macro")]["lower_bound"] == why and back[(0, 0, "micro")]["lower_bound"] is None
+    assert back[(1, 1, "macro")]["critic"] == "mlp (hidden=128, layers=1)" and back[(0, 1, "macro")]["critic"] == "linear"
+    assert lower_bound_cells(table) == {1: [f"macro t=0: {why}", f"micro t=0: {why}"]}
+    result = _result("m1", 3.0)
+    text = format_table(Result(result.record, table, information_emergence(table), None)).splitlines()
+    assert text[3].endswith("2 lower bound") and text[2].endswith("  -")  # layer 1 has the flagged cell
+    assert f"note: 2 cell(s) are lower bounds (the critic check); the first: layer 1 macro t=0: {why}" in text
+    from ie_flow.tracking import _critic_tags  # and the MLflow run's tags (the table itself is its artifact)
+
+    assert _critic_tags(table) == {"critic_check.critics": "linear: 6 rows, mlp (hidden=128, layers=1): 2 rows",
+                                   "critic_check.lower_bound_cells": "2"}
