@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .knn import copula_ranks
+
 PERMUTATIONS = 200
 MAX_ROWS = 5_000  # rows used (the first ones): the test's cost is PERMUTATIONS x rows x dx x dy
 P_LIMIT = 0.01
@@ -34,11 +36,8 @@ def _squared_scores(a: np.ndarray) -> np.ndarray:
     """Each column's normal scores (the copula), squared and standardised; constant columns give 0."""
     from scipy.special import ndtri
 
-    order = np.argsort(a, axis=0, kind="stable")
-    scores = np.empty(a.shape, dtype=np.float64)
-    np.put_along_axis(scores, order, ndtri((np.arange(len(a))[:, None] + 0.5) / len(a)), axis=0)
     constant = np.ptp(a, axis=0) == 0
-    sq = scores**2
+    sq = ndtri(copula_ranks(a)) ** 2
     sq -= sq.mean(0)
     sq /= np.maximum(sq.std(0), 1e-12)
     sq[:, constant] = 0.0

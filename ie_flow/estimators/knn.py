@@ -14,8 +14,9 @@ import math
 import numpy as np
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Each column replaced by its rank scaled into (0, 1): KSG on the copula of the pair."""
+def copula_ranks(a: np.ndarray) -> np.ndarray:
+    """Each column replaced by its rank scaled into (0, 1), (rank + 0.5) / n: the copula of the
+    sample (KSG here; its normal scores in energy_test.py)."""
     order = np.argsort(a, axis=0, kind="stable")
     out = np.empty(a.shape, dtype=np.float64)
     np.put_along_axis(out, order, (np.arange(len(a), dtype=np.float64)[:, None] + 0.5) / len(a), axis=0)
@@ -41,7 +42,7 @@ def ksg_bits(x: np.ndarray, y: np.ndarray, k: int = 3, chunk: int = 256) -> tupl
     that of the mean of the per-row terms (rows share neighbours, so it is approximate)."""
     import torch
 
-    X, Y = (torch.from_numpy(_ranks(a)) for a in (x, y))
+    X, Y = (torch.from_numpy(copula_ranks(a)) for a in (x, y))
     n = len(X)
     terms = np.empty(n)
     for s in range(0, n, chunk):
