@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ie_flow import IEFlowError, __version__, first_line
 
@@ -99,8 +99,10 @@ def find_run(client: Any, experiment_id: str, results_uri: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def open_run(job: Any, title: str, results_uri: str) -> str:
-    """Create the job's run, RUNNING, with its config as params and job.yaml as an artifact."""
+def open_run(job: Any, title: str, results_uri: str) -> tuple[str, Callable[[], None]]:
+    """Create the job's run, RUNNING; returns its id and the call that records the job's config
+    (params, tags, job.yaml). Two steps, so that a server going down between them leaves a run
+    whose id the job still knows, for `report --log` to finish instead of opening a second one."""
     from mlflow.entities import Param, RunTag
 
     client = _client(job.tracking.uri)
@@ -113,16 +115,21 @@ def open_run(job: Any, title: str, results_uri: str) -> str:
         tags["mlflow.parentRunId"] = job.tracking.parent_run_id
     # the same job again (a rerun after a failure) continues its run; one still RUNNING belongs to a
     # job at work, which this one must not touch (if refused by that job's lock, this run ends FAILED)
-    if existing is not None and existing.info.status != "RUNNING":
+    reopen = existing is not None and existing.info.status != "RUNNING"
+    if reopen:
         run_id = existing.info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(exp, run_name=title, tags=tags).info.run_id
-        params = job_params(job.model_dump(mode="json"))
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    client.log_text(run_id, job.to_yaml(), "job.yaml")
-    return run_id
+
+    def describe() -> None:
+        if not reopen:
+            params = job_params(job.model_dump(mode="json"))
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.log_text(run_id, job.to_yaml(), "job.yaml")
+
+    return run_id, describe
 
 
 def open_parent_run(uri: str, experiment: str, title: str, tags: dict[str, str], resume: str | None = None) -> str:
@@ -343,7 +350,8 @@ class JobRun:
     def __enter__(self) -> "JobRun":
         if self.enabled:
             try:
-                self.run_id = open_run(self.job, self.title, self.results_uri)
+                self.run_id, describe = open_run(self.job, self.title, self.results_uri)
+                describe()
             except TrackingRejected:
                 raise  # a misconfigured server: one line, exit 2, before any work
             except Exception as e:  # noqa: BLE001 - a server that is down must never stop the work

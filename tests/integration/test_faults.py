@@ -415,7 +415,9 @@ def test_mlflow_down_during_the_job_results_stay_and_relog_logs_once(mlflow_serv
             assert relog.returncode == 0, relog.describe()
     finally:
         proxy.stop()
-    (run,) = runs()
+    found = runs()
+    assert len(found) == 1, [(r.info.run_id, r.info.status, r.info.start_time, r.data.tags) for r in found]
+    (run,) = found
     assert run.info.status == "FINISHED" and run.data.tags["results_uri"] == summary["results_uri"]
     assert len(client.get_metric_history(run.info.run_id, "ie_mean")) == 1
     assert json.loads((results(root) / "summary.json").read_text())["mlflow_run_id"] == run.info.run_id

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -91,6 +92,41 @@ def test_mlflow_run_finished_with_config_and_relog_updates_it(two_jobs, ie_flow)
     assert json.loads(relog.out)["mlflow_run_id"] == first["mlflow_run_id"]
     assert len(client.search_runs([exp], filter_string="attributes.run_name LIKE '%on%'")) == before
     assert len(client.get_metric_history(run.info.run_id, "ie")) == 2  # updated, not logged twice
+
+
+def test_server_lost_right_after_creating_the_run_then_relog_finishes_that_run(tiny_llama, ie_flow, tmp_path,
+                                                                               monkeypatch):
+    """The server answers create_run, then every write fails (it went down): the job keeps the
+    run's id, so `report --log` later finishes that run instead of opening a second one."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def down(*args, **kwargs):
+        raise ConnectionError("the tracking server went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(mlflow.MlflowClient, "log_batch", down)
+        result = ie_flow("run", "--model", tiny_llama, *JOB, "--storage", tmp_path / "data", "--tracking-uri", uri,
+                         "--experiment", "lost", "--json")
+    assert result.code == 0, result.err[-2000:]
+    out = json.loads(result.out)
+    assert out["mlflow_run_id"] is None and "log them later with" in result.err
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("lost").experiment_id
+
+    def job_runs() -> list:  # the per-seed child runs left out
+        return [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags]
+
+    (opened,) = job_runs()
+    summary = json.loads((Path(out["results"]).parent / "summary.json").read_text())
+    assert summary["mlflow_pending_run_id"] == opened.info.run_id and opened.info.status != "FINISHED"
+    relog = ie_flow("report", Path(out["results"]).parent, "--log", "--tracking-uri", uri, "--json")
+    assert relog.code == 0, relog.err[-2000:]
+    (run,) = job_runs()
+    assert run.info.run_id == opened.info.run_id == json.loads(relog.out)["mlflow_run_id"]
+    assert run.info.status == "FINISHED" and run.data.tags["results_uri"] == out["results"]
+    assert len(client.get_metric_history(run.info.run_id, "ie")) == 2
 
 
 def test_rerun_reuses_activations_and_layers(two_jobs, tiny_llama, ie_flow, caplog):
