@@ -1,7 +1,9 @@
 """Both stages at paper scale on this machine (issue 20): n = 16,384 / 65,536 / 300,000 ICL sequences
 through the real pipeline (Ray executor, local storage, the job's default estimator), on a
-GPT-2-shaped model built from a config (d = 768, 12 heads, random seeded weights, 1 block, the
-tests' word-level tokenizer, whose ICL names are single tokens).
+GPT-2-shaped model built from a config (d = 768, 12 heads, random seeded weights, 2 blocks, the
+tests' word-level tokenizer, whose ICL names are single tokens). Two blocks, not one, so that at
+the smallest n a stage-2 task is filled by the memory budget (16 cells to share) rather than by the
+8 cells of a single layer: the peaks compared across n are then both set by the budget.
 
 Per n: wall time per stage, tokens/s, peak RSS of the stage-1 actor and of every stage-2 task
 (measured, beside the bytes the task planned), bytes stored, and the machine load (`uptime`) when
@@ -32,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NS = (16_384, 65_536, 300_000)
 
 
-def build_model(root: Path) -> Path:
+def build_model(root: Path, blocks: int) -> Path:
     """The GPT-2-shaped model (seeded, so every run measures the same weights)."""
     from tests.conftest import make_tiny_model
 
-    folder = root / "gpt2-d768-1block"
+    folder = root / f"gpt2-d768-{blocks}block"
     if not (folder / "config.json").exists():
-        make_tiny_model(folder, "gpt2", seed=0, layers=1, hidden=768, heads=12)
+        make_tiny_model(folder, "gpt2", seed=0, layers=blocks, hidden=768, heads=12)
     return folder
 
 
@@ -155,7 +157,8 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/bench-scale"))
     ap.add_argument("--ns", default=",".join(str(n) for n in NS))
     ap.add_argument("--stages", choices=("both", "extract", "estimate"), default="both")
-    ap.add_argument("--memory-budget", default="4GiB")
+    ap.add_argument("--memory-budget", default="3GiB")
+    ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="print the table of the figures measured so far")
     ap.add_argument("--probe-memory", metavar="N,D,CELLS,STEPS",
                     help="only the estimator's memory on synthetic float16 stacks (see probe_memory)")
@@ -167,7 +170,7 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     figures_file = args.root / "figures.jsonl"
     if not args.report:
-        model = build_model(args.root)
+        model = build_model(args.root, args.blocks)
         for n in (int(v) for v in args.ns.split(",")):
             job = job_for(model, n, args.root, args.memory_budget)
             for stage, fn in (("extract", run_extract), ("estimate", run_estimate)):

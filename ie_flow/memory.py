@@ -33,3 +33,19 @@ class PeakRSS:
 
     def __exit__(self, *exc: object) -> None:
         self.bytes = rss_bytes("VmHWM")
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by Arrow and by C malloc back to the system. Both keep freed pages for
+    reuse: after reading both sides of a 300,000-sample cell shard by shard that was ~90 MiB above
+    the cell's own bytes, held through the whole estimate and past the task's memory plan.
+    (Once per read: ~10 ms a call, so once per shard cost 6 s over a cell's 586 shard files.)"""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+        pass

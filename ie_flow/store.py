@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ie_flow import IEFlowError
 from ie_flow.storage import Storage
+from ie_flow.memory import return_freed_memory
 
 MANIFEST = "manifest.json"
 JOB_SETTINGS = "_job.json"
@@ -204,6 +205,7 @@ class DatasetFolder:
                     f"boundary {boundary} does not hold {manifest.samples} x {columns} positions x "
                     f"{manifest.hidden_size} values as the manifest says: the activations are damaged; "
                     "rerun `ie-flow extract --force`")
+        return_freed_memory()  # the shards' decoded pages, else kept by the allocators for the whole task
         return out
 
     def _checksum_problem(self, rel: str, data: bytes, sha256: str) -> str | None:

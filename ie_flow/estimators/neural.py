@@ -146,11 +146,13 @@ class _SeedRuns:
     n_ev: int = 0
 
 
-# score chunks of ``chunk_elems`` float32 values alive at once in an evaluation: the scores and
-# the temporaries of the critic's sum, their log-sum-exp / softmax and the sub-pool's masked copy.
-# Measured at n = 300,000 (d = 768, one cell, rows streamed): 1,000 MiB above the cell's stacks at
-# the peak, of which 172 MiB resample weights, so about 6.5 chunks of 128 MiB (4 had been planned)
-SCORE_CHUNKS = 7
+# score chunks of ``chunk_elems`` float32 values alive at once in an evaluation. InfoNCE streams
+# its rows and takes a block's terms from one in-place pass (bounds.infonce_row_terms): a block's
+# scores, the next one's and the critic sum's temporaries. Measured at n = 300,000 (d = 768, one
+# cell per task, the Ray worker): peaks of 2,014-2,125 MiB, 2,203 MiB planned with 3 (before that
+# pass an evaluation held about 6.5, and 7 were planned). The other bounds take every row at once
+# and keep that margin.
+SCORE_CHUNKS = {"streamed": 3, "whole": 7}
 
 
 class NeuralEstimator(Estimator):
@@ -168,7 +170,8 @@ class NeuralEstimator(Estimator):
         boot, report = int(s["bootstrap"]), round(n * eval_fraction)
         candidates = {"report": report, "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
         weights = boot * n + (2 * (boot + 1) * report * 4 if boot else 0)
-        scores = SCORE_CHUNKS * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
+        chunks = SCORE_CHUNKS["streamed" if self.bound == "infonce" and self._ema() is None else "whole"]
+        scores = chunks * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
         return (2 * pairs - 1) * n * (dx + dy) * itemsize + weights + scores
 
     def _config(self) -> TrainConfig:

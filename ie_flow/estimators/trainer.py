@@ -5,8 +5,9 @@ Protocol (docs/METHOD.md section 5):
   default; see preprocess.py) or mean/std standardisation (``"none"``), computed once for the
   whole stack, so each training step only gathers rows;
 - minibatch training on the train rows;
-- periodic evaluation of the bound on the SELECT rows (candidates: the select rows), early
-  stopping per pair on it (patience), keeping each pair's best checkpoint;
+- periodic evaluation of the bound on the SELECT rows (candidates: the select rows, at most
+  ``select_rows`` of them), early stopping per pair on it (patience), keeping each pair's best
+  checkpoint;
 - the reported value: that checkpoint's bound on the REPORT rows, which neither trained the
   critic nor chose it (no winner's curse).
 
@@ -201,7 +202,8 @@ def train_batched(
     P, n, dx = xs.shape
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     tr = torch.as_tensor(train_idx, dtype=torch.long)
-    ev = torch.as_tensor(select_idx, dtype=torch.long)  # early stopping runs on the select rows
+    sel = torch.as_tensor(select_idx, dtype=torch.long)  # in the report pool when negatives="heldout"
+    stop_rows = _stopping_rows(select_idx, cfg.select_rows, seed)  # early stopping runs on these
     X, Y = _Prepared(xs, tr, cfg, device), _Prepared(ys, tr, cfg, device)
     critic = SeparableCritic(P, dx, ys.shape[2], hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed,
                              device=device)
@@ -223,12 +225,20 @@ def train_batched(
                 _train_step(critic, opt, params, run, X, Y, batches.next(), cfg, device)
                 progress.update(1)
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                _early_stopping(critic, run, X, Y, ev, step, cfg, device)
+                _early_stopping(critic, run, X, Y, stop_rows, step, cfg, device)
                 if not run.active.any():
                     break
-    report = _final_evaluation(critic, run.best, X, Y, tr, ev, torch.as_tensor(report_idx, dtype=torch.long), cfg,
+    report = _final_evaluation(critic, run.best, X, Y, tr, sel, torch.as_tensor(report_idx, dtype=torch.long), cfg,
                                seed, device, boot_weights)
     return _result(report, run, step)
+
+
+def _stopping_rows(select_idx: np.ndarray, cap: int, seed: int) -> torch.Tensor:
+    """The select rows early stopping scores: all of them, or a seeded random `cap` of them (their
+    pool costs its square at every evaluation)."""
+    if len(select_idx) > cap:
+        select_idx = np.sort(np.random.default_rng(seed).choice(select_idx, cap, replace=False))
+    return torch.as_tensor(select_idx, dtype=torch.long)
 
 
 class _Batches:
@@ -414,12 +424,7 @@ def _reduce(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _
     pos, keep_d = torch.arange(rows.numel(), device=device), None if keep is None else keep.to(device)
 
     def terms(S: torch.Tensor, rs: slice) -> list[torch.Tensor]:
-        out = [bounds.infonce_rows(S, pos[rs])]
-        if keep_d is not None:
-            out.append(bounds.infonce_subpool_rows(S, pos[rs], keep_d))
-        if pool_noise:
-            out.append(bounds.infonce_pool_noise_rows(S))
-        return out
+        return bounds.infonce_row_terms(S, pos[rs], keep_d, pool_noise)
 
     R, C = rows.numel(), cand.numel()
     for _, per_row in _row_terms(_score_chunks(critic, best, X, Y, rows, cand, cfg, device, split_rows=True), terms):

@@ -243,3 +243,43 @@ def test_pairs_near_the_ceiling_stop_early_and_stay_flagged() -> None:
     assert early.saturated and full.saturated
     assert early.settings["steps_run"][0] < full.settings["steps_run"][0]
     assert early.bits <= early.ceiling_bits < truth
+
+
+def test_early_stopping_on_a_capped_select_pool_keeps_the_estimate() -> None:
+    """select_rows caps the rows early stopping scores (their square per evaluation); under the cap
+    nothing changes, to the last bit, and a cap of 1/8 of the select rows still meets ground truth."""
+    from ie_flow.estimators.synthetic import correlated_gaussian
+    from ie_flow.estimators.trainer import _stopping_rows
+
+    sel = np.arange(10, 5000, 5)
+    assert np.array_equal(_stopping_rows(sel, len(sel), 3).numpy(), sel)
+    capped = _stopping_rows(sel, 100, 3).numpy()
+    assert len(capped) == 100 and np.all(np.diff(capped) > 0) and np.isin(capped, sel).all()
+    assert not np.array_equal(capped, _stopping_rows(sel, 100, 4).numpy())
+
+    x, y, truth = correlated_gaussian(2, 0.8, seed=5, n=4000)  # 1.47 bits; 400 select rows
+    full = estimate_mi(x, y, seed=0, bootstrap=0)
+    assert estimate_mi(x, y, seed=0, bootstrap=0, select_rows=400).bits == full.bits
+    small = estimate_mi(x, y, seed=0, bootstrap=0, select_rows=50)
+    assert abs(small.bits - truth) < 0.1 and abs(full.bits - truth) < 0.1
+
+
+def test_fused_infonce_row_terms_equal_the_separate_bounds() -> None:
+    """The final evaluation's one-pass terms (S overwritten) against infonce_rows,
+    infonce_subpool_rows and infonce_pool_noise_rows on the same scores: equal to float32 rounding,
+    the full-pool terms to the last bit; a row whose positive is outside the kept half included."""
+    import torch
+
+    from ie_flow.estimators import bounds
+
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(3, 40, 200, generator=g) * 4
+    pos = torch.randperm(200, generator=g)[:40]
+    keep = torch.zeros(200, dtype=torch.bool)
+    keep[torch.randperm(200, generator=g)[:100]] = True
+    assert (~keep[pos]).any() and keep[pos].any()
+    full, half, noise = bounds.infonce_row_terms(S.clone(), pos, keep, pool_noise=True)
+    assert torch.equal(full, bounds.infonce_rows(S, pos))
+    torch.testing.assert_close(half, bounds.infonce_subpool_rows(S, pos, keep), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(noise, bounds.infonce_pool_noise_rows(S), rtol=1e-5, atol=1e-5)
+    assert len(bounds.infonce_row_terms(S.clone(), pos)) == 1
