@@ -24,8 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ie_flow import IEFlowError
-from ie_flow.storage import Storage
 from ie_flow.memory import return_freed_memory
+from ie_flow.storage import Storage
 
 MANIFEST = "manifest.json"
 JOB_SETTINGS = "_job.json"

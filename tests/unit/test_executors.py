@@ -96,3 +96,22 @@ def test_compute_workers_on_cpus_and_gpus():
     gpu = plan_compute_workers(Resources(cpus=16, gpus=2, nodes=1), units=30)
     assert (gpu.workers, gpu.gpus, gpu.units_per_call) == (2, 1.0, 15)
     assert plan_compute_workers(Resources(8, 0, 1), units=30, units_per_call=3).units_per_call == 3
+
+
+def test_ray_workers_are_placed_one_per_node_before_a_second(monkeypatch):
+    """The Ray executor names each worker's node: one per live node before a second on any, as many
+    on a node as its CPUs hold, the rest left to Ray (SPREAD); a dead node gets none."""
+    import ray
+
+    from ie_flow.executors.ray import _placements
+
+    a, b, c = "a" * 56, "b" * 56, "c" * 56  # node ids are hex
+    nodes = [{"NodeID": b, "Alive": True, "Resources": {"CPU": 1.0}},
+             {"NodeID": a, "Alive": True, "Resources": {"CPU": 1.0}},
+             {"NodeID": c, "Alive": False, "Resources": {"CPU": 8.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    plan = WorkerPlan(workers=5, max_workers=5, cpus=0.5, gpus=0.0, threads=1)
+    placed = _placements(plan, 5)
+    assert [p.node_id for p in placed[:4]] == [a, b, a, b] and all(p.soft for p in placed[:4])
+    assert placed[4] == "SPREAD"
+    assert [p.node_id for p in _placements(plan, 2)] == [a, b]
