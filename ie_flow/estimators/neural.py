@@ -8,9 +8,10 @@ verdict of validity.py (a failed cell is retried once with ``safer_settings``); 
 says which critic resolved each cell and which cells are only lower bounds."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from .base import (
     resolve_device,
     split_three,
 )
+from .preprocess import COPULA_BINS
 from .train_config import TrainConfig
 from .critic_check import (
     KNN_MAX_DIMS,
@@ -83,10 +85,41 @@ def _as_float_tensor(a: np.ndarray):
     return torch.from_numpy(a)
 
 
-def _pairs(a: np.ndarray, idx: list[int]) -> np.ndarray:
-    """The pairs ``idx`` of a stack: a view when they are consecutive (one pair, or all of them),
-    else a copy of those pairs (planned for in ``memory_plan``)."""
-    return a[idx[0] : idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1)) else a[idx]
+# rows swapped at a time when pairs are moved in place: a buffer of this many bytes, never a pair
+_SWAP_BYTES = 32 * 2**20
+
+
+@contextlib.contextmanager
+def _pairs_in_front(xs: np.ndarray, ys: np.ndarray, idx: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The pairs ``idx`` (ascending) of both stacks, in that order, as views: where they are when
+    consecutive, else moved to the front in place (pairs swapped in blocks of rows) and moved back
+    on exit. The retry and the second opinion read their pairs so: the same values in the same
+    order as a copy of them, without the copy (a 65,536-row pair at d = 768 is 200 MB a side).
+    A read-only stack is copied."""
+    if idx == list(range(idx[0], idx[-1] + 1)):
+        yield xs[idx[0] : idx[-1] + 1], ys[idx[0] : idx[-1] + 1]
+        return
+    if not (xs.flags.writeable and ys.flags.writeable):
+        yield xs[idx], ys[idx]
+        return
+    swaps = [(k, p) for k, p in enumerate(idx) if k != p]  # p >= k, and p is untouched by earlier swaps
+    for a in (xs, ys):
+        for k, p in swaps:
+            _swap_pairs(a, k, p)
+    try:
+        yield xs[: len(idx)], ys[: len(idx)]
+    finally:
+        for a in (xs, ys):
+            for k, p in reversed(swaps):
+                _swap_pairs(a, k, p)
+
+
+def _swap_pairs(a: np.ndarray, i: int, j: int) -> None:
+    rows = max(1, _SWAP_BYTES // max(1, a[0, 0].nbytes))
+    for r in range(0, a.shape[1], rows):
+        held = a[i, r : r + rows].copy()
+        a[i, r : r + rows] = a[j, r : r + rows]
+        a[j, r : r + rows] = held
 
 
 def safer_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -155,24 +188,33 @@ class _SeedRuns:
 SCORE_CHUNKS = {"streamed": 3, "whole": 7}
 
 
+# float32 values per column of a pair that training holds besides the stacks: the copula map's bin
+# edges and about this many copies of a batch's rows (gathered, transformed, activations, gradients).
+# Measured on the n = 16,384 bench's 16-cell batch (d = 768): 35 MiB per cell above its stacks
+# before the final evaluation; the plan books 30 (the rest is the allocator's, within the score term).
+BATCH_COPIES = 16
+
+
 class NeuralEstimator(Estimator):
     bound: ClassVar[str] = "infonce"
     defaults: ClassVar[dict[str, Any]] = dict(_COMMON)
     takes_float16 = True
 
     def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
-        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack)
-        and a copy of up to all but one of them (the retry or the second opinion of some pairs),
-        the bootstrap counts (one byte per resample and sample), the report and train rows'
-        weights (float32) and the score chunks (the report rows against their candidates, for all
-        pairs at once up to ``chunk_elems``)."""
+        """The input stacks (the trainer transforms the rows it reads, never a copy of the stack;
+        the retry and the second opinion read their pairs in place, through a swap buffer), the
+        training state per pair, the bootstrap counts (one byte per resample and sample), the report
+        and train rows' weights (float32) and the score chunks (the report rows against their
+        candidates, for all pairs at once up to ``chunk_elems``)."""
         s = self.settings
         boot, report = int(s["bootstrap"]), round(n * eval_fraction)
-        candidates = {"report": report, "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
+        candidates = {"report": min(report, int(s["pool_rows"]) or report),
+                      "heldout": report + round(n * s["select_fraction"])}.get(s["negatives"], n)
         weights = boot * n + (2 * (boot + 1) * report * 4 if boot else 0)
         chunks = SCORE_CHUNKS["streamed" if self.bound == "infonce" and self._ema() is None else "whole"]
         scores = chunks * 4 * min(int(s["chunk_elems"]), pairs * report * candidates)
-        return (2 * pairs - 1) * n * (dx + dy) * itemsize + weights + scores
+        training = pairs * (dx + dy) * (COPULA_BINS + 1 + BATCH_COPIES * int(s["batch_size"])) * 4
+        return pairs * n * (dx + dy) * itemsize + _SWAP_BYTES + training + weights + scores
 
     def _config(self) -> TrainConfig:
         kw = {k: self.settings[k] for k in _TRAIN_FIELDS}
@@ -220,7 +262,9 @@ class NeuralEstimator(Estimator):
         if not todo:
             return out
         mlp = type(self)(**{**s, **MLP_CRITIC, "retry": False, "nonlinear_check": False})
-        for p, e in zip(todo, mlp.estimate_many(_pairs(xs, todo), _pairs(ys, todo), seeds, device)):
+        with _pairs_in_front(xs, ys, todo) as (x_todo, y_todo):
+            opinions = mlp.estimate_many(x_todo, y_todo, seeds, device)
+        for p, e in zip(todo, opinions):  # the stacks are as given again: xs[p] is pair p
             out[p] = second_opinion(out[p], e)
             if xs.shape[2] + ys.shape[2] <= KNN_MAX_DIMS:  # rows are distinct here (the cap did not bind)
                 out[p] = knn_opinion(out[p], *ksg_bits(xs[p], ys[p]))
@@ -235,8 +279,8 @@ class NeuralEstimator(Estimator):
         failed = [p for p, e in enumerate(out) if not e.valid and not e.diverged]
         if not failed:
             return out
-        again = type(self)(**safer_settings(self.settings)).estimate_many(_pairs(xs, failed), _pairs(ys, failed),
-                                                                           seeds, device)
+        with _pairs_in_front(xs, ys, failed) as (x_failed, y_failed):
+            again = type(self)(**safer_settings(self.settings)).estimate_many(x_failed, y_failed, seeds, device)
         for p, e in zip(failed, again):
             first = out[p].invalid_reason
             settings = {**e.settings, "retried_because": first}

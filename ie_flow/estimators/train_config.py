@@ -49,6 +49,11 @@ class TrainConfig:
     # square, every eval_every steps, and at n = 300,000 (30,000 select rows) that was most of a
     # cell's time.  It only ranks checkpoints; the reported value uses every report row.
     select_rows: int = 8192
+    # InfoNCE's reported value scores each report row against the rows of its pool: all report
+    # rows up to this many, else equal pools of at most this many (ceiling log2 of a pool). One
+    # pool costs its square: at n = 300,000 the 75,000-row pool was most of stage 2's time, and
+    # pools keep it linear in n. No change up to n = 65,536 (eval_fraction 0.25); 0: one pool.
+    pool_rows: int = 16384
     negatives: str = "report"  # report | heldout | all (see module docstring)
     preprocess: str = "copula"  # copula | none (see preprocess.py)
     pool_check: bool = True  # InfoNCE: also evaluate with half the pool (saturation test)
@@ -71,6 +76,8 @@ class TrainConfig:
         for name in ("embed", "batch_size", "max_steps", "eval_every", "patience", "select_rows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.pool_rows) < 0:
+            raise ValueError(f"pool_rows must be >= 0 (0: one pool), got {self.pool_rows}")
         if self.lr <= 0 or self.scale_lr < 0:
             raise ValueError("lr must be > 0 and scale_lr >= 0")
         if self.stop_near_ceiling < 0:

@@ -14,7 +14,9 @@ Protocol (docs/METHOD.md section 5):
 Candidate pool of the reported value (setting ``negatives``), which sets the ceiling:
 - ``"report"`` (default): the report rows only.  Every negative is a sample the critic never
   trained on and never selected on, so the value is a strict InfoNCE lower bound; ceiling
-  log2(n_report).
+  log2(n_report).  Above ``pool_rows`` report rows, InfoNCE's rows form equal pools of at most
+  that many, each its own candidates (the cost is linear in n, not its square); ceiling log2 of
+  a pool.
 - ``"heldout"``: report + select rows (never trained on; the select rows only chose among
   checkpoints); ceiling log2(n_report + n_select).
 - ``"all"``: every sample, training rows included (the protocol before the three-way split).
@@ -379,6 +381,9 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
     replicates come from the same scores), with half the pool, and on as many train rows."""
     cand, pos = _report_pool(cfg, tr, sel, rep)
     name = "dv" if cfg.ema is not None else cfg.bound
+    pools = _pools(rep.numel(), cfg) if name == "infonce" and cfg.negatives == "report" else None
+    if pools is not None and len(pools) > 1:  # pools of random rows: the ids are sorted, and neighbours alike
+        cand = rep = rep[torch.randperm(rep.numel(), generator=torch.Generator().manual_seed(int(seed) + 7919))]
     keep = None
     if name == "infonce" and cfg.pool_check:
         g = torch.Generator().manual_seed(int(seed) + 991)
@@ -387,13 +392,13 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
     # the pool-noise share of the bootstrap is derived for a pool made of the rows themselves
     shared_pool = keep is not None and cfg.negatives == "report"
     values, half, noise = _reduce(critic, best, X, Y, rep, cand, name, _row_weights(boot_weights, rep, device),
-                                  keep, shared_pool, cfg, device)
+                                  keep, shared_pool, cfg, device, pools)
     g = torch.Generator().manual_seed(int(seed) + 4099)
     sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
     # the train/held-out gap's other half: the same bound on a train subset as large as the report
     # pool, on the same resamples (one resample reweights every row set of the data it redraws)
     train, _, train_noise = _reduce(critic, best, X, Y, sub, sub, name, _row_weights(boot_weights, sub, device),
-                                    None, shared_pool, cfg, device)
+                                    None, shared_pool, cfg, device, pools and _pools(sub.numel(), cfg))
     resampled = boot_weights is not None
     return {
         "nats": values[:, 0],
@@ -404,30 +409,42 @@ def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prep
         "train_replicates": train[:, 1:] if resampled else None,
         # the pool's share of the bootstrap variance of the report and train values (nats²)
         "pool_noise": (noise, train_noise) if shared_pool else None,
-        "n_candidates": int(cand.numel()),
-        "n_candidates_half": None if keep is None else int(keep.sum()) + 1,
+        "n_candidates": int(cand.numel()) if pools is None else max(p.stop - p.start for p in pools),
+        "n_candidates_half": None if keep is None else int(keep.sum()) // len(pools or [0]) + 1,
     }
+
+
+def _pools(rows: int, cfg: TrainConfig) -> list[slice]:
+    """Consecutive row ranges that are their own InfoNCE candidate pools: one up to
+    ``pool_rows`` rows (or with pool_rows = 0), else as few equal ones as keep each within it."""
+    k = 1 if cfg.pool_rows == 0 else -(-rows // cfg.pool_rows)
+    edges = [rows * i // k for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _reduce(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared, rows: torch.Tensor,
             cand: torch.Tensor, name: str, w_rows: torch.Tensor, keep: torch.Tensor | None, pool_noise: bool,
-            cfg: TrainConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+            cfg: TrainConfig, device: torch.device, pools: list[slice] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(P, 1 + B) bound of x[rows] against y[cand] (row r's own y in column r) on each row
     weighting, the same with the pool cut to ``keep`` (InfoNCE), and the pool noise (P,).
     InfoNCE's terms are per row, so its scores are streamed over the rows when one pair's
-    would exceed ``chunk_elems``; the other bounds take every row at once."""
+    would exceed ``chunk_elems``; with ``pools`` (ranges of rows, cand = rows) each row is scored
+    against its own pool only. The other bounds take every row at once."""
     values, half, noise = [], [], []
     if name != "infonce":
-        for _, _, S in _score_chunks(critic, best, X, Y, rows, cand, cfg, device):
+        for _, _, _, S in _score_chunks(critic, best, X, Y, rows, cand, cfg, device):
             values.append(_weighted(name, S, w_rows, cfg))
         return torch.cat(values).numpy(), None, None
     pos, keep_d = torch.arange(rows.numel(), device=device), None if keep is None else keep.to(device)
 
-    def terms(S: torch.Tensor, rs: slice) -> list[torch.Tensor]:
-        return bounds.infonce_row_terms(S, pos[rs], keep_d, pool_noise)
+    def terms(S: torch.Tensor, rs: slice, pool: slice) -> list[torch.Tensor]:  # S: rows rs against the pool's
+        return bounds.infonce_row_terms(S, pos[rs] - pool.start, None if keep_d is None else keep_d[pool], pool_noise)
 
-    R, C = rows.numel(), cand.numel()
-    for _, per_row in _row_terms(_score_chunks(critic, best, X, Y, rows, cand, cfg, device, split_rows=True), terms):
+    pools = pools or [slice(0, cand.numel())]
+    R, C = rows.numel(), cand.numel() / len(pools)  # C: candidates per pool (equal to within one)
+    chunks = _score_chunks(critic, best, X, Y, rows, cand, cfg, device, split_rows=True, pools=pools)
+    for _, per_row in _row_terms(chunks, terms):
         values.append(bounds.reweighted_mean(per_row[0].double(), w_rows).double().cpu())
         if keep_d is not None:
             half.append(bounds.reweighted_mean(per_row[1].double(), w_rows).cpu())
@@ -438,15 +455,15 @@ def _reduce(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _
 
 
 def _row_terms(chunks: Any, terms: Any) -> Any:
-    """Per chunk of pairs: ``terms(S, row slice)``'s (p, r) tensors of every row block of the
-    score chunks, joined along the rows into (p, R)."""
+    """Per chunk of pairs: ``terms(S, row slice, pool)``'s (p, r) tensors of every row block of
+    the score chunks, joined along the rows into (p, R)."""
     current, parts = None, []
-    for sl, rs, S in chunks:
+    for sl, rs, pool, S in chunks:
         if rs.start == 0 and parts:
             yield current, [torch.cat(p, -1) for p in zip(*parts)]
             parts = []
         current = sl
-        parts.append(terms(S, rs))
+        parts.append(terms(S, rs, pool))
     if parts:
         yield current, [torch.cat(p, -1) for p in zip(*parts)]
 
@@ -463,33 +480,38 @@ def _weighted(name: str, S: torch.Tensor, w_rows: torch.Tensor, cfg: TrainConfig
 
 def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepared, Y: _Prepared,
                   rows: torch.Tensor, cand: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                  todo: torch.Tensor | None = None, split_rows: bool = False):
-    """Yield (pair selection, row slice, (p, r, C) float32 critic scores) chunk by chunk over the
-    pairs (all pairs, or the pair ids ``todo``), so the score tensor stays within ``chunk_elems``;
-    with ``split_rows``, a pair whose R x C scores alone exceed it comes in blocks of rows (its
-    candidates' features computed once, in blocks too)."""
+                  todo: torch.Tensor | None = None, split_rows: bool = False, pools: list[slice] | None = None):
+    """Yield (pair selection, row slice, candidate slice, (p, r, c) float32 critic scores) chunk
+    by chunk over the pairs (all pairs, or the pair ids ``todo``), so the score tensor stays
+    within ``chunk_elems``; with ``split_rows``, a pair whose R x C scores alone exceed it comes
+    in blocks of rows (its candidates' features computed once, in blocks too). With ``pools``
+    (ranges of rows; cand = rows), each range of rows is scored against its own candidates."""
     P = X.shape[0]
-    R, C = rows.numel(), cand.numel()
+    pools = pools or [slice(0, cand.numel())]
+    R, C = rows.numel(), max(p.stop - p.start for p in pools)
+    rows_of = (lambda pool: rows) if len(pools) == 1 else (lambda pool: rows[pool])  # noqa: E731
     d = max(X.shape[2], Y.shape[2])
-    chunk = max(1, cfg.chunk_elems // max(1, R * C, C * d))
-    stream = split_rows and max(R * C, C * d) > cfg.chunk_elems
+    chunk = max(1, cfg.chunk_elems // max(1, R * C // len(pools), C * d))
+    stream = split_rows and max(R * C // len(pools), C * d) > cfg.chunk_elems
     n_todo = P if todo is None else todo.numel()
     for s in range(0, n_todo, chunk):
         sl: slice | torch.Tensor = slice(s, min(P, s + chunk)) if todo is None else todo[s : s + chunk].to(device)
-        if stream:
-            gy = _features(critic, state["y"], Y, cand, sl, cfg, device)
-            block = max(1, cfg.chunk_elems // max(C, d))
-            for a in range(0, R, block):
-                fx = _features(critic, state["x"], X, rows[a : a + block], sl, cfg, device)
-                with _autocast(device, cfg.precision):
-                    S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-                yield sl, slice(a, min(R, a + block)), S
-            continue
-        with _autocast(device, cfg.precision):
-            fx = critic.side_q(state["x"], X.rows(rows, sl), cfg.layers, sl)
-            gy = critic.side_q(state["y"], Y.rows(cand, sl), cfg.layers, sl)
-            S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-        yield sl, slice(0, R), S
+        for pool in pools:
+            mine, their = rows_of(pool), cand[pool]
+            if stream:
+                gy = _features(critic, state["y"], Y, their, sl, cfg, device)
+                block = max(1, cfg.chunk_elems // max(their.numel(), d))
+                for a in range(0, mine.numel(), block):
+                    fx = _features(critic, state["x"], X, mine[a : a + block], sl, cfg, device)
+                    with _autocast(device, cfg.precision):
+                        S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+                    yield sl, slice(pool.start + a, pool.start + min(mine.numel(), a + block)), pool, S
+                continue
+            with _autocast(device, cfg.precision):
+                fx = critic.side_q(state["x"], X.rows(mine, sl), cfg.layers, sl)
+                gy = critic.side_q(state["y"], Y.rows(their, sl), cfg.layers, sl)
+                S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+            yield sl, slice(pool.start, pool.start + mine.numel()), pool, S
 
 
 def _features(critic: SeparableCritic, side: Params, Z: _Prepared, idx: torch.Tensor, sl: slice | torch.Tensor,
@@ -525,10 +547,10 @@ def _evaluate(
     full = []
     if cfg.ema is None and cfg.bound == "infonce":  # per-row terms: streamed over the rows when large
         chunks = _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo, split_rows=True)
-        for _, (terms,) in _row_terms(chunks, lambda S, rs: [bounds.infonce_rows(S, pos_d[rs])]):
+        for _, (terms,) in _row_terms(chunks, lambda S, rs, _pool: [bounds.infonce_rows(S, pos_d[rs])]):
             full.append(terms.mean(-1).cpu())
     else:
-        for _, _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo):
+        for _, _, _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo):
             full.append((bounds.dv(S, pos_d) if cfg.ema is not None else bounds.bound(cfg.bound, S, pos_d, cfg.clip)).cpu())
     if not subset:
         return torch.cat(full)

@@ -339,6 +339,42 @@ def test_failing_cell_with_massive_activations_is_caught() -> None:
     assert default.valid and default.bits > 3.0  # truth 4 x 1.2 = 4.8 bits
 
 
+def test_retry_of_scattered_cells_reads_them_in_place_with_the_numbers_of_a_copy() -> None:
+    """Cells 0 and 2 of a batch fail and are retried together; cell 1 passes. The retry reads
+    them moved to the front of the stacks in place (no copy of a pair): its numbers are those
+    of estimating a copy of the two cells with the retry's settings, and the stacks come back
+    as given."""
+    from ie_flow.estimators import get_estimator
+    from ie_flow.estimators.neural import safer_settings
+
+    bad0, bad2 = planted_massive_row(seed=0), planted_massive_row(seed=2)
+    good_x, good_y, _ = correlated_gaussian(4, 0.9, seed=1, n=1600)
+    xs = np.stack([bad0[0], good_x, bad2[0]]).astype(np.float32)
+    ys = np.stack([bad0[1], good_y, bad2[1]]).astype(np.float32)
+    given = xs.copy(), ys.copy()
+    est = get_estimator("infonce", preprocess="none", max_steps=150, bootstrap=20, nonlinear_check=False)
+    out = est.estimate_many(xs, ys, seeds=(0,))
+    assert [e.settings.get("retried_because") is not None for e in out] == [True, False, True]
+    assert np.array_equal(xs, given[0]) and np.array_equal(ys, given[1])
+    retry = get_estimator("infonce", **safer_settings(est.settings))
+    copied = retry.estimate_many(xs[[0, 2]], ys[[0, 2]], seeds=(0,))
+    for e, c in zip((out[0], out[2]), copied):
+        assert (e.bits, e.ci_low, e.ci_high, e.replicate_bits) == (c.bits, c.ci_low, c.ci_high, c.replicate_bits)
+
+
+def test_pairs_moved_in_front_come_back_after_an_error() -> None:
+    from ie_flow.estimators.neural import _pairs_in_front
+
+    xs = np.arange(5 * 7 * 3, dtype=np.float16).reshape(5, 7, 3)
+    ys = -np.arange(5 * 7 * 2, dtype=np.float32).reshape(5, 7, 2)
+    given = xs.copy(), ys.copy()
+    with pytest.raises(RuntimeError), _pairs_in_front(xs, ys, [1, 3, 4]) as (a, b):
+        assert np.array_equal(a, given[0][[1, 3, 4]]) and np.array_equal(b, given[1][[1, 3, 4]])
+        assert np.shares_memory(a, xs) and np.shares_memory(b, ys)
+        raise RuntimeError("the estimate failed")
+    assert np.array_equal(xs, given[0]) and np.array_equal(ys, given[1])
+
+
 def llm_like_cell(n: int = 1600, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """A cell shaped like a real LLM layer: Cauchy-tailed activations (a shared Student-t scale,
     df = 1) on 6 coordinates, x and y correlated there (0.8), and 2 massive coordinates (scale 300

@@ -264,6 +264,27 @@ def test_early_stopping_on_a_capped_select_pool_keeps_the_estimate() -> None:
     assert abs(small.bits - truth) < 0.1 and abs(full.bits - truth) < 0.1
 
 
+def test_report_rows_in_pools_set_the_ceiling_and_keep_the_estimate() -> None:
+    """pool_rows: above it the report rows form equal random pools, each its own candidates, so the
+    ceiling is log2 of a pool; at or above the report rows (and with 0) nothing changes, to the last
+    bit. A strong dependence reads its pool's ceiling (truth 14.1 bits); a weak one keeps its value."""
+    from ie_flow.estimators.synthetic import correlated_gaussian
+
+    x, y, _ = correlated_gaussian(5, 0.99, seed=99, n=4000)  # 1,000 report rows
+    one = estimate_mi(x, y, seed=0, bootstrap=20)
+    for same in (0, 1000):
+        again = estimate_mi(x, y, seed=0, bootstrap=20, pool_rows=same)
+        assert (again.bits, again.replicate_bits, again.ceiling_bits) == (one.bits, one.replicate_bits, one.ceiling_bits)
+    pooled = estimate_mi(x, y, seed=0, bootstrap=20, pool_rows=300)  # 4 pools of 250
+    assert one.ceiling_bits == pytest.approx(math.log2(1000)) and pooled.ceiling_bits == pytest.approx(math.log2(250))
+    assert pooled.saturated and pooled.ceiling_bits - 0.3 < pooled.bits <= pooled.ceiling_bits
+    assert pooled.settings["n_candidates"] == 250
+
+    x, y, truth = correlated_gaussian(2, 0.8, seed=5, n=8000)  # 1.47 bits, 2,000 report rows
+    whole, parts = estimate_mi(x, y, seed=0), estimate_mi(x, y, seed=0, pool_rows=500)
+    assert abs(parts.bits - whole.bits) < 0.02 and parts.ci_low < truth + 0.05 and abs(parts.bits - truth) < 0.1
+
+
 def test_fused_infonce_row_terms_equal_the_separate_bounds() -> None:
     """The final evaluation's one-pass terms (S overwritten) against infonce_rows,
     infonce_subpool_rows and infonce_pool_noise_rows on the same scores: equal to float32 rounding,
