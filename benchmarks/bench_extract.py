@@ -73,8 +73,8 @@ def main() -> None:
             t0 = time.perf_counter()
             res = extract_activations(job)
             wall = time.perf_counter() - t0
-            busy = sum(float(s["_seconds"]) for s in res.stats)
-            actor_peak = max(float(s["_peak_rss_mb"]) for s in res.stats)
+            busy = sum(s.seconds for s in res.stats)
+            actor_peak = max(s.peak_rss_mb for s in res.stats)
             driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             tokens = n * res.manifest.tokens
             stored = sum(f.bytes for s in res.manifest.shards for f in s.files.values())

@@ -103,8 +103,9 @@ def random_copies(args: argparse.Namespace) -> None:
 def compare(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
+    from ie_flow.config import EstimateSpec
     from ie_flow.control import compare as differences
-    from ie_flow.emergence import emergence_by_beta
+    from ie_flow.emergence import emergence_by_variant
 
     def load(name: str) -> object:
         return pq.read_table(os.path.join(args.out, name))
@@ -113,16 +114,16 @@ def compare(args: argparse.Namespace) -> None:
         tm, t1, t2 = (load(f"{side}-n{n}.parquet") for side in ("trained", "random1", "random2"))
         print(f"n = {n}")
         for name, table in (("trained", tm), ("random 1", t1), ("random 2", t2)):
-            profile = emergence_by_beta(table)
+            profile = emergence_by_variant(table)
             print(f"  {name:9s} valid layers per β: " + ", ".join(
-                f"{b:g}: {sum(l.valid for l in profile[b].layers)}/30" for b in sorted(profile)))
-        beta, valid, em, ec, rows = differences(tm, t1)
-        ec2 = emergence_by_beta(t2)[beta]  # the second random copy at the same β: the spread between copies
+                f"{v}: {sum(l.valid for l in p.layers)}/30" for v, p in profile.items()))
+        variant, valid, em, ec, rows = differences(EstimateSpec(method="smoothed"), tm, t1)
+        ec2 = emergence_by_variant(t2)[variant]  # the second random copy at the same β: the spread between copies
         spread = {a.layer: abs(a.ie - b.ie) for a, b in zip(ec.layers, ec2.layers)}
         ok = [r for r in rows if math.isfinite(r.diff)]
         beyond = [r for r in ok if r.ci_low > 0 or r.ci_high < 0]
         strict = [r for r in ok if abs(r.diff) > 3 * max((r.ci_high - r.ci_low) / 2, spread[r.layer])]
-        print(f"  headline β = {beta:g} ({'valid in every cell' if valid else 'NOT valid in every cell'}); "
+        print(f"  headline {variant} ({'valid in every cell' if valid else 'NOT valid in every cell'}); "
               f"{len(ok)} layers comparable; trained - random: mean {np.mean([r.diff for r in ok]) if ok else math.nan:+.3f}"
               f" bit, range [{min((r.diff for r in ok), default=math.nan):+.3f}, "
               f"{max((r.diff for r in ok), default=math.nan):+.3f}]; {len(beyond)} beyond their 95% interval; "

@@ -20,6 +20,7 @@ linear in n.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ def run_extract(job: Any, n: int) -> dict[str, Any]:
     stored = sum(f.bytes for s in m.shards for f in s.files.values())
     return {"n": n, "stage": "extract", "seconds": ex.seconds, "reused": ex.reused,
             "tokens_per_s": m.samples * m.tokens / ex.seconds,
-            "actor_peak_mib": max((float(s["_peak_rss_mb"]) for s in ex.stats), default=float("nan")),
+            "actor_peak_mib": max((s.peak_rss_mb for s in ex.stats), default=float("nan")),
             "stored_bytes": stored, "load": load()}
 
 
@@ -75,7 +76,7 @@ def run_estimate(job: Any, n: int) -> dict[str, Any]:
     folder = StorageRoot(job.storage.uri).activations(build_key(job), dataset_id(job))
     est = estimate_mi(job, folder)
     # each batch of cells (planned and measured peak bytes) once, though every layer in it reports it
-    tasks = {json.dumps(b, sort_keys=True): b for s in est.stats for b in s.get("_batches", [])}
+    tasks = {json.dumps(b, sort_keys=True): b for s in est.stats for b in map(dataclasses.asdict, s)}
     m = folder.load_manifest()
     return {"n": n, "stage": "estimate", "seconds": est.seconds, "reused_layers": est.reused_layers,
             "tokens_per_s": m.samples * m.tokens / est.seconds, "budget_bytes": job.estimate.memory_budget,

@@ -1,8 +1,9 @@
 """The control in the same run (docs/METHOD.md section 7): the same job on a copy that should carry
 no meaning (`random`: the model with random seeded weights; `shuffled`: the tokens of each window
 permuted), measured with the resolution-aware estimator on both, and model minus control per layer
-with a bootstrap interval. Both sides use the same β (the smallest valid in every cell of both) and the
-same bootstrap resamples (same n and seed), so the difference is bootstrapped replicate by replicate."""
+with a bootstrap interval. Both sides use the same variant of the estimator (its headline choice over
+both, e.g. the smoothed measure's smallest β valid in every layer of both) and the same bootstrap
+resamples (same n and seed), so the difference is bootstrapped replicate by replicate."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow.config import EstimateSpec, JobSpec
-from ie_flow.emergence import Emergence, bootstrap_interval, choose_beta, emergence_by_beta
+from ie_flow.emergence import Emergence, bootstrap_interval, headline
 from ie_flow.models import RANDOM_PREFIX
 from ie_flow.results import ControlLayer, ControlRecord
 
@@ -40,7 +41,7 @@ class LayerDifference:
     layer: int
     model_ie: float
     control_ie: float
-    diff: float  # model - control; NaN when either side is invalid at the headline β
+    diff: float  # model - control; NaN when either side is invalid at the headline variant
     ci_low: float
     ci_high: float
 
@@ -49,8 +50,8 @@ class LayerDifference:
 class ControlComparison:
     kind: str
     estimator: str
-    beta: float | None
-    beta_valid: bool
+    variant: str
+    variant_valid: bool
     model: Emergence
     control: Emergence
     layers: list[LayerDifference]
@@ -60,19 +61,17 @@ class ControlComparison:
     def record(self) -> ControlRecord:
         """What summary.json keeps of the comparison."""
         return ControlRecord(
-            kind=self.kind, estimator=self.estimator, beta=self.beta, beta_valid=self.beta_valid,
+            kind=self.kind, estimator=self.estimator, variant=self.variant, variant_valid=self.variant_valid,
             model_results=self.model_results, control_results=self.control_results,
             layers=[ControlLayer(layer=d.layer, model_ie=d.model_ie, control_ie=d.control_ie, diff=d.diff,
                                  ci_low=d.ci_low, ci_high=d.ci_high) for d in self.layers],
         )
 
 
-def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") -> tuple[float | None, bool, Emergence,
-                                                                                       Emergence, list[LayerDifference]]:
-    """IE of both tables at their common headline β, and model - control per layer."""
-    pm, pc = emergence_by_beta(model_table, micro_reduce), emergence_by_beta(control_table, micro_reduce)
-    beta, valid = choose_beta(pm, pc)
-    em, ec = pm[beta], pc[beta]
+def compare(spec: EstimateSpec, model_table: Any, control_table: Any
+            ) -> tuple[str, bool, Emergence, Emergence, list[LayerDifference]]:
+    """IE of both tables (measured with `spec`) at their common headline variant, and model - control per layer."""
+    variant, valid, (em, ec) = headline(spec.estimator(), spec.micro_reduce, model_table, control_table)
     b = min(len(em.ie_replicates), len(ec.ie_replicates))
     rows = []
     for i, (lm, lc) in enumerate(zip(em.layers, ec.layers)):
@@ -80,19 +79,19 @@ def compare(model_table: Any, control_table: Any, micro_reduce: str = "mean") ->
         reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, i]
         low, high = bootstrap_interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
         rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high))
-    return beta, valid, em, ec, rows
+    return variant, valid, em, ec, rows
 
 
 def format_comparison(control: ControlRecord, main: Emergence | None = None, main_label: str = "") -> str:
     """Side by side per layer: the main estimator's IE (`*` saturated), the control estimator's IE of
-    the model and of the control at the headline β, and their difference with its interval (from a
+    the model and of the control at the headline variant, and their difference with its interval (from a
     ControlComparison's record, so `ie-flow report` prints it from summary.json too)."""
     est, kind = control.estimator, control.kind
-    beta = "" if control.beta is None else f", β = {control.beta:g}" + (
-        "" if control.beta_valid else " (no β valid in every cell: read with care)")
+    variant = f", {control.variant}" if control.variant else ""
+    variant += "" if control.variant_valid else f" (no variant of {est} is valid in every layer: read with care)"
     head = f"{'layer':>5}  " + (f"{main_label + ' IE':>13}  " if main else "") + \
         f"{est + ' IE':>12}  {kind + ' ctrl':>12}  {'difference':>10}  {'95% interval':>17}"
-    lines = [f"model vs {kind} control, {est}{beta}", head]
+    lines = [f"model vs {kind} control, {est}{variant}", head]
     main_ie = {l.layer: l for l in main.layers} if main else {}
     for d in control.layers:
         m = main_ie.get(d.layer)

@@ -8,18 +8,23 @@ M_l^mi_t (in-context: the same value; isolated: token t run alone).
 Intervals: the estimators' bootstrap replicates share their resamples across cells, so IE, E_l(t)
 and the model summary are bootstrapped replicate by replicate (95%, centred on the estimate); with several
 seeds the Student-t half-width over seeds is added in quadrature. A cell marked invalid is never
-averaged in: the layer's IE is then missing (NaN) and reported with the reason."""
+averaged in: the layer's IE is then missing (NaN) and reported with the reason.
+
+An estimator with variants (several values per cell) gives one IE profile per variant
+(`emergence_by_variant`); which one a job's headline shows is the estimator's choice
+(Estimator.choose_headline)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ie_flow.estimators.base import seed_interval
-from ie_flow.results import LayerRecord, Summary
+from ie_flow.results import LayerRecord, Summary, table_rows, variant_order
+
 
 @dataclass(frozen=True)
 class LayerEmergence:
@@ -35,6 +40,8 @@ class LayerEmergence:
     micro_saturated: int  # positions whose micro estimate hit its ceiling
     valid: bool = True
     invalid_reason: str | None = None
+    # the estimator's declared diagnostics of the layer's macro cell (last position), mean over seeds
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
     @property
     def saturated(self) -> bool:
@@ -55,7 +62,7 @@ class Emergence:
     ie_replicates: np.ndarray  # (B, L) IE_l on each bootstrap resample (B = 0: none)
     seeds: list[int]
     micro_reduce: str
-    beta: float | None = None  # the smoothed estimator's resolution, None for the others
+    variant: str = ""  # the estimator's variant these values are (Estimator.variants)
 
     @property
     def summary(self) -> Summary:
@@ -129,46 +136,52 @@ class _Grids:
             out[:, li[layer], pos] = np.asarray(reps, dtype=float) if len(reps) == b else bits
         return out
 
+    def headline_diagnostics(self) -> dict[int, dict[str, float]]:
+        """Layer -> the estimator's diagnostics of its macro cell at the last position, mean over seeds."""
+        found: dict[int, list[dict[str, float]]] = {}
+        for r in self.rows:
+            if r["level"] == "macro" and r["position"] == self.positions - 1 and r.get("diagnostics"):
+                found.setdefault(int(r["layer"]), []).append(r["diagnostics"])
+        return {layer: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]} for layer, ds in found.items()}
+
     def reasons(self) -> dict[tuple[int, int], str]:
         return {(r["layer"], r["position"]): f"{r['level']} t={r['position']}: {r['invalid_reason'] or 'invalid'}"
                 for r in self.rows if r.get("valid") is False}
 
 
-def split_by_beta(table: Any) -> dict[float | None, list[dict[str, Any]]]:
-    """Rows grouped by the smoothed estimator's β (None for estimators without one), β ascending."""
-    rows = table.to_pylist() if hasattr(table, "to_pylist") else list(table)
-    groups: dict[float | None, list[dict[str, Any]]] = {}
-    for r in rows:
-        beta = r.get("beta")
-        groups.setdefault(None if beta is None or beta != beta else float(beta), []).append(r)
-    return dict(sorted(groups.items(), key=lambda kv: -1.0 if kv[0] is None else kv[0]))
+def split_by_variant(table: Any) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by the estimator's variant ("" for an estimator with one), in variant order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in table_rows(table):
+        groups.setdefault(r["variant"], []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: variant_order(kv[0])))
 
 
-def information_emergence(table: Any, micro_reduce: str = "mean", beta: float | None = None) -> Emergence:
+def information_emergence(table: Any, micro_reduce: str = "mean", variant: str | None = None) -> Emergence:
     """IE_l = M_l^ma - reduce_t M_l^mi_t per seed, then mean and interval (docs/METHOD.md section 2).
-    A table with a β grid needs `beta` (see `emergence_by_beta`)."""
+    A table of several variants needs `variant` (see `emergence_by_variant`); one that is not there
+    is an error, never another variant."""
     if micro_reduce not in ("mean", "sum"):
         raise ValueError(f"micro_reduce must be 'mean' or 'sum', got {micro_reduce!r}")
-    groups = split_by_beta(table)
+    groups = split_by_variant(table)
     if not groups:
         raise ValueError("the MI table is empty")
-    if beta is None and len(groups) > 1:
-        raise ValueError(f"the MI table holds several β ({sorted(b for b in groups if b is not None)}): name one")
-    rows = groups[beta] if beta is not None or None in groups else next(iter(groups.values()))
+    if variant is None:
+        if len(groups) > 1:
+            raise ValueError(f"the MI table holds several variants ({', '.join(groups)}): name one")
+        variant = next(iter(groups))
+    if variant not in groups:
+        raise ValueError(f"the MI table has no variant {variant!r} (it has: {', '.join(map(repr, groups))})")
+    rows = groups[variant]
     layers = sorted({int(r["layer"]) for r in rows})
     grids = _Grids(layers, sorted({int(r["seed"]) for r in rows}), 1 + max(int(r["position"]) for r in rows), rows)
     macro, micro = grids.field("macro", "bits"), grids.field("micro", "bits")
     if np.isnan(macro[:, :, -1]).any() or np.isnan(micro).all(axis=2).any():
         raise ValueError("the MI table lacks macro (last position) or micro rows for some layer/seed")
-    return _assemble(grids, macro, micro, micro_reduce, beta if beta is not None else _only_beta(rows))
+    return _assemble(grids, macro, micro, micro_reduce, variant)
 
 
-def _only_beta(rows: list[dict[str, Any]]) -> float | None:
-    beta = rows[0].get("beta")
-    return None if beta is None or beta != beta else float(beta)
-
-
-def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str, beta: float | None) -> Emergence:
+def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str, variant: str) -> Emergence:
     reduce = np.nanmean if micro_reduce == "mean" else np.nansum
     invalid = (g.field("macro", "valid") == 0).any(axis=0) | (g.field("micro", "valid") == 0).any(axis=0)
     layer_invalid = invalid[:, -1] | (invalid & ~np.isnan(micro).all(axis=0)).any(axis=1)
@@ -180,7 +193,7 @@ def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str
     sat = g.field("macro", "saturated") > 0
     micro_sat = (g.field("micro", "saturated") > 0).any(axis=0)
     ceil = np.nanmax(g.field("macro", "ceiling_bits"), axis=0)
-    reasons = g.reasons()
+    reasons, diagnostics = g.reasons(), g.headline_diagnostics()
     out_layers = []
     for i, layer in enumerate(g.layers):
         mean = float(ie_seed[:, i].mean())
@@ -191,14 +204,14 @@ def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str
             ie_ci_low=low, ie_ci_high=high, mi_macro=float(macro[:, i, -1].mean()),
             mi_micro=float(reduce(micro[:, i], axis=1).mean()), ceiling_bits=float(ceil[i, -1]),
             macro_saturated=bool(sat[:, i, -1].any()), micro_saturated=int(micro_sat[i].sum()),
-            valid=not layer_invalid[i], invalid_reason=why,
+            valid=not layer_invalid[i], invalid_reason=why, diagnostics=diagnostics.get(layer, {}),
         ))
     curves, curve_ci = _token_curves(macro.mean(axis=0), micro.mean(axis=0), rep_macro[:b], rep_micro[:b])
     curves[invalid] = np.nan
     return Emergence(
         layers=out_layers, macro=macro.mean(axis=0), micro=micro.mean(axis=0), token_curves=curves,
         token_ci=curve_ci, saturated=sat.any(axis=0), invalid=invalid, ceilings=ceil, ie_per_seed=ie_seed,
-        ie_replicates=ie_reps, seeds=g.seeds, micro_reduce=micro_reduce, beta=beta,
+        ie_replicates=ie_reps, seeds=g.seeds, micro_reduce=micro_reduce, variant=variant,
     )
 
 
@@ -218,41 +231,24 @@ def _token_curves(macro: np.ndarray, micro: np.ndarray, rep_macro: np.ndarray, r
     return curves, np.stack([curves - (mid - p_lo), curves + (p_hi - mid)])  # centred, as IE's
 
 
-def emergence_by_beta(table: Any, micro_reduce: str = "mean") -> dict[float | None, Emergence]:
-    """One Emergence per β of a smoothed table ({None: ...} for other estimators)."""
-    return {beta: information_emergence(table, micro_reduce, beta) for beta in split_by_beta(table)}
+def emergence_by_variant(table: Any, micro_reduce: str = "mean") -> dict[str, Emergence]:
+    """One Emergence per variant of the table ({"": ...} for an estimator without variants)."""
+    return {variant: information_emergence(table, micro_reduce, variant) for variant in split_by_variant(table)}
 
 
-def headline_beta(*profiles: dict[float | None, Emergence]) -> float | None:
-    """The smallest β at which every layer of every given profile (a model and its control) is
-    valid; None when there is none (or no β at all)."""
-    common = set.intersection(*(set(p) for p in profiles)) - {None}
-    for beta in sorted(common):
-        if all(l.valid for p in profiles for l in p[beta].layers):
-            return beta
-    return None
-
-
-def choose_beta(*profiles: dict[float | None, Emergence]) -> tuple[float | None, bool]:
-    """The β a run's headline uses, and whether it is valid in every cell: the smallest β valid
-    everywhere (the same for a model and its control); else the β at which the most layers are valid
-    in every profile (the smaller on a tie), flagged not valid."""
-    if None in profiles[0]:
-        return None, True
-    beta = headline_beta(*profiles)
-    if beta is not None:
-        return beta, True
-    common = sorted(set.intersection(*(set(p) for p in profiles)))
-    valid_layers = {b: sum(all(p[b].layers[i].valid for p in profiles) for i in range(len(profiles[0][b].layers)))
-                    for b in common}
-    return max(common, key=lambda b: (valid_layers[b], -b)), False
+def headline(estimator: Any, micro_reduce: str, *tables: Any) -> tuple[str, bool, list[Emergence]]:
+    """The estimator's headline variant of its tables (a model's, and its control's measured alike),
+    whether every layer of each is valid there, and the Emergence of each table at it."""
+    profiles = [emergence_by_variant(t, micro_reduce) for t in tables]
+    variant, valid = estimator.choose_headline(*profiles)
+    return variant, valid, [p[variant] for p in profiles]
 
 
 def lower_bound_cells(table: Any) -> dict[int, list[str]]:
     """Layer -> "level t=position: why" for the cells the critic check marked as lower bounds
     (the MI table's ``lower_bound`` column; absent in tables written before it)."""
     out: dict[int, list[str]] = {}
-    for r in (r for rows in split_by_beta(table).values() for r in rows if r.get("lower_bound")):
+    for r in (r for r in table_rows(table) if r.get("lower_bound")):
         cell = f"{r['level']} t={r['position']}: {r['lower_bound']}"
         if cell not in out.setdefault(int(r["layer"]), []):  # one row per estimator seed
             out[int(r["layer"])].append(cell)

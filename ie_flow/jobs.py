@@ -28,7 +28,7 @@ class Extracted:
     seconds: float
     reused: bool
     input_ids: np.ndarray | None = None  # the corpus windows (tokens, not activations)
-    stats: list[dict[str, Any]] = field(default_factory=list)  # per extracted shard: seconds, peak RSS
+    stats: list[Any] = field(default_factory=list)  # per shard extracted by this run: stages.extract.ShardRun
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Estimated:
     table: Any  # the MI table (pyarrow)
     seconds: float
     reused_layers: int
-    stats: list[dict[str, Any]] = field(default_factory=list)  # per estimated layer: its tasks' planned and peak bytes
+    stats: list[Any] = field(default_factory=list)  # per layer estimated by this run: its stages.estimate.BatchRun list
 
 
 def executor_for(job: JobSpec) -> Executor:
@@ -121,8 +121,8 @@ def check_before_tokenizer(job: JobSpec) -> None:
 
 
 def check_estimator_settings(job: JobSpec, samples: int, context: str = "") -> None:
-    """Unknown or bad estimator settings (a β <= 0) and too few samples for the estimator's own
-    needs (its `check`: a split, or more samples than dimensions) fail before any work."""
+    """Unknown or bad estimator settings and too few samples for the estimator's own needs (its
+    `check`: a split, or more samples than dimensions) fail before any work."""
     from ie_flow.control import measured_job
 
     for spec in [job.estimate] + ([measured_job(job).estimate] if job.control.kind != "none" else []):
@@ -130,10 +130,6 @@ def check_estimator_settings(job: JobSpec, samples: int, context: str = "") -> N
             estimator = spec.estimator()
         except ValueError as e:
             raise IEFlowError(f"estimator {spec.method}: {e}") from None
-        settings = estimator.settings
-        betas = [settings["beta"], *(settings.get("betas") or [])] if "beta" in settings else []
-        if any(not b > 0 for b in betas):
-            raise IEFlowError(f"estimator {spec.method}: every beta must be > 0, got {betas}")
         dims = None
         if estimator.checks_dims:  # reading the config of a GGUF model takes seconds: only when it counts
             from ie_flow.models import hidden_size
@@ -391,8 +387,8 @@ def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked:
     for sub_job, sub_folder, manifest, est in ((model_job, folder, folder.load_manifest(), model_est),
                                                 (ctrl_job, ctrl.folder, ctrl.manifest, ctrl_est)):
         finish(sub_job, sub_folder, manifest, est, {"estimate": est.seconds}, None, tracked.child(sub_job))
-    beta, valid, em, ec, layers = compare(model_est.table, ctrl_est.table, job.estimate.micro_reduce)
-    return ControlComparison(job.control.kind, job.control.estimator, beta, valid, em, ec, layers,
+    variant, valid, em, ec, layers = compare(model_job.estimate, model_est.table, ctrl_est.table)
+    return ControlComparison(job.control.kind, job.control.estimator, variant, valid, em, ec, layers,
                              model_est.results.mi_uri, ctrl_est.results.mi_uri)
 
 
@@ -407,20 +403,18 @@ def estimate_job(job: JobSpec, folder: DatasetFolder) -> Result:
 def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: Estimated,
            seconds: dict[str, float], input_ids: np.ndarray | None, tracked: Any, comparison: Any = None) -> Result:
     """IE from the MI table, the summary record on storage, then the tracking run."""
-    from ie_flow.emergence import choose_beta, emergence_by_beta
+    from ie_flow.emergence import headline
     from ie_flow.provenance import code_version
 
-    profiles = emergence_by_beta(estimated.table, job.estimate.micro_reduce)
-    beta, beta_valid = choose_beta(profiles)
-    if not beta_valid:
-        log.warning("warning: no β of %s is valid in every cell; the headline shows β = %g, marked invalid",
-                    sorted(profiles), beta)
-    em = profiles[beta]
+    variant, variant_valid, (em,) = headline(job.estimate.estimator(), job.estimate.micro_reduce, estimated.table)
+    if not variant_valid:
+        log.warning("warning: no variant of %s is valid in every layer; the headline shows %s, marked invalid",
+                    job.estimate.method, variant)
     record = results_record(
         job=job, job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
         manifest=manifest.model_copy(update={"shards": []}), results_uri=estimated.results.mi_uri, seconds=seconds,
         summary=em.summary, layers=em.layer_rows(),
-        tracking_uri=job.tracking.uri if job.tracking.enabled else None, beta=beta, beta_valid=beta_valid,
+        tracking_uri=job.tracking.uri if job.tracking.enabled else None, variant=variant, variant_valid=variant_valid,
         control=comparison.record() if comparison else None, manifest_sha256=manifest.sha256(),
         code_version=code_version(),
     )

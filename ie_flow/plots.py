@@ -98,7 +98,7 @@ def plot_control(control: Any, path: Path, title: str) -> Path:
     top.plot(layers, [r.model_ie for r in rows], marker="o", ms=3, label="model")
     top.plot(layers, [r.control_ie for r in rows], marker="o", ms=3, label=f"{control.kind} control")
     top.set(ylabel="IE (bits)", title=f"{title}: {control.estimator}"
-            + (f", β = {control.beta:g}" if control.beta is not None else ""))
+            + (f", {control.variant}" if control.variant else ""))
     top.legend(fontsize=8)
     bottom.plot(layers, [r.diff for r in rows], marker="o", ms=3, color="black", label="model - control")
     bottom.fill_between(layers, [r.ci_low for r in rows], [r.ci_high for r in rows], alpha=0.25,

@@ -15,7 +15,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def result_of(record: ResultsRecord, table: Any, folder: ResultsFolder | None = None) -> Result:
     """A Result with its IE profile at the record's headline."""
-    return Result(record, table, information_emergence(table, record.micro_reduce, record.beta), folder)
+    return Result(record, table, information_emergence(table, record.micro_reduce, record.variant), folder)
 
 
 def load_results(folder: ResultsFolder) -> Result:
@@ -48,19 +48,31 @@ def _layer_notes(l: Any, lower: dict[int, list[str]]) -> str:
     return ", ".join(sat) or "-"
 
 
+def _diagnostic_names(*profiles: Any) -> list[str]:
+    """The estimator's diagnostics found in the layers of the profiles, in the order declared."""
+    return list(dict.fromkeys(k for em in profiles for l in em.layers for k in l.diagnostics))
+
+
+def _width(name: str) -> int:
+    return max(7, len(name))
+
+
 def format_table(result: Result) -> str:
     em, record = result.emergence, result.record
-    beta = f", beta={em.beta:g}" if em.beta is not None else ""
+    variant = f", {em.variant}" if em.variant else ""
+    names = _diagnostic_names(em)
     lines = [
         f"Information Emergence of {result.label}  (bits; micro={record.manifest.micro}, "
-        f"reduce={em.micro_reduce}, estimator={record.estimator}{beta}, seeds={em.seeds})",
-        f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  notes",
+        f"reduce={em.micro_reduce}, estimator={record.estimator}{variant}, seeds={em.seeds})",
+        f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  "
+        + "".join(f"{n:>{_width(n)}}  " for n in names) + "notes",
     ]
     lower = lower_bound_cells(result.table)
     for l in em.layers:
         lines.append(
             f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
-            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  {_layer_notes(l, lower)}"
+            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  "
+            + "".join(f"{l.diagnostics.get(n, float('nan')):>{_width(n)}.3f}  " for n in names) + _layer_notes(l, lower)
         )
     s = em.summary
     interval = f" [{s.ie_mean_ci_low:.3f}, {s.ie_mean_ci_high:.3f}]" if s.has_interval else ""
@@ -96,10 +108,12 @@ def json_summary(result: Result) -> dict[str, Any]:
         "mlflow_run_id": r.mlflow_run_id,
         "model": r.model_name,
         "corpus_digest": r.corpus_digest,
+        "estimator": r.estimator,
+        "variant": r.variant,
         "summary": {"ie_mean": result.emergence.summary.ie_mean, "ie_max": result.emergence.summary.ie_max},
         "layers": [
             {"layer": l.layer, "ie": l.ie, "mi_macro": l.mi_macro, "mi_micro": l.mi_micro,
-             "saturated": l.saturated}
+             "saturated": l.saturated, **({"diagnostics": l.diagnostics} if l.diagnostics else {})}
             for l in result.emergence.layers
         ],
         "seconds": r.seconds,
@@ -107,19 +121,44 @@ def json_summary(result: Result) -> dict[str, Any]:
     }
 
 
+def _what_differs(results: list[Result]) -> list[str]:
+    """Notes on what makes the results' IE different quantities: estimator, variant or corpus."""
+    facts = {"estimator": [r.record.estimator for r in results], "variant": [r.emergence.variant for r in results],
+             "corpus": [r.record.corpus_digest[:12] for r in results]}
+    notes = []
+    for what, values in facts.items():
+        if len(set(values)) > 1:
+            which = ", ".join(f"{i + 1}: {v or 'none'}" for i, v in enumerate(values))
+            notes.append(f"note: the results differ in {what} ({which}): their IE are not the same quantity, "
+                         "compare them with care")
+    return notes
+
+
 def format_compare(results: list[Result]) -> str:
-    """Several runs side by side: IE per layer, mean and max; `*` marks saturated layers."""
-    lines = [f"{i + 1}: {r.label}" for i, r in enumerate(results)]
+    """Several runs side by side: IE per layer with its 95% interval, mean (with its interval) and
+    max, each estimator's diagnostics; `*` marks saturated layers, and a note says when the runs
+    differ in estimator, variant or corpus."""
+    lines = [f"{i + 1}: {r.label}  ({r.record.estimator}{', ' + r.emergence.variant if r.emergence.variant else ''})"
+             for i, r in enumerate(results)]
+    names = [_diagnostic_names(r.emergence) for r in results]
     layers = sorted({l.layer for r in results for l in r.emergence.layers})
-    lines.append("layer  " + " ".join(f"{'IE ' + str(i + 1):>9} " for i in range(len(results))))
+    lines.append("layer  " + " ".join(f"{'IE ' + str(i + 1):>9}  {'95% interval':>17}" for i in range(len(results)))
+                 + "".join(f"  {f'{n} {i + 1}':>{_width(n) + 2}}" for i, ns in enumerate(names) for n in ns))
     for layer in layers:
-        cells = []
-        for r in results:
+        cells, diags = [], []
+        for r, ns in zip(results, names):
             match = [l for l in r.emergence.layers if l.layer == layer]
-            cells.append(f"{match[0].ie:>9.3f}{'*' if match[0].saturated else ' '}" if match else f"{'-':>9} ")
-        lines.append(f"{layer:>5}  " + " ".join(cells))
-    for stat in ("mean", "max"):
-        lines.append(f"{stat:<6} " + " ".join(f"{getattr(r.emergence.summary, 'ie_' + stat):>9.3f} " for r in results))
+            l = match[0] if match else None
+            cells.append(f"{l.ie:>9.3f}{'*' if l.saturated else ' '}[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]" if l
+                         else f"{'-':>9}  {'':>17}")
+            diags += [f"  {l.diagnostics.get(n, float('nan')) if l else float('nan'):>{_width(n) + 2}.3f}" for n in ns]
+        lines.append(f"{layer:>5}  " + " ".join(cells) + "".join(diags))
+    cells = []
+    for r in results:
+        s = r.emergence.summary
+        cells.append(f"{s.ie_mean:>9.3f} [{s.ie_mean_ci_low:>7.3f}, {s.ie_mean_ci_high:>7.3f}]")
+    lines.append(f"{'mean':<6} " + " ".join(cells))
+    lines.append(f"{'max':<6} " + " ".join(f"{r.emergence.summary.ie_max:>9.3f}  {'':>17}" for r in results))
     if any(l.saturated for r in results for l in r.emergence.layers):
         lines.append("* layer with saturated estimates: its IE is a difference of lower bounds")
-    return "\n".join(lines)
+    return "\n".join(lines + _what_differs(results))

@@ -4,13 +4,15 @@ level, variant and estimator seed), defined here once, and the typed records of 
 one `Result` type for results just computed or loaded from storage or MLflow. Stage 2 writes the
 table; jobs, emergence, report, tracking, control, plots and the reproduction read through here.
 
-MI table columns (MI_FIELDS): layer, position, level (macro|micro), method, seed, bits, ceiling_bits,
-saturated, n_train, n_eval, beta (NaN unless `smoothed`), ci_low, ci_high, valid, invalid_reason, the
-per-cell diagnostics (NaN where an estimator has none) and the bootstrap replicates of the cell."""
+MI table columns (MI_FIELDS): layer, position, level (macro|micro), method, variant (the estimator's
+variant of the value, "" for an estimator with one), seed, bits, ceiling_bits, saturated, n_train,
+n_eval, ci_low, ci_high, valid, invalid_reason, the critic check's verdict, the diagnostics the
+estimator declares (a map, name -> value) and the bootstrap replicates of the cell."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,18 +23,21 @@ from ie_flow.config import STORED, EstimateSpec, JobSpec
 from ie_flow.estimators.base import MIEstimate, is_saturated
 from ie_flow.store import Manifest, ResultsFolder
 
-# per-cell diagnostics kept as columns of the MI table (NaN where an estimator has none)
-DIAGNOSTIC_COLUMNS = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits")
-
 # (column, Arrow type): the one definition of the MI table's schema
 MI_FIELDS: tuple[tuple[str, str], ...] = (
-    ("layer", "int32"), ("position", "int16"), ("level", "string"), ("method", "string"), ("seed", "int64"),
-    ("bits", "float64"), ("ceiling_bits", "float64"), ("saturated", "bool"), ("n_train", "int64"),
-    ("n_eval", "int64"), ("beta", "float64"), ("ci_low", "float64"), ("ci_high", "float64"), ("valid", "bool"),
+    ("layer", "int32"), ("position", "int16"), ("level", "string"), ("method", "string"), ("variant", "string"),
+    ("seed", "int64"), ("bits", "float64"), ("ceiling_bits", "float64"), ("saturated", "bool"), ("n_train", "int64"),
+    ("n_eval", "int64"), ("ci_low", "float64"), ("ci_high", "float64"), ("valid", "bool"),
     ("invalid_reason", "string"), ("critic", "string"), ("lower_bound", "string"),
-    *((k, "float64") for k in DIAGNOSTIC_COLUMNS), ("replicates", "list<float64>"),
+    ("diagnostics", "map<string,float64>"), ("replicates", "list<float64>"),
 )
 MI_COLUMNS = tuple(name for name, _ in MI_FIELDS)
+
+
+def variant_order(variant: str) -> tuple:
+    """Sort key of variant names: numbers inside them compare as numbers ("β=0.8" before "β=1.2")."""
+    return tuple((0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
+                 for part in re.split(r"(\d+(?:\.\d+)?)", variant) if part)
 
 
 def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict[str, Any]]:
@@ -42,13 +47,13 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
     # closed-form and paper-protocol estimators have no ceiling: never saturated
     ceiling = float("inf") if est.ceiling_bits is None else float(est.ceiling_bits)
     shared = {
-        "layer": layer, "position": position, "level": level, "method": est.method,
-        "beta": float(est.diagnostics.get("beta", nan)), "ceiling_bits": ceiling,
+        "layer": layer, "position": position, "level": level, "method": est.method, "variant": est.variant,
+        "ceiling_bits": ceiling,
         "n_train": int(est.n_train), "n_eval": int(est.n_eval), "ci_low": float(est.ci_low),
         "ci_high": float(est.ci_high), "valid": bool(est.valid), "invalid_reason": est.invalid_reason,
         # the critic check (estimators/critic_check.py): which critic resolved the cell, why it is a lower bound
         "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
-        **{k: float(est.diagnostics.get(k, nan)) for k in DIAGNOSTIC_COLUMNS},
+        "diagnostics": {k: float(est.diagnostics.get(k, nan)) for k in _declared_diagnostics(est.method)},
         "replicates": [float(v) for v in est.replicate_bits],
     }
     # the estimator's own flag also counts its pool test (halving the negatives lowers it)
@@ -57,12 +62,19 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
             for seed, bits in zip(est.seeds, est.bits_per_seed)]
 
 
+def _declared_diagnostics(method: str) -> tuple[str, ...]:
+    from ie_flow.estimators import ESTIMATORS
+
+    return ESTIMATORS[method].diagnostics
+
+
 def mi_schema() -> Any:
     """The MI table's Arrow schema, from MI_FIELDS (plain Arrow types only)."""
     import pyarrow as pa
 
     types = {"int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
-             "bool": pa.bool_(), "string": pa.string(), "list<float64>": pa.list_(pa.float64())}
+             "bool": pa.bool_(), "string": pa.string(), "list<float64>": pa.list_(pa.float64()),
+             "map<string,float64>": pa.map_(pa.string(), pa.float64())}
     return pa.schema([(name, types[kind]) for name, kind in MI_FIELDS])
 
 
@@ -70,21 +82,28 @@ def mi_table(rows: list[dict[str, Any]]) -> Any:
     """Rows (see `mi_rows`) as the MI table, in a fixed order (layer, level, variant, position, seed)."""
     import pyarrow as pa
 
-    rows = sorted(rows, key=lambda r: (r["layer"], r["level"], r["beta"] if r["beta"] == r["beta"] else -1.0,
-                                       r["position"], r["seed"]))
+    rows = sorted(rows, key=lambda r: (r["layer"], r["level"], variant_order(r["variant"]), r["position"], r["seed"]))
     return pa.Table.from_pylist(rows, schema=mi_schema())
+
+
+def table_rows(table: Any) -> list[dict[str, Any]]:
+    """The MI table's rows as dicts (from Arrow, or rows already: "variant" defaults to ""), the
+    diagnostics map as a dict. A stored table written before variants existed is refused with what to do."""
+    if hasattr(table, "to_pylist") and "variant" not in table.column_names:
+        raise ValueError("this MI table was written by an older ie-flow (it has no 'variant' column): "
+                         "run `ie-flow estimate` on its activations again")
+    rows = table.to_pylist() if hasattr(table, "to_pylist") else [dict(r) for r in table]
+    for r in rows:
+        r.setdefault("variant", "")
+        if isinstance(r.get("diagnostics"), list):  # Arrow's map type reads back as (key, value) pairs
+            r["diagnostics"] = dict(r["diagnostics"])
+    return rows
 
 
 def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None
                    ) -> list[list[MIEstimate]]:
-    """Every cell's estimates: one per β of the smoothed grid, otherwise one."""
-    from ie_flow.estimators import estimate_mi_many, get_estimator
-
-    if spec.method == "smoothed":
-        return get_estimator("smoothed", **spec.settings).estimate_grid(xs, ys, seeds=tuple(spec.seeds),
-                                                                         device=device)
-    return [[e] for e in estimate_mi_many(xs, ys, method=spec.method, seeds=tuple(spec.seeds), device=device,
-                                          eval_fraction=spec.eval_fraction, drop_constant=True, **spec.settings)]
+    """Every cell's estimates, one per variant of the job's estimator."""
+    return spec.estimator().estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device)
 
 
 # --- the records of a finished job (summary.json) ---------------------------------------------
@@ -136,6 +155,7 @@ class LayerRecord(_Record):
     valid: bool = True
     invalid_reason: str | None = None
     saturated: bool
+    diagnostics: dict[str, Number] = {}  # the estimator's declared diagnostics of the macro cell
 
 
 class ControlLayer(_Record):
@@ -157,8 +177,8 @@ class ControlRecord(_Record):
 
     kind: str
     estimator: str
-    beta: float | None
-    beta_valid: bool
+    variant: str = ""  # the headline variant of both sides (Estimator.choose_headline)
+    variant_valid: bool = True
     model_results: str = ""  # mi.parquet URIs of the two measurements
     control_results: str = ""
     layers: list[ControlLayer]
@@ -181,9 +201,9 @@ class ResultsRecord(BaseModel):
     tracking_uri: str | None = None
     # the run the job opened but could not log into (the server went down): `report --log` finishes it
     mlflow_pending_run_id: str | None = None
-    # smoothed estimator: the headline β, and whether every cell is valid there (docs/METHOD.md section 7)
-    beta: float | None = None
-    beta_valid: bool = True
+    # the headline variant (Estimator.choose_headline), and whether every layer is valid there
+    variant: str = ""
+    variant_valid: bool = True
     control: ControlRecord | None = None
     # what the results folder is keyed on (with the estimator settings): the manifest's sha256 and
     # the code version (provenance.code_version)

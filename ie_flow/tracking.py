@@ -212,10 +212,13 @@ def _result_tags(record: Any) -> dict[str, str]:
     return {
         "model": model.name, "model.kind": model.kind, "model.revision": str(model.revision),
         "model.fingerprint": str(model.fingerprint), "corpus.digest": dataset.digest,
-        "corpus.name": dataset.name, "estimator": record.estimator, "units": "bits",
+        "corpus.name": dataset.name, "estimator": record.estimator, "variant": record.variant or "none",
+        "variant_valid": str(record.variant_valid), "units": "bits",
         "code_version": __version__, "storage_uri": record.job.storage.uri,
         "manifest_uri": record.manifest_uri, "results_uri": record.results_uri,
         "mlflow.note.content": f"Information Emergence of {_title(record)}",
+        **({"control.estimator": record.control.estimator, "control.variant": record.control.variant or "none"}
+           if record.control else {}),
     }
 
 
@@ -237,6 +240,9 @@ def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(getattr(row, key)), now, row.layer) for row in em.layer_rows()
                for key in METRICS_PER_LAYER if math.isfinite(getattr(row, key))]  # closed forms have no ceiling
+    # the estimator's own diagnostics of each layer's macro cell, as "diagnostic.<name>" (step = layer)
+    metrics += [Metric(f"diagnostic.{key}", float(value), now, row.layer) for row in em.layer_rows()
+                for key, value in row.diagnostics.items() if math.isfinite(value)]
     summary = {**em.summary.model_dump(), **{f"seconds_{k}": v for k, v in record.seconds.items()}}
     metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
     for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
@@ -261,8 +267,6 @@ def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
             "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high"}
     metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
                for k, name in keys.items() if math.isfinite(getattr(row, k))]
-    if control.beta is not None:
-        metrics.append(Metric("control_beta", float(control.beta), now, 0))
     for i in range(0, len(metrics), 900):
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 

@@ -177,15 +177,24 @@ class GenerateText:
             total += ends[0] + 1 if ends else len(row)
         return total
 
-    def run(self, units: list[Any]) -> list[dict[str, Any]]:
+    def run(self, units: list[Any]) -> list[Any]:
+        from ie_flow.executors import UnitDone
+
         records = []
         for unit in units:
             t0 = time.perf_counter()
             texts, tokens = self.generate_batch(unit.payload["batch"])
-            # "_" keys are run statistics, kept out of the completion record
-            records.append({"batch": unit.payload["batch"], "texts": texts, "_tokens": tokens,
-                            "_seconds": time.perf_counter() - t0})
+            done = BatchGenerated(tokens, time.perf_counter() - t0)
+            records.append(UnitDone({"batch": unit.payload["batch"], "texts": texts}, done))
         return records
+
+
+@dataclass(frozen=True)
+class BatchGenerated:
+    """What generating one batch took (run statistics, never in its completion record)."""
+
+    tokens: int  # new tokens, up to each row's end of sequence
+    seconds: float
 
 
 @dataclass
@@ -293,5 +302,5 @@ def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | N
     folder.write_bytes(name, ("\n".join(lines) + "\n").encode())
     parts.remove("")  # the file is complete: its batches are no longer needed
     stats = runner.stats
-    return GenerationResult(folder.url(name), len(texts), len(stats), sum(s["_tokens"] for s in stats),
-                            time.perf_counter() - t0, sum(s["_seconds"] for s in stats), meta)
+    return GenerationResult(folder.url(name), len(texts), len(stats), sum(s.tokens for s in stats),
+                            time.perf_counter() - t0, sum(s.seconds for s in stats), meta)

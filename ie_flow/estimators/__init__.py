@@ -6,6 +6,7 @@ Public API::
     ests = estimate_mi_many(xs, ys, method="infonce", seeds=(0,), device=None, **settings)
     x2 = apply_dims(x, "project:64", seed=0)
     ESTIMATORS["infonce"]                                                 # -> estimator class
+    register(MyEstimator)                       # a measure defined elsewhere, under its `name`
 
 ``estimate_mi_many`` trains the critics of all P pairs of a (P, n, d) stack together, as one
 batched model (one set of batched matmuls per step), on CPU or CUDA.
@@ -34,6 +35,7 @@ __all__ = [
     "apply_dims",
     "parse_dims",
     "projection_matrix",
+    "register",
     "estimate_mi",
     "estimate_mi_many",
     "get_estimator",
@@ -68,6 +70,10 @@ class EstimatorRegistry(Mapping):
             self._loaded[name] = getattr(importlib.import_module(module, __name__), attr)
         return self._loaded[name]
 
+    def add(self, cls: type[Estimator]) -> None:
+        self._paths[cls.name] = f"{cls.__module__}:{cls.__qualname__}"
+        self._loaded[cls.name] = cls
+
     def __contains__(self, name: object) -> bool:
         return name in self._paths
 
@@ -91,6 +97,16 @@ def _discover() -> dict[str, str]:
 
 
 ESTIMATORS = EstimatorRegistry(_discover())
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    """Make an estimator class defined outside this package known under its ``name`` (usable as a
+    decorator): jobs, stage 2, report, tracking and compare then take it like a built-in one.
+    Stage 2 on Ray imports it in each worker, so its module must be importable there too."""
+    if not (isinstance(cls, type) and issubclass(cls, Estimator) and cls.name):
+        raise TypeError(f"register takes an Estimator subclass with a name, got {cls!r}")
+    ESTIMATORS.add(cls)
+    return cls
 
 
 def get_estimator(method: str = DEFAULT_METHOD, **settings: Any) -> Estimator:

@@ -8,7 +8,7 @@ import difflib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -56,6 +56,8 @@ class MIEstimate:
     # resamples depend only on (n, bootstrap seed, replicate), so replicate b of every cell of a
     # run is the same resampled data set and cells can be differenced replicate by replicate
     replicate_bits: tuple[float, ...] = ()
+    # which of its estimator's variants this is (Estimator.variants; "" for an estimator with one)
+    variant: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -294,10 +296,19 @@ def resolve_device(device: Any) -> Any:
 
 
 class Estimator:
-    """Base class: holds validated settings; subclasses implement ``estimate_many``."""
+    """Base class: holds validated settings; subclasses implement ``estimate_many``.
+
+    The measurement contract (what the pipeline asks of every estimator, and nothing else): its
+    ``variants`` (several values per cell, e.g. one per resolution), the ``diagnostics`` it
+    reports per cell, ``check`` (enough samples?), ``estimate_cells`` and ``choose_headline``
+    (which variant a job's headline shows). Stage 2, emergence, tracking, report, plots, the
+    control and the reproduction make the same calls for every estimator."""
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # per-cell figures (MIEstimate.diagnostics keys) kept in the MI table's diagnostics map and shown
+    # per layer (the headline cell's) in report, compare and the MLflow run
+    diagnostics: ClassVar[tuple[str, ...]] = ()
     # estimate_many takes float16 stacks as they are (else stage 2 hands it float32 copies)
     takes_float16: ClassVar[bool] = False
 
@@ -322,6 +333,30 @@ class Estimator:
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
     ) -> list[MIEstimate]:
         raise NotImplementedError
+
+    def variants(self) -> tuple[str, ...]:
+        """The variants each cell is estimated at, in the order a headline prefers them."""
+        return ("",)
+
+    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
+                       ) -> list[list[MIEstimate]]:
+        """Every cell's estimates, one per variant: [cell][variant]."""
+        return [[e] for e in self.estimate_many(xs, ys, seeds=seeds, device=device)]
+
+    def choose_headline(self, *profiles: Mapping[str, Any]) -> tuple[str, bool]:
+        """The variant a job's headline shows, and whether every layer is valid there. `profiles`
+        (a model's, and its control's when there is one) map each variant found to its
+        emergence.Emergence. The first variant (in ``variants`` order) valid in every layer of every
+        profile; else the one with the most such layers (the earlier on a tie), flagged. An estimator
+        without variants has no choice to flag."""
+        common = [v for v in self.variants() if all(v in p for p in profiles)]
+        common += sorted(v for v in set.intersection(*(set(p) for p in profiles)) if v not in common)
+        if common == [""]:
+            return "", True
+        valid = {v: sum(all(p[v].layers[i].valid for p in profiles) for i in range(len(profiles[0][v].layers)))
+                 for v in common}
+        best = max(common, key=lambda v: (valid[v], -common.index(v)))
+        return best, valid[best] == len(profiles[0][best].layers)
 
     def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
         """Why `n` sample pairs (of `dims` = (dx, dy) dimensions, when known) are too few for this

@@ -410,14 +410,29 @@ class MINE(NeuralEstimator):
         return float(e) if e else None
 
 
-def _plain_bound(class_name: str, name: str, bound: str, doc: str) -> type[NeuralEstimator]:
-    """An estimator that is only its bound, trained and evaluated like the others."""
-    return type(class_name, (NeuralEstimator,), {"name": name, "bound": bound, "__doc__": doc, "__module__": __name__})
+class InfoNCE(NeuralEstimator):
+    """Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates)."""
+
+    name = "infonce"
+    bound = "infonce"
 
 
-InfoNCE = _plain_bound("InfoNCE", "infonce", "infonce",
-                       "Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates).")
-DonskerVaradhan = _plain_bound("DonskerVaradhan", "dv", "dv",
-                               "DV bound E_p[T] - log E_q[e^T] with a stable log-mean-exp.")
-SMILE = _plain_bound("SMILE", "smile", "smile", "DV with the partition term on clip(T, -clip, clip) (clip=5 by default).")
-NWJ = _plain_bound("NWJ", "nwj", "nwj", "Nguyen-Wainwright-Jordan bound E_p[T] - E_q[e^(T-1)].")
+class DonskerVaradhan(NeuralEstimator):
+    """DV bound E_p[T] - log E_q[e^T] with a stable log-mean-exp."""
+
+    name = "dv"
+    bound = "dv"
+
+
+class SMILE(NeuralEstimator):
+    """DV with the partition term on clip(T, -clip, clip) (clip=5 by default)."""
+
+    name = "smile"
+    bound = "smile"
+
+
+class NWJ(NeuralEstimator):
+    """Nguyen-Wainwright-Jordan bound E_p[T] - E_q[e^(T-1)]."""
+
+    name = "nwj"
+    bound = "nwj"

@@ -667,10 +667,17 @@ def _figures_for_seed(sums: _Sums, sx: Any, sy: Any, layout_t: dict, null_row: A
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
 
 
+def variant_of(beta: float) -> str:
+    """The variant name of the estimates at resolution β (the MI table's variant column)."""
+    return f"β = {beta:g}"
+
+
 class SmoothedMI(Estimator):
-    """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring)."""
+    """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring).
+    Its variants are the β of the grid; the headline is the smallest β valid in every cell."""
 
     name = "smoothed"
+    diagnostics = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits")
     defaults: ClassVar[dict[str, Any]] = {
         "beta": 0.6,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
         "betas": None,  # grid of estimate_grid (None: DEFAULT_BETAS)
@@ -684,6 +691,23 @@ class SmoothedMI(Estimator):
         "cell_batch": 16,  # sides / cells whose kernels and figures are formed at once (one op each)
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
     }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        betas = [self.settings["beta"], *(self.settings["betas"] or [])]
+        if any(not (isinstance(b, numbers.Real) and math.isfinite(b) and b > 0) for b in betas):
+            raise ValueError(f"every beta must be a finite number > 0 (the noise scale relative to the data's "
+                             f"RMS radius), got {betas}")
+
+    def grid(self) -> list[float]:
+        return [float(b) for b in (self.settings["betas"] or DEFAULT_BETAS)]
+
+    def variants(self) -> tuple[str, ...]:
+        return tuple(variant_of(b) for b in self.grid())
+
+    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
+                       ) -> list[list[MIEstimate]]:
+        return self.estimate_grid(xs, ys, seeds=seeds, device=device)
 
     def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
         """No split: 8 samples, and at least as many as an explicit number of queries."""
@@ -799,6 +823,7 @@ class SmoothedMI(Estimator):
                     seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
                     replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),
+                    variant=variant_of(beta),
                 ))
             out.append(row)
         return out

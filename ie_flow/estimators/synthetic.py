@@ -62,7 +62,7 @@ def smoothed_gaussian_bits(cov_x: np.ndarray, cov_y: np.ndarray, cross: np.ndarr
     return float(0.5 * (ld(sx) + ld(sy) - ld(joint)) / math.log(2.0))
 
 
-def linear_gaussian_smoothed(d: int, beta: float, seed: int, n: int = 4000) -> tuple[np.ndarray, np.ndarray, float]:
+def linear_gaussian_smoothed(d: int, resolution: float, seed: int, n: int = 4000) -> tuple[np.ndarray, np.ndarray, float]:
     """X ~ N(0, I_d), Y = A X with A a random rotation times gains in [0.5, 2] (invertible), and
     the exact smoothed MI at resolution β (σ = β·sqrt(tr Cov) per side, population covariances):
     Cov X = I, Cov Y = A Aᵀ, Cov(X, Y) = Aᵀ."""
@@ -72,7 +72,7 @@ def linear_gaussian_smoothed(d: int, beta: float, seed: int, n: int = 4000) -> t
     x = r.standard_normal((n, d))
     y = x @ a.T
     cov_y = a @ a.T
-    bits = smoothed_gaussian_bits(np.eye(d), cov_y, a.T, beta * math.sqrt(d), beta * math.sqrt(np.trace(cov_y)))
+    bits = smoothed_gaussian_bits(np.eye(d), cov_y, a.T, resolution * math.sqrt(d), resolution * math.sqrt(np.trace(cov_y)))
     return x.astype(np.float32), y.astype(np.float32), bits
 
 

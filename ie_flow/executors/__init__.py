@@ -8,10 +8,10 @@ import importlib
 import pkgutil
 
 from ie_flow import IEFlowError
-from ie_flow.executors.base import Completion, Executor, Step, WorkUnit
+from ie_flow.executors.base import Completion, Executor, Step, UnitDone, WorkUnit
 from ie_flow.executors.resources import Resources, WorkerPlan
 
-__all__ = ["Completion", "Executor", "Resources", "Step", "WorkerPlan", "WorkUnit", "executor_names", "get_executor"]
+__all__ = ["Completion", "Executor", "Resources", "Step", "UnitDone", "WorkerPlan", "WorkUnit", "executor_names", "get_executor"]
 _NOT_EXECUTORS = {"base", "resources"}
 
 

@@ -29,6 +29,16 @@ class WorkUnit:
     weight: int = 1  # progress amount (sequences of a shard, 1 for a layer)
 
 
+@dataclass
+class UnitDone:
+    """A step's result for one unit: the record its completion marker keeps (deterministic, so a
+    resumed job's markers equal an uninterrupted one's) and the step's own run statistics (seconds,
+    memory: a typed record of the step's), reported apart and never written into the marker."""
+
+    record: dict[str, Any]
+    stats: Any = None
+
+
 class Step(Protocol):
     """Work over units, with no knowledge of Ray, MLflow or where it runs."""
 
@@ -38,8 +48,8 @@ class Step(Protocol):
     def setup(self) -> None:
         """Heavy state (a model) loaded once per worker, before its first unit."""
 
-    def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
-        """Do `units` (their data written to storage) and return one JSON-able record each."""
+    def run(self, units: list[WorkUnit]) -> list[UnitDone]:
+        """Do `units` (their data written to storage) and return each one's JSON-able record and statistics."""
 
 
 class Completion:
@@ -75,7 +85,7 @@ class Executor:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address  # the Ray cluster to join, for executors that use one
-        self.stats: list[dict[str, Any]] = []  # per finished unit, its step's "_" statistics
+        self.stats: list[Any] = []  # per unit finished in this run, its step's statistics (UnitDone.stats)
 
     def check(self) -> None:
         """Fail now, with one clear line, if this executor cannot run anything (called before any work)."""
@@ -96,19 +106,17 @@ class Executor:
                      len(pending), len(units), self.name, min(plan.workers, len(pending)), plan.cpus, plan.gpus)
             groups = [pending[i : i + plan.units_per_call] for i in range(0, len(pending), plan.units_per_call)]
             with Progress(step.name, sum(u.weight for u in pending), step.unit) as progress:
-                for group, records in self.dispatch(step, groups, plan):
-                    for unit, record in zip(group, records):
-                        # "_" keys are run statistics (seconds, memory): kept apart, so markers are
-                        # deterministic and a resumed job's equal an uninterrupted job's
-                        self.stats.append({k: v for k, v in record.items() if k.startswith("_")})
-                        completion.mark(unit, {k: v for k, v in record.items() if not k.startswith("_")})
+                for group, results in self.dispatch(step, groups, plan):
+                    for unit, done in zip(group, results):
+                        self.stats.append(done.stats)
+                        completion.mark(unit, done.record)
                     progress.update(sum(u.weight for u in group), f"{_span(group)} done",
                                     milestone=plan.units_per_call > 1)
         return [completion.record(u) for u in units]
 
     def dispatch(self, step: Step, groups: list[list[WorkUnit]], plan: WorkerPlan
-                 ) -> Iterator[tuple[list[WorkUnit], list[dict[str, Any]]]]:
-        """Run every group; yield (group, its records) as each finishes, in any order."""
+                 ) -> Iterator[tuple[list[WorkUnit], list[UnitDone]]]:
+        """Run every group; yield (group, its results) as each finishes, in any order."""
         raise NotImplementedError
 
 

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from ie_flow import IEFlowError
-from ie_flow.executors.base import Executor, Step, WorkUnit
+from ie_flow.executors.base import Executor, Step, UnitDone, WorkUnit
 from ie_flow.executors.resources import Resources, WorkerPlan
 
 log = logging.getLogger("ie_flow")
@@ -103,7 +103,7 @@ class StepWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
+    def run(self, units: list[WorkUnit]) -> list[UnitDone]:
         return self.step.run(units)
 
 
@@ -118,7 +118,7 @@ class RayExecutor(Executor):
         return cluster_resources()
 
     def dispatch(self, step: Step, groups: list[list[WorkUnit]], plan: WorkerPlan
-                 ) -> Iterator[tuple[list[WorkUnit], list[dict[str, Any]]]]:
+                 ) -> Iterator[tuple[list[WorkUnit], list[UnitDone]]]:
         import ray
 
         init_ray(self.address)
@@ -158,7 +158,7 @@ def _placements(plan: WorkerPlan, count: int) -> list[Any]:
 
 
 def _work_queue(actors: list[Any], queue: deque, retries: int
-                ) -> Iterator[tuple[list[WorkUnit], list[dict[str, Any]]]]:
+                ) -> Iterator[tuple[list[WorkUnit], list[UnitDone]]]:
     """Hand groups to idle actors until all are done; a group whose actor died goes back on the
     queue (at most `retries` times); an error raised by the step itself ends the run."""
     import ray

@@ -3,9 +3,9 @@ breakpoint stops in the step itself) and for tests."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
-from ie_flow.executors.base import Executor, Step, WorkUnit
+from ie_flow.executors.base import Executor, Step, UnitDone, WorkUnit
 from ie_flow.executors.resources import WorkerPlan
 
 
@@ -13,7 +13,7 @@ class SerialExecutor(Executor):
     name = "serial"
 
     def dispatch(self, step: Step, groups: list[list[WorkUnit]], plan: WorkerPlan
-                 ) -> Iterator[tuple[list[WorkUnit], list[dict[str, Any]]]]:
+                 ) -> Iterator[tuple[list[WorkUnit], list[UnitDone]]]:
         import torch
 
         torch.set_num_threads(max(1, plan.threads))

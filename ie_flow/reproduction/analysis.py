@@ -2,8 +2,9 @@
 interval, differences between cells, and the verdict rule (one rule for every claim).
 
 A difference between two cells measured on different samples gets the half-widths of their 95%
-intervals added in quadrature (independent samples). A smoothed comparison uses one β for every
-cell in it (the smallest valid in all of them, as for a model and its control)."""
+intervals added in quadrature (independent samples). A comparison by an estimator with variants
+uses one variant for every cell in it (the first valid in all of them, as for a model and its
+control: the smoothed measure's smallest β)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow.emergence import Emergence, emergence_by_beta
-from ie_flow.results import ResultsRecord, read_record
+from ie_flow.emergence import Emergence, emergence_by_variant
+from ie_flow.results import ResultsRecord, read_record, variant_order
 from ie_flow.store import ReproductionEntry, ReproductionIndex, results_folder
 
 VERDICTS = ("reproduced", "reproduced with the paper's estimator only", "not testable here (saturated)",
@@ -27,7 +28,7 @@ class Measured:
     key: str
     entry: ReproductionEntry
     record: ResultsRecord
-    profiles: dict[float | None, Emergence]
+    profiles: dict[str, Emergence]  # variant -> IE profile
 
     @property
     def estimator(self) -> str:
@@ -45,8 +46,11 @@ class Measured:
     def digest(self) -> str:
         return self.record.corpus_digest[:12]
 
-    def at(self, beta: float | None) -> Emergence:
-        return self.profiles[beta if beta in self.profiles else next(iter(self.profiles))]
+    def at(self, variant: str) -> Emergence:
+        """The IE profile at `variant` (an error when it was not measured: never another variant)."""
+        if variant not in self.profiles:
+            raise KeyError(f"{self.key} has no variant {variant!r} (it has {', '.join(map(repr, self.profiles))})")
+        return self.profiles[variant]
 
 
 def load_measurements(index: ReproductionIndex, endpoint_url: str | None = None) -> dict[str, Measured]:
@@ -54,7 +58,7 @@ def load_measurements(index: ReproductionIndex, endpoint_url: str | None = None)
     for key, entry in index.entries.items():
         data, table = results_folder(entry.results_uri, endpoint_url).load()
         record = read_record(data)
-        out[key] = Measured(key, entry, record, emergence_by_beta(table, record.micro_reduce))
+        out[key] = Measured(key, entry, record, emergence_by_variant(table, record.micro_reduce))
     return out
 
 
@@ -106,20 +110,21 @@ def saturated_share(ems: list[Emergence]) -> float:
     return sum(l.saturated or not l.valid for l in layers) / max(len(layers), 1)
 
 
-def common_beta(measured: list[Measured]) -> tuple[float | None, bool]:
-    """The one β a claim's smoothed numbers use, and whether it is valid everywhere: the smallest β
-    valid in every layer of every cell; else the β with the most valid (cell, layer) pairs in all
-    (a claim spans many cells: counting layers valid in *every* cell would rank β by one layer)."""
-    profiles = [m.profiles for m in measured if None not in m.profiles]
-    if not profiles:
-        return None, True
-    betas = sorted(set.intersection(*(set(p) for p in profiles)))
-    valid = {b: sum(l.valid for p in profiles for l in p[b].layers) for b in betas}
-    total = sum(len(p[betas[0]].layers) for p in profiles)
-    everywhere = [b for b in betas if valid[b] == total]
+def common_variant(measured: list[Measured]) -> tuple[str, bool]:
+    """The one variant a claim's numbers by one estimator use, and whether it is valid everywhere:
+    the first (in variant order) valid in every layer of every cell; else the one with the most valid
+    (cell, layer) pairs in all (a claim spans many cells: counting layers valid in *every* cell would
+    rank variants by one layer). "" for an estimator without variants."""
+    profiles = [m.profiles for m in measured]
+    if not profiles or set(profiles[0]) == {""}:
+        return "", True
+    variants = sorted(set.intersection(*(set(p) for p in profiles)), key=variant_order)
+    valid = {v: sum(l.valid for p in profiles for l in p[v].layers) for v in variants}
+    total = sum(len(p[variants[0]].layers) for p in profiles)
+    everywhere = [v for v in variants if valid[v] == total]
     if everywhere:
         return everywhere[0], True
-    return max(betas, key=lambda b: (valid[b], -b)), False
+    return max(variants, key=lambda v: (valid[v], -variants.index(v))), False
 
 
 @dataclass(frozen=True)

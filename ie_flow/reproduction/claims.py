@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow.reproduction.analysis import (
-    Finding, Measured, Value, by_tags, common_beta, ie_mean, mean_curve, mean_of, saturated_share, spread, token_rise,
+    Finding, Measured, Value, by_tags, common_variant, ie_mean, mean_curve, mean_of, saturated_share, spread, token_rise,
     verdict, VERDICTS,
 )
 
@@ -26,7 +26,7 @@ class ClaimResult:
     findings: list[Finding]
     rows: list[list[str]]  # the table: header first
     figure: Path | None
-    betas: dict[str, str] = field(default_factory=dict)  # smoothed: the β used and whether it is valid
+    variants: dict[str, str] = field(default_factory=dict)  # estimator -> the variant used and whether it is valid
     parts: dict[str, str] = field(default_factory=dict)  # a claim in two parts: the verdict of each
 
     @property
@@ -36,16 +36,14 @@ class ClaimResult:
         return verdict(self.findings)
 
 
-def _beta_note(ms: list[Measured]) -> tuple[float | None, str]:
-    beta, valid = common_beta(ms)
-    if beta is None:
-        return None, ""
-    return beta, f"β = {beta:g}" + ("" if valid else " (no β is valid in every cell: the one with the most valid layers over all cells)")
-
-
-def _one_beta(ms: list[Measured], est: str) -> tuple[float | None, str]:
-    """The β every smoothed cell of a claim is read at (and its note); None for other estimators."""
-    return _beta_note(ms) if est == "smoothed" else (None, "")
+def _one_variant(ms: list[Measured]) -> tuple[str, str]:
+    """The variant every cell of a claim by one estimator is read at, and its note ("" for an
+    estimator without variants)."""
+    variant, valid = common_variant(ms)
+    if not variant:
+        return "", ""
+    return variant, variant + ("" if valid else
+                               " (none is valid in every cell: the one with the most valid layers over all cells)")
 
 
 def _with_controls(measured: dict[str, Measured], exp: str, est: str) -> list[Measured]:
@@ -57,12 +55,12 @@ def _n(ms: list[Measured]) -> str:
     return str(ms[0].samples) if ms else "-"
 
 
-def _ie(ms: list[Measured], beta: float | None) -> Value:
-    return mean_of([ie_mean(m.at(beta)) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
+def _ie(ms: list[Measured], variant: str) -> Value:
+    return mean_of([ie_mean(m.at(variant)) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
 
 
-def _sat(ms: list[Measured], beta: float | None = None) -> float:
-    return saturated_share([m.at(beta) for m in ms])
+def _sat(ms: list[Measured], variant: str = "") -> float:
+    return saturated_share([m.at(variant) for m in ms])
 
 
 def _layer_flags(em: Any) -> str:
@@ -71,49 +69,49 @@ def _layer_flags(em: Any) -> str:
 
 def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     """1a: one category (clear-cut) above the mix; 1b: the spread of IE over layers grows with shots."""
-    exp, rows, clear, grow, betas = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
+    exp, rows, clear, grow, variants = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
                                               "saturated / invalid layers"]], [], [], {}
     curves: dict[str, list[tuple[int, Value]]] = {}
     for est in ESTIMATORS:
         every = by_tags(measured, exp, est)
-        beta, betas[est] = _one_beta(every, est)
+        variant, variants[est] = _one_variant(every)
         shots = sorted({m.entry.tags["corpus.shots"] for m in every})
         per_k = []
         for k in shots:
             cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, "corpus.shots": k}) for c in (*ICL, MIXED)}
             for c, ms in cell.items():
                 for m in ms:
-                    em = m.at(beta)
+                    em = m.at(variant)
                     rows.append([c, str(k), est, str(m.samples), str(ie_mean(em)), str(spread(em)),
                                  _layer_flags(em)])
                     curves.setdefault(f"{c} ({est})", []).append((k, spread(em)))
-            per_k.append(mean_of([_ie(cell[c], beta) for c in ICL]) - _ie(cell[MIXED], beta))
-        ctrl = _clear_cut_control(measured, beta) if est == "smoothed" else None
-        clear.append(Finding(est, mean_of(per_k), ctrl, _sat(every, beta), "clear-cut"))
-        grow.append(Finding(est, _spread_growth(measured, exp, est, beta), None, _sat(every, beta), "spread"))
+            per_k.append(mean_of([_ie(cell[c], variant) for c in ICL]) - _ie(cell[MIXED], variant))
+        ctrl = _clear_cut_control(measured, variant) if est == "smoothed" else None
+        clear.append(Finding(est, mean_of(per_k), ctrl, _sat(every, variant), "clear-cut"))
+        grow.append(Finding(est, _spread_growth(measured, exp, est, variant), None, _sat(every, variant), "spread"))
     mine = {c: by_tags(measured, exp, "mine-paper", **{"corpus.name": c}) for c in ("icl-countries", MIXED)}
     if all(mine.values()):
-        clear.append(Finding("mine-paper", _ie(mine["icl-countries"], None) - _ie(mine[MIXED], None), None,
+        clear.append(Finding("mine-paper", _ie(mine["icl-countries"], "") - _ie(mine[MIXED], ""), None,
                              _sat(mine["icl-countries"] + mine[MIXED]), "clear-cut"))
-    result = ClaimResult(exp, clear + grow, rows, _plot_spread(curves, figures / "icl-spread.png"), betas)
+    result = ClaimResult(exp, clear + grow, rows, _plot_spread(curves, figures / "icl-spread.png"), variants)
     result.parts = {"clear-cut": verdict(clear), "spread grows with shots": verdict(grow)}
     return result
 
 
-def _clear_cut_control(measured: dict[str, Measured], beta: float | None) -> Value | None:
+def _clear_cut_control(measured: dict[str, Measured], variant: str) -> Value | None:
     ctrl = {c: by_tags(measured, "icl", "smoothed:control-random", **{"corpus.name": c}) for c in (*ICL, MIXED)}
     if not all(ctrl.values()):
         return None
-    return mean_of([_ie(ctrl[c], beta) for c in ICL]) - _ie(ctrl[MIXED], beta)
+    return mean_of([_ie(ctrl[c], variant) for c in ICL]) - _ie(ctrl[MIXED], variant)
 
 
-def _spread_growth(measured: dict[str, Measured], exp: str, est: str, beta: float | None) -> Value:
+def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: str) -> Value:
     """Spread at the most shots minus at the fewest, averaged over the four corpora."""
     out = []
     for c in (*ICL, MIXED):
         ms = sorted(by_tags(measured, exp, est, **{"corpus.name": c}), key=lambda m: m.entry.tags["corpus.shots"])
         if len(ms) >= 2:
-            out.append(spread(ms[-1].at(beta)) - spread(ms[0].at(beta)))
+            out.append(spread(ms[-1].at(variant)) - spread(ms[0].at(variant)))
     return mean_of(out)
 
 
@@ -122,15 +120,15 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     exp = "natural-text"
     rows = [["corpus", "tokens", "order", "estimator", "n", "E(t) at tokens 2 ... N (mean over layers)",
              "rise from token 2 to N"]]
-    findings, betas, curves = [], {}, {}
+    findings, variants, curves = [], {}, {}
     for est in ESTIMATORS:  # the ICL side: countries at 4 shots (8 tokens, as the 8-token windows)
         every = by_tags(measured, exp, est) + by_tags(measured, "icl", est, **{"corpus.name": "icl-countries",
                                                                                 "corpus.shots": 4})
-        beta, betas[est] = _one_beta(every, est)
+        variant, variants[est] = _one_variant(every)
         real, shuffled = [], []
         for m in sorted(every, key=lambda m: m.key):
             tags = m.entry.tags
-            em, order = m.at(beta), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
+            em, order = m.at(variant), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
             curve = mean_curve(em)
             rows.append([str(tags.get("corpus.name")), str(m.record.manifest.tokens), order, est, str(m.samples),
                          " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em))])
@@ -138,54 +136,54 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
             if m.entry.experiment == exp and m.record.manifest.tokens == 8:
                 (shuffled if order == "shuffled" else real).append(token_rise(em))
         findings.append(Finding(est, mean_of(real), mean_of(shuffled) if shuffled else None,
-                                _sat([m for m in every if m.entry.experiment == exp], beta)))
-    return ClaimResult(exp, findings, rows, _plot_curves(curves, figures / "natural-text-curves.png"), betas)
+                                _sat([m for m in every if m.entry.experiment == exp], variant)))
+    return ClaimResult(exp, findings, rows, _plot_curves(curves, figures / "natural-text-curves.png"), variants)
 
 
 def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     exp = "human-vs-model"
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
-    findings, betas, bars = [], {}, {}
+    findings, variants, bars = [], {}, {}
     for est in ESTIMATORS:
         every = _with_controls(measured, exp, est)
-        beta, betas[est] = _one_beta(every, est)
+        variant, variants[est] = _one_variant(every)
         effects, controls = [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
             ctrl = {w: by_tags(measured, exp, f"{est}:control-random", generator=gen, writer=w) for w in ("model", "human")}
             for w in ("model", "human"):
-                value = _ie(side[w], beta)
-                c = _ie(ctrl[w], beta) if ctrl[w] else None
+                value = _ie(side[w], variant)
+                c = _ie(ctrl[w], variant) if ctrl[w] else None
                 rows.append([gen, w, est, _n(side[w]), str(value), str(c) if c else "-"])
                 bars[f"{gen}\n{w} ({est})"] = value
-            effects.append(_ie(side["model"], beta) - _ie(side["human"], beta))
+            effects.append(_ie(side["model"], variant) - _ie(side["human"], variant))
             if all(ctrl.values()):
-                controls.append(_ie(ctrl["model"], beta) - _ie(ctrl["human"], beta))
+                controls.append(_ie(ctrl["model"], variant) - _ie(ctrl["human"], variant))
         findings.append(Finding(est, mean_of(effects), mean_of(controls) if controls else None, _sat(
-            [m for m in every if ":" not in m.entry.estimator], beta)))
-    return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), betas)
+            [m for m in every if ":" not in m.entry.estimator], variant)))
+    return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), variants)
 
 
 def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     exp = "model-size"
     rows = [["model", "estimator", "n", "IE (bits)", "random-weight control IE", "trained - random"]]
-    findings, betas, profiles = [], {}, {}
+    findings, variants, profiles = [], {}, {}
     for est in ESTIMATORS:
         every = _with_controls(measured, exp, est)
-        beta, betas[est] = _one_beta(every, est)
+        variant, variants[est] = _one_variant(every)
         ie, ctrl = {}, {}
         for model in ("smollm2-135m", "gemma3-270m"):
             side = by_tags(measured, exp, est, model=model)
             c = by_tags(measured, exp, f"{est}:control-random", model=model)
-            ie[model], ctrl[model] = _ie(side, beta), (_ie(c, beta) if c else None)
+            ie[model], ctrl[model] = _ie(side, variant), (_ie(c, variant) if c else None)
             rows.append([model, est, _n(side), str(ie[model]),
                          str(ctrl[model]) if c else "-", str(ie[model] - ctrl[model]) if c else "-"])
             for m in side + c:
-                profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(beta)
+                profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(variant)
         control = ctrl["gemma3-270m"] - ctrl["smollm2-135m"] if all(ctrl.values()) else None
         findings.append(Finding(est, ie["gemma3-270m"] - ie["smollm2-135m"], control,
-                                _sat([m for m in every if ":" not in m.entry.estimator], beta)))
-    return ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), betas)
+                                _sat([m for m in every if ":" not in m.entry.estimator], variant)))
+    return ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), variants)
 
 
 # --- figures -----------------------------------------------------------------------------------------

@@ -91,9 +91,9 @@ def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figu
     lines = [f"## Claim {n}: {experiment.name}", "", f"**The paper:** {experiment.claim}", "",
              f"**Verdict: {result.verdict}.**", "", "### What we ran", ""] + _ran(experiment, mine)
     lines += ["", "### Numbers", "", f"Test: {CLAIM_TESTS[experiment.name]}", ""]
-    betas = [f"{k}: {v}" for k, v in result.betas.items() if v]
-    if betas:
-        lines += [f"Smoothed measure at one β for every cell of this claim ({'; '.join(betas)}).", ""]
+    variants = [f"{k}: {v}" for k, v in result.variants.items() if v]
+    if variants:
+        lines += [f"One variant of each estimator for every cell of this claim ({'; '.join(variants)}).", ""]
     lines += _table(result.rows) + ["", "Intervals are 95%. A saturated layer's estimate is at its ceiling "
                                     "(log2 of the report rows): the number is a floor, not a measurement.", ""]
     if result.figure is not None:

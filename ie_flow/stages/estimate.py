@@ -14,7 +14,7 @@ import numpy as np
 
 from ie_flow import IEFlowError
 from ie_flow.config import EstimateSpec
-from ie_flow.executors import WorkUnit
+from ie_flow.executors import UnitDone, WorkUnit
 from ie_flow.memory import PeakRSS
 from ie_flow.results import estimate_cells, mi_rows, mi_table
 from ie_flow.store import DatasetFolder, Manifest, ResultsFolder
@@ -36,6 +36,19 @@ def run_name(spec: EstimateSpec, manifest_sha256: str | None, code_version: str)
 # a stage-2 worker's resident memory before it reads anything (torch, pyarrow, Ray's worker):
 # measured at the start of its first task (benchmarks/bench_scale.py), rounded up
 WORKER_BYTES = 768 * 2**20
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch of cells a stage-2 task estimated at once: its planned bytes beside its measured peak."""
+
+    activations: str  # "" (in context) or "isolated": the stored activations it read
+    cells: int
+    layers: list[int]
+    first_cell: tuple[int, int]  # (layer, stored column): names the batch
+    planned_bytes: int
+    budget_bytes: int | None
+    peak_rss_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ def read_cell_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[tupl
 def estimate_layer_group(
     folder: DatasetFolder, manifest: Manifest, layers: list[int], spec: EstimateSpec, out: ResultsFolder,
     device: str | None = None, budget: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[BatchRun]:
     """Estimate M_l(t) for `layers` (all stored positions) and write one file per layer. The
     cells (layer, position) go to the estimator in batches that fit `budget` (one batched model
     each; all of them in one when it allows, as without a budget), each read from storage
@@ -132,16 +145,15 @@ def estimate_layer_group(
     batches = []
     for variant, levels in variants:
         for batch in (cells[i : i + size] for i in range(0, len(cells), size)):
-            stats = {"variant": variant, "cells": len(batch), "layers": sorted({l for l, _ in batch}),
-                     "first_cell": list(batch[0]),  # (layer, stored column): names the batch
-                     "planned_bytes": plan.bytes(len(batch)), "budget_bytes": budget}
             with PeakRSS() as peak:
                 xs, ys = read_cell_stacks(folder, manifest, batch, spec, variant, plan.cell_itemsize)
                 estimates = estimate_cells(xs, ys, spec, device)
                 del xs, ys
-            batches.append({**stats, "peak_rss_bytes": peak.bytes})
-            log.info("stage 2 task: layers %s, %d cell(s)%s: planned %.0f MiB, peak RSS %.0f MiB%s", stats["layers"],
-                     len(batch), f" ({variant})" if variant else "", stats["planned_bytes"] / 2**20,
+            run = BatchRun(variant, len(batch), sorted({l for l, _ in batch}), batch[0], plan.bytes(len(batch)),
+                           budget, peak.bytes)
+            batches.append(run)
+            log.info("stage 2 task: layers %s, %d cell(s)%s: planned %.0f MiB, peak RSS %.0f MiB%s", run.layers,
+                     len(batch), f" ({variant})" if variant else "", run.planned_bytes / 2**20,
                      peak.bytes / 2**20, "" if budget is None else f" (budget {budget / 2**20:.0f} MiB)")
             for (layer, t), cell in zip(batch, estimates):
                 for est, level in ((e, lv) for e in cell for lv in levels):
@@ -174,9 +186,9 @@ class EstimateLayers:
     def setup(self) -> None:
         """Nothing to load: the activations a group needs are read per batch of cells."""
 
-    def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
+    def run(self, units: list[WorkUnit]) -> list[UnitDone]:
         layers = [u.payload["layer"] for u in units]
         batches = estimate_layer_group(self.folder, self.manifest, layers, self.spec, self.out, budget=self.budget)
-        # "_" keys are run statistics, kept out of the completion markers
-        return [{"layer": l, "file": self.out.layer_file(l), "_batches": [b for b in batches if l in b["layers"]]}
+        # a layer's statistics: the batches that estimated its cells (a batch may span layers)
+        return [UnitDone({"layer": l, "file": self.out.layer_file(l)}, [b for b in batches if l in b.layers])
                 for l in layers]

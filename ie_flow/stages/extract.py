@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow import IEFlowError
-from ie_flow.executors import WorkUnit
+from ie_flow.executors import UnitDone, WorkUnit
 from ie_flow.store import DatasetFolder
 
 
@@ -88,6 +88,14 @@ def extract_shard(
     }
 
 
+@dataclass(frozen=True)
+class ShardRun:
+    """What extracting one shard took (run statistics, never in its completion marker)."""
+
+    seconds: float
+    peak_rss_mb: float  # the actor process's high-water mark so far
+
+
 @dataclass
 class ExtractShards:
     """The stage 1 step: loads the model once per worker (`setup`), then extracts whole shards."""
@@ -115,7 +123,7 @@ class ExtractShards:
         self.loaded = load_model(self.model, self.revision, device=device, dtype=self.dtype, seed=self.seed,
                                  endpoint_url=self.folder.storage.endpoint_url)
 
-    def run(self, units: list[WorkUnit]) -> list[dict[str, Any]]:
+    def run(self, units: list[WorkUnit]) -> list[UnitDone]:
         boundaries = self.boundaries or list(range(self.loaded.num_blocks + 1))
         records = []
         for u in units:
@@ -123,10 +131,8 @@ class ExtractShards:
             record = extract_shard(self.loaded, self.folder, u.payload["shard"], u.payload["start"],
                                    u.payload["input_ids"], self.batch_size, boundaries, self.storage_dtype,
                                    self.micro, self.positions)
-            # "_" keys are run statistics: reported, never written into the completion marker
-            record["_seconds"] = time.perf_counter() - t0
-            record["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-            records.append(record)
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            records.append(UnitDone(record, ShardRun(time.perf_counter() - t0, peak_mb)))
         return records
 
 

@@ -47,7 +47,7 @@ CASES = [
     ("tracking", ["submit", "--storage", "s3://b/x", "--tracking-uri", "sqlite:///mlflow.db",
                   "--ray-address", "http://127.0.0.1:8265"], "lives on this machine only"),
     ("estimator", ["run", "--model", "{model}", "--estimator", "infonse"], "did you mean 'infonce'"),
-    ("estimator", ["run", "--model", "{model}", "{wf:beta_zero}"], "every beta must be > 0"),
+    ("estimator", ["run", "--model", "{model}", "{wf:beta_zero}"], "every beta must be a finite number > 0"),
     ("estimator", ["run", "--model", "{model}", "{wf:too_many_queries}"], "queries=5000 exceeds"),
     ("estimator", ["run", "--model", "{model}", "{wf:unknown_setting}"], "unknown setting 'lr_typo'"),
     ("cluster", ["run", "--model", "{model}", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster"),

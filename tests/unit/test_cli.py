@@ -78,7 +78,7 @@ def test_bad_workflow_files(ie_flow, tmp_path):
 
 
 @pytest.mark.parametrize("settings, needle", [
-    ("estimate:\n  method: smoothed\n  settings: {betas: [0.4, 0]}\n", "every beta must be > 0"),
+    ("estimate:\n  method: smoothed\n  settings: {betas: [0.4, 0]}\n", "every beta must be a finite number > 0"),
     ("estimate:\n  method: smoothed\n  settings: {queries: 5000}\n", "queries=5000 exceeds the 4096 samples"),
     ("estimate:\n  method: smoothed\n  settings: {betaz: [0.4]}\n", "unknown setting 'betaz'"),
     ("control:\n  kind: shuffled\n", "--control shuffled is for text corpora"),

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from ie_flow.config import load_job
+from ie_flow.config import EstimateSpec, load_job
 from ie_flow.control import compare, control_job, measured_job
 
 
-def _rows(beta, layer_bits, reps_shift=0.0):
+def _rows(variant, layer_bits, reps_shift=0.0):
     """Two positions per layer; replicates = bits + a per-replicate offset shared by all cells."""
     offsets = np.linspace(-0.1, 0.1, 21) + reps_shift
     rows = []
@@ -23,16 +23,16 @@ def _rows(beta, layer_bits, reps_shift=0.0):
             for level in ("macro", "micro"):
                 rows.append({"layer": layer, "position": pos, "level": level, "method": "smoothed", "seed": 0,
                              "bits": bits, "ceiling_bits": float("inf"), "saturated": False, "n_train": 64,
-                             "n_eval": 64, "beta": beta, "valid": True, "invalid_reason": None,
+                             "n_eval": 64, "variant": variant, "valid": True, "invalid_reason": None,
                              "replicates": list(bits + offsets * (1 + pos))})
     return rows
 
 
 def test_difference_is_bootstrapped_replicate_by_replicate():
-    model = _rows(0.6, [(1.0, 3.0), (1.0, 2.0)])
-    control = _rows(0.6, [(1.0, 1.5), (1.0, 2.0)])
-    beta, valid, em, ec, layers = compare(model, control)
-    assert beta == 0.6 and valid
+    model = _rows("β = 0.6", [(1.0, 3.0), (1.0, 2.0)])
+    control = _rows("β = 0.6", [(1.0, 1.5), (1.0, 2.0)])
+    variant, valid, em, ec, layers = compare(EstimateSpec(method="smoothed"), model, control)
+    assert variant == "β = 0.6" and valid
     # IE = M(1) - mean(M(0), M(1)) = (M(1) - M(0)) / 2; its replicate offset is (2o - o) / 2 = o / 2
     assert layers[0].diff == pytest.approx((3 - 1) / 2 - (1.5 - 1) / 2)
     # the shared offsets cancel in the difference: a zero-width interval
@@ -73,7 +73,7 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     assert code == 0
     out = json.loads(buf.getvalue())
     control = out["control"]
-    assert control["kind"] == "random" and control["estimator"] == "smoothed" and control["beta"] in (0.4, 0.6, 0.8)
+    assert control["kind"] == "random" and control["estimator"] == "smoothed" and control["variant"] in ("β = 0.4", "β = 0.6", "β = 0.8")
     assert [d["layer"] for d in control["layers"]] == [0, 1]
     for d in control["layers"]:
         assert d["diff"] == pytest.approx(d["model_ie"] - d["control_ie"])

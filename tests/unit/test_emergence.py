@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ie_flow.emergence import choose_beta, emergence_by_beta, headline_beta, information_emergence
+from ie_flow.emergence import emergence_by_variant, information_emergence
+from ie_flow.estimators import get_estimator
 
 
 def _rows(values: dict[tuple[int, int, int], float], ceiling: float = 10.0, micro: dict | None = None):
@@ -69,9 +70,9 @@ def test_bad_tables():
         information_emergence(_rows({(0, 0, 0): 1.0}), "median")
 
 
-def _cell(layer, pos, bits, beta=float("nan"), valid=True, reps=(), reason=None):
+def _cell(layer, pos, bits, variant="", valid=True, reps=(), reason=None):
     return [{"layer": layer, "position": pos, "level": level, "method": "smoothed", "seed": 0, "bits": bits,
-             "ceiling_bits": float("inf"), "saturated": False, "n_train": 100, "n_eval": 100, "beta": beta,
+             "ceiling_bits": float("inf"), "saturated": False, "n_train": 100, "n_eval": 100, "variant": variant,
              "valid": valid, "invalid_reason": reason, "replicates": list(reps)} for level in ("macro", "micro")]
 
 
@@ -100,25 +101,36 @@ def test_intervals_come_from_shared_bootstrap_replicates():
     np.testing.assert_allclose(em.token_ci[:, 0, 1], [1.0 - (e_mid - e_lo), 1.0 + (e_hi - e_mid)])
 
 
-def test_beta_grid_profiles_and_the_headline_beta():
+def test_variant_profiles_and_the_estimators_headline():
+    """A table of several variants (the smoothed measure's β grid) gives one profile per variant, in
+    variant order; the headline is the estimator's choice: the first variant valid in every layer of
+    the model and its control, else the one with the most layers valid in both, flagged."""
+    grid = {0.3: "β = 0.3", 0.4: "β = 0.4", 0.6: "β = 0.6"}
+    smoothed = get_estimator("smoothed", betas=list(grid))
+    assert smoothed.variants() == tuple(grid.values())
     rows = []
     for beta, valid_last in ((0.3, False), (0.4, True), (0.6, True)):
         for layer in (0, 1):
-            rows += _cell(layer, 0, 1.0 / beta, beta) + _cell(layer, 1, 2.0 / beta, beta, valid=valid_last or layer == 0)
-    with pytest.raises(ValueError, match="several β"):
+            rows += _cell(layer, 0, 1.0 / beta, grid[beta]) + _cell(layer, 1, 2.0 / beta, grid[beta],
+                                                                    valid=valid_last or layer == 0)
+    with pytest.raises(ValueError, match="several variants"):
         information_emergence(rows)
-    profiles = emergence_by_beta(rows)
-    assert list(profiles) == [0.3, 0.4, 0.6]
-    assert profiles[0.4].beta == 0.4 and profiles[0.4].layers[1].ie == pytest.approx(2 / 0.4 - 1.5 / 0.4)
-    assert headline_beta(profiles) == 0.4
-    control = {b: information_emergence([{**r, "valid": r["beta"] != 0.4 or r["layer"] == 0} for r in rows], beta=b)
-               for b in (0.3, 0.4, 0.6)}
-    assert headline_beta(profiles, control) == 0.6  # the same β for a model and its control
-    assert headline_beta({None: profiles[0.6]}) is None
-    assert choose_beta(profiles, control) == (0.6, True) and choose_beta({None: profiles[0.6]}) == (None, True)
-    # no β valid everywhere: the one with the most layers valid in both, flagged
-    nowhere = {b: information_emergence([{**r, "valid": b == 0.6 and r["layer"] == 0} for r in rows], beta=b)
-               for b in (0.3, 0.4, 0.6)}
-    assert choose_beta(profiles, nowhere) == (0.6, False)  # one layer valid in both at 0.6, none elsewhere
-    tied = {b: information_emergence([{**r, "valid": r["layer"] == 0} for r in rows], beta=b) for b in (0.3, 0.4, 0.6)}
-    assert choose_beta(profiles, tied) == (0.3, False)  # every β ties at one layer: the smallest
+    with pytest.raises(ValueError, match="no variant 'β = 0.5'"):  # never another variant instead
+        information_emergence(rows, variant="β = 0.5")
+    profiles = emergence_by_variant(rows)
+    assert list(profiles) == list(grid.values())
+    assert profiles["β = 0.4"].variant == "β = 0.4"
+    assert profiles["β = 0.4"].layers[1].ie == pytest.approx(2 / 0.4 - 1.5 / 0.4)
+    assert smoothed.choose_headline(profiles) == ("β = 0.4", True)
+
+    def profiles_where(valid):
+        return {v: information_emergence([{**r, "valid": valid(b, r)} for r in rows], variant=v) for b, v in grid.items()}
+
+    control = profiles_where(lambda b, r: r["variant"] != "β = 0.4" or r["layer"] == 0)
+    assert smoothed.choose_headline(profiles, control) == ("β = 0.6", True)  # the same β for a model and its control
+    nowhere = profiles_where(lambda b, r: b == 0.6 and r["layer"] == 0)
+    assert smoothed.choose_headline(profiles, nowhere) == ("β = 0.6", False)  # one layer valid in both at 0.6
+    tied = profiles_where(lambda b, r: r["layer"] == 0)
+    assert smoothed.choose_headline(profiles, tied) == ("β = 0.3", False)  # every β ties at one layer: the first
+    single = {"": information_emergence(_cell(0, 0, 1.0) + _cell(0, 1, 2.0, valid=False))}
+    assert get_estimator("infonce").choose_headline(single) == ("", True)  # no variants: nothing to choose

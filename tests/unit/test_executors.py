@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ie_flow import IEFlowError
-from ie_flow.executors import Completion, WorkerPlan, WorkUnit, executor_names, get_executor
+from ie_flow.executors import Completion, UnitDone, WorkerPlan, WorkUnit, executor_names, get_executor
 from ie_flow.executors.resources import Resources, plan_compute_workers, plan_model_workers
 from ie_flow.storage import Storage
 
@@ -26,11 +26,11 @@ class SquareStep:
     def setup(self) -> None:
         self.setups += 1
 
-    def run(self, units: list[WorkUnit]) -> list[dict]:
+    def run(self, units: list[WorkUnit]) -> list[UnitDone]:
         self.calls.append([u.id for u in units])
         for u in units:
             self.folder.write_json(f"out/{u.id}", u.payload["x"] ** 2)
-        return [{"square": u.payload["x"] ** 2, "_seconds": 0.5} for u in units]
+        return [UnitDone({"square": u.payload["x"] ** 2}, {"seconds": 0.5}) for u in units]
 
 
 def _units(n: int) -> list[WorkUnit]:
@@ -43,8 +43,8 @@ def test_serial_executor_runs_pending_units_and_marks_them(tmp_path):
     plan = WorkerPlan(1, 1, 1.0, 0.0, 1, units_per_call=2)
     executor = get_executor("serial")
     records = executor.run(step, _units(5), completion, plan)
-    assert records == [{"square": i * i} for i in range(5)]  # "_" statistics are not in the markers
-    assert executor.stats == [{"_seconds": 0.5}] * 5
+    assert records == [{"square": i * i} for i in range(5)]  # statistics are not in the markers
+    assert executor.stats == [{"seconds": 0.5}] * 5
     assert step.setups == 1 and step.calls == [["u0", "u1"], ["u2", "u3"], ["u4"]]
     assert completion.count() == 5 and store.read_json("_done/u3") == {"square": 9}
     # a rerun does only what has no marker

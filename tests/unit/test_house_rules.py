@@ -1,6 +1,8 @@
 """House rules that a reader relies on, measured on the source: no import cycle between ie-flow's
 modules (imports inside functions count: they still tie the two modules together), stages import
-neither Ray nor MLflow, no function over 60 lines, one version source."""
+neither Ray nor MLflow, no function over 60 lines, one version source, and no module outside an
+estimator's own names its settings (the measurement contract: the smoothed measure's β is named in
+its module only)."""
 
 from __future__ import annotations
 
@@ -108,3 +110,10 @@ def test_one_version_source():
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ie_flow.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", __import__("ie_flow").__version__)
+
+
+def test_beta_is_named_only_in_the_smoothed_module():
+    """The pipeline asks every estimator the same things (estimators.base.Estimator): β, the smoothed
+    measure's resolution, is one of its variants, and no other module names it."""
+    found = sorted({_module_name(p) for p in PACKAGE.rglob("*.py") if re.search(r"beta", p.read_text())})
+    assert found == ["ie_flow.estimators.smoothed"]

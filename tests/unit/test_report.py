@@ -41,11 +41,26 @@ def test_format_table_rows_and_notes():
     assert text[-1] == "prefix entropy per position (caps M_l(t)): 4.00 4.00 7.86"
 
 
-def test_format_compare_marks_saturated_layers():
+def test_format_compare_shows_intervals_and_marks_saturated_layers():
     text = format_compare([_result("m1", 3.0), _result("m2", 9.95)]).splitlines()
-    assert text[:2] == ["1: m1 / icl-x-12345678", "2: m2 / icl-x-12345678"]
-    assert text[3].split() == ["0", "1.000", "5.633*"]  # IE 3 - mean(1, 2, 3) = 1
-    assert text[-1].startswith("* layer with saturated estimates")
+    assert text[:2] == ["1: m1 / icl-x-12345678  (infonce)", "2: m2 / icl-x-12345678  (infonce)"]
+    assert "95% interval" in text[2]
+    # IE 3 - mean(1, 2, 3) = 1, and its interval (no replicates: the value itself)
+    assert text[3].replace("[", " ").replace("]", " ").replace(",", " ").split() == \
+        ["0", "1.000", "1.000", "1.000", "5.633*", "5.633", "5.633"]
+    assert text[5].startswith("mean") and text[-1].startswith("* layer with saturated estimates")
+
+
+def test_format_compare_flags_results_that_are_not_the_same_quantity():
+    a, b = _result("m1", 3.0), _result("m2", 3.0)
+    b.record.job.estimate.method = "smoothed"
+    b.emergence.variant = "β = 0.6"
+    notes = [l for l in format_compare([a, b]).splitlines() if l.startswith("note:")]
+    assert notes == ["note: the results differ in estimator (1: infonce, 2: smoothed): their IE are not the same "
+                     "quantity, compare them with care",
+                     "note: the results differ in variant (1: none, 2: β = 0.6): their IE are not the same "
+                     "quantity, compare them with care"]
+    assert not [l for l in format_compare([a, _result("m2", 3.0)]).splitlines() if l.startswith("note:")]
 
 
 def test_json_summary_follows_the_contract():

@@ -44,7 +44,7 @@ def test_read_cells_is_the_boundary_as_stored(extracted):
 
 def batches_of(est) -> list[dict]:
     # a batch that spans two layers is in both layers' records: one entry per batch
-    unique = {(b["variant"], tuple(b["first_cell"])): b for s in est.stats for b in s["_batches"]}
+    unique = {(b.activations, tuple(b.first_cell)): b for layer_batches in est.stats for b in layer_batches}
     return list(unique.values())
 
 
@@ -80,11 +80,11 @@ def test_a_small_budget_splits_the_cells_and_changes_no_number(extracted, tiny_g
     whole = estimate_mi(job(tiny_gpt2, root / "whole"), ex.folder)
     split = estimate_mi(job(tiny_gpt2, root / "split", budget), ex.folder)
 
-    assert [b["cells"] for b in batches_of(whole)] == [16]  # no budget: one batched model, as before
+    assert [b.cells for b in batches_of(whole)] == [16]  # no budget: one batched model, as before
     parts = batches_of(split)
-    assert sorted(b["cells"] for b in parts) == [1, 3, 3, 3, 3, 3]
-    assert all(b["planned_bytes"] <= budget and b["budget_bytes"] == budget for b in parts)
-    assert all(b["peak_rss_bytes"] > 0 for b in parts)  # measured, by the kernel's high-water mark
+    assert sorted(b.cells for b in parts) == [1, 3, 3, 3, 3, 3]
+    assert all(b.planned_bytes <= budget and b.budget_bytes == budget for b in parts)
+    assert all(b.peak_rss_bytes > 0 for b in parts)  # measured, by the kernel's high-water mark
     # read straight from the shards as float16, batch by batch: the old path's numbers to the last bit
     assert whole.table.to_pandas().equals(old_path_table(ex, spec, 16).to_pandas())  # NaNs in place
     assert split.table.to_pandas().equals(old_path_table(ex, spec, 3).to_pandas())
