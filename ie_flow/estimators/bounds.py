@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .train_config import BOUNDS  # noqa: F401 - the bound names, defined with the settings
+from .train_config import BOUNDS  # the bound names, defined with the settings
 
 
 def _pos_and_neg_mask(S: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +138,86 @@ def neg_logmeanexp(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """log E_q[exp T] over the negatives (used by MINE's moving-average gradient correction)."""
     _, neg_mask = _pos_and_neg_mask(S, pos)
     return _neg_logmeanexp(S, neg_mask)
+
+
+class Bound:
+    """A variational bound as the trainer uses it: the value it evaluates and reports, what the
+    optimiser maximises, and how its value is recomputed on bootstrap reweightings of the rows."""
+
+    name = ""
+    per_row = False  # a mean of per-row terms (InfoNCE): streamed over rows, pooled, reweighted row by row
+    capped_by_pool = False  # never above log(candidates): a pair near it can no longer rank checkpoints
+
+    def __init__(self, clip: float = 5.0) -> None:
+        self.clip = clip
+
+    def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(P,) nats of scores S (P, R, C) whose row r's own candidate is column pos[r]."""
+        return bound(self.name, S, pos, self.clip)
+
+    def training(self, S: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the value, what the optimiser maximises) of a batch's scores of the pairs ``pairs``."""
+        value = self.value(S, pos)
+        return value, value
+
+    def weighted(self, S: torch.Tensor, pos: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+        """(P, B) the value on B reweightings of the rows (the candidate pool kept as drawn)."""
+        return weighted_bound(self.name, S, pos, w_rows, clip=self.clip)
+
+
+class InfoNCEBound(Bound):
+    name, per_row, capped_by_pool = "infonce", True, True
+
+
+class DVBound(Bound):
+    name = "dv"
+
+
+class NWJBound(Bound):
+    name = "nwj"
+
+
+class SMILEBound(Bound):
+    name = "smile"
+
+    def training(self, S: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV, the gradient
+        # comes from the Jensen-Shannon f-GAN bound. Training on the clipped DV itself is unbounded
+        # (E_p[T] is not clipped) and blew up to 1e21 bits.
+        return smile(S, pos, self.clip), js_fgan(S, pos)
+
+
+class MINEBound(DVBound):
+    """DV, trained with MINE's moving average of E[e^T] in the partition term's gradient: d/dθ log
+    E[e^T] = E[∇T e^T] / E[e^T], and dividing by a moving average instead of the minibatch value
+    removes most of the minibatch gradient bias. Keeps each pair's log moving average."""
+
+    def __init__(self, ema: float, pairs: int, clip: float = 5.0) -> None:
+        super().__init__(clip)
+        self.ema = ema
+        self.log_ema = torch.full((pairs,), math.nan, dtype=torch.float32)
+
+    def training(self, S: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
+        lme = neg_logmeanexp(S, pos)
+        lme_d = lme.detach()
+        prev = self.log_ema[pairs].to(S.device)
+        new_ema = torch.where(torch.isnan(prev), lme_d, torch.logaddexp(
+            prev + math.log(1.0 - self.ema), lme_d + math.log(self.ema)))
+        self.log_ema[pairs] = new_ema.cpu()
+        return pos_mean - lme, pos_mean - lme * torch.exp(lme_d - new_ema)
+
+
+BOUND_CLASSES: dict[str, type[Bound]] = {c.name: c for c in (InfoNCEBound, DVBound, NWJBound, SMILEBound)}
+
+
+def bound_for(name: str, ema: float | None, pairs: int, clip: float = 5.0) -> Bound:
+    """The bound a training of ``pairs`` critics uses: MINE's DV when ``ema`` is set, else by name."""
+    if ema is not None:
+        return MINEBound(ema, pairs, clip)
+    if name not in BOUND_CLASSES:
+        raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
+    return BOUND_CLASSES[name](clip)
 
 
 def bound(name: str, S: torch.Tensor, pos: torch.Tensor, clip: float = 5.0) -> torch.Tensor:

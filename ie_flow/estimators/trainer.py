@@ -174,7 +174,6 @@ class _Run:
     bad_evals: torch.Tensor
     diverged: torch.Tensor
     active: torch.Tensor
-    log_ema: torch.Tensor  # MINE: per-pair log moving average of E[e^T]
     history: list[tuple[int, np.ndarray]]
 
     @classmethod
@@ -182,7 +181,7 @@ class _Run:
         best = {s: {k: v.detach().clone() for k, v in p.items()} for s, p in critic.state().items()}
         return cls(best, torch.full((P,), -math.inf, dtype=torch.float64), np.zeros(P, dtype=np.int64),
                    torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.bool), torch.ones(P, dtype=torch.bool),
-                   torch.full((P,), math.nan, dtype=torch.float32), [])
+                   [])
 
 
 def train_batched(
@@ -201,38 +200,23 @@ def train_batched(
     ``boot_weights`` (B, n): weights of each sample id in B bootstrap resamples."""
     from ie_flow.progress import Progress
 
-    P, n, dx = xs.shape
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
-    tr = torch.as_tensor(train_idx, dtype=torch.long)
-    sel = torch.as_tensor(select_idx, dtype=torch.long)  # in the report pool when negatives="heldout"
-    stop_rows = _stopping_rows(select_idx, cfg.select_rows, seed)  # early stopping runs on these
-    X, Y = _Prepared(xs, tr, cfg, device), _Prepared(ys, tr, cfg, device)
-    critic = SeparableCritic(P, dx, ys.shape[2], hidden=cfg.hidden, embed=cfg.embed, layers=cfg.layers, seed=seed,
-                             device=device)
-    params = critic.parameters()
-    groups = [{"params": params}, {"params": [critic.log_scale], "lr": cfg.scale_lr, "weight_decay": 0.0}]
-    # fused: one kernel per tensor instead of ~10 passes over all P critics' weights per step
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    params = params + [critic.log_scale]
-    run = _Run.start(critic, P)
-    batches = _Batches(tr, min(cfg.batch_size, tr.numel()), seed)
+    training = Training(xs, ys, train_idx, select_idx, cfg, seed, device)
     step = 0
     # step 0 only evaluates the initial critic (T == 0: bound exactly 0), so a pair that never
     # beats "no information" reports ~0 instead of a worse training state
     # a line every five minutes, only when training is long: it runs under the stage's own progress bar
-    with Progress(f"training {P} critics", cfg.max_steps, "step", terminal=False, every_s=300,
+    with Progress(f"training {xs.shape[0]} critics", cfg.max_steps, "step", terminal=False, every_s=300,
                   closing_line=False) as progress:
         for step in range(0, cfg.max_steps + 1):
             if step > 0:
-                _train_step(critic, opt, params, run, X, Y, batches.next(), cfg, device)
+                training.step()
                 progress.update(1)
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                _early_stopping(critic, run, X, Y, stop_rows, step, cfg, device)
-                if not run.active.any():
+                training.early_stop(step)
+                if not training.run.active.any():
                     break
-    report = _final_evaluation(critic, run.best, X, Y, tr, sel, torch.as_tensor(report_idx, dtype=torch.long), cfg,
-                               seed, device, boot_weights)
-    return _result(report, run, step)
+    return training.result(training.final_evaluation(torch.as_tensor(report_idx, dtype=torch.long), boot_weights),
+                           step)
 
 
 def _stopping_rows(select_idx: np.ndarray, cap: int, seed: int) -> torch.Tensor:
@@ -259,100 +243,245 @@ class _Batches:
         return rows
 
 
-def _train_step(critic: SeparableCritic, opt: Any, params: list[torch.Tensor], run: _Run, X: "_Prepared",
-                Y: "_Prepared", bidx: torch.Tensor, cfg: TrainConfig, device: torch.device) -> None:
-    """One optimiser step of the pairs still active; a pair whose value is not finite is diverged."""
-    P = run.active.numel()
-    # pairs that stopped early drop out of the batch (their best checkpoint is kept);
-    # the others' trajectories do not change, since no pair's update depends on another
-    act_idx = run.active.nonzero().squeeze(1)
-    sel = None if act_idx.numel() == P else act_idx.to(device)
+class Training:
+    """One batched training of P critics: the prepared stacks, the critics and their optimiser,
+    the bound (bounds.Bound), the per-pair run state; its step, early stopping, final evaluation
+    and result as methods."""
 
-    def pick(t: torch.Tensor) -> torch.Tensor:
-        return t if sel is None else t.index_select(0, sel)
+    def __init__(self, xs: torch.Tensor, ys: torch.Tensor, train_idx: np.ndarray, select_idx: np.ndarray,
+                 cfg: TrainConfig, seed: int, device: torch.device) -> None:
+        P, _, dx = xs.shape
+        self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+        self.seed, self.device = seed, device
+        self.tr = torch.as_tensor(train_idx, dtype=torch.long)
+        self.sel = torch.as_tensor(select_idx, dtype=torch.long)  # in the report pool when negatives="heldout"
+        self.stop_rows = _stopping_rows(select_idx, cfg.select_rows, seed)  # early stopping runs on these
+        self.X, self.Y = _Prepared(xs, self.tr, cfg, device), _Prepared(ys, self.tr, cfg, device)
+        self.critic = critic = SeparableCritic(P, dx, ys.shape[2], hidden=cfg.hidden, embed=cfg.embed,
+                                               layers=cfg.layers, seed=seed, device=device)
+        params = critic.parameters()
+        groups = [{"params": params}, {"params": [critic.log_scale], "lr": cfg.scale_lr, "weight_decay": 0.0}]
+        # fused: one kernel per tensor instead of ~10 passes over all P critics' weights per step
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        self.params = params + [critic.log_scale]
+        self.run = _Run.start(critic, P)
+        self.batches = _Batches(self.tr, min(cfg.batch_size, self.tr.numel()), seed)
+        self.bound = bounds.bound_for(cfg.bound, cfg.ema, P, cfg.clip)
 
-    xp = {k: pick(v) for k, v in critic.x.items()}
-    yp = {k: pick(v) for k, v in critic.y.items()}
-    with _autocast(device, cfg.precision):
-        fx = critic.side_q(xp, X.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
-        gy = critic.side_q(yp, Y.rows(bidx, slice(None) if sel is None else act_idx), cfg.layers)
-        S = critic.scores(fx, gy, pick(critic.log_scale)).float()
-    value, objective = _objective(S, torch.arange(S.shape[1], device=device), cfg, run, act_idx, device)
-    finite = torch.isfinite(value.detach()).cpu()
-    if not finite.all():
-        run.diverged[act_idx[~finite]] = True
-        run.active &= ~run.diverged
-    loss = -torch.where(finite.to(device), objective, torch.zeros((), device=device)).sum()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if run.diverged.any():  # keep dead pairs' NaNs out of their optimiser state
-        dmask = run.diverged.to(device)
-        for p_ in params:
-            if p_.grad is not None:
-                p_.grad[dmask] = 0.0
-    opt.step()
+    def step(self) -> None:
+        """One optimiser step of the pairs still active; a pair whose value is not finite is diverged."""
+        critic, run, device = self.critic, self.run, self.device
+        P = run.active.numel()
+        # pairs that stopped early drop out of the batch (their best checkpoint is kept);
+        # the others' trajectories do not change, since no pair's update depends on another
+        act_idx = run.active.nonzero().squeeze(1)
+        sel = None if act_idx.numel() == P else act_idx.to(device)
 
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if sel is None else t.index_select(0, sel)
 
-def _objective(S: torch.Tensor, diag: torch.Tensor, cfg: TrainConfig, run: _Run, act_idx: torch.Tensor,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the bound's value, what the optimiser maximises) of a batch of scores."""
-    if cfg.ema is not None:
-        pos_mean = S.diagonal(dim1=1, dim2=2).mean(-1)
-        lme = bounds.neg_logmeanexp(S, diag)
-        lme_d = lme.detach()
-        prev = run.log_ema[act_idx].to(device)
-        new_ema = torch.where(torch.isnan(prev), lme_d, torch.logaddexp(
-            prev + math.log(1.0 - cfg.ema), lme_d + math.log(cfg.ema)))
-        run.log_ema[act_idx] = new_ema.cpu()
-        # d/dθ log E[e^T] = E[∇T e^T] / E[e^T]; MINE divides by a moving average of E[e^T]
-        # instead of the minibatch value, which removes most of the minibatch gradient bias.
-        return pos_mean - lme, pos_mean - lme * torch.exp(lme_d - new_ema)
-    if cfg.bound == "smile":
-        # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV,
-        # the gradient comes from the Jensen-Shannon f-GAN bound.  Training on the
-        # clipped DV itself is unbounded (E_p[T] is not clipped) and blew up to 1e21 bits.
-        return bounds.smile(S, diag, cfg.clip), bounds.js_fgan(S, diag)
-    value = bounds.bound(cfg.bound, S, diag, cfg.clip)
-    return value, value
+        bidx = self.batches.next()
+        xp = {k: pick(v) for k, v in critic.x.items()}
+        yp = {k: pick(v) for k, v in critic.y.items()}
+        with _autocast(device, self.cfg.precision):
+            fx = critic.side_q(xp, self.X.rows(bidx, slice(None) if sel is None else act_idx), self.cfg.layers)
+            gy = critic.side_q(yp, self.Y.rows(bidx, slice(None) if sel is None else act_idx), self.cfg.layers)
+            S = critic.scores(fx, gy, pick(critic.log_scale)).float()
+        value, objective = self.bound.training(S, torch.arange(S.shape[1], device=device), act_idx)
+        finite = torch.isfinite(value.detach()).cpu()
+        if not finite.all():
+            run.diverged[act_idx[~finite]] = True
+            run.active &= ~run.diverged
+        loss = -torch.where(finite.to(device), objective, torch.zeros((), device=device)).sum()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.diverged.any():  # keep dead pairs' NaNs out of their optimiser state
+            dmask = run.diverged.to(device)
+            for p_ in self.params:
+                if p_.grad is not None:
+                    p_.grad[dmask] = 0.0
+        self.opt.step()
 
+    def early_stop(self, step: int) -> None:
+        """Evaluate on the select rows; keep each pair's best checkpoint; stop pairs that stopped improving."""
+        critic, run, cfg, ev = self.critic, self.run, self.cfg, self.stop_rows
+        n_ev = ev.numel()
+        val = self.evaluate(critic.state(), ev, ev, torch.arange(n_ev), pairs=run.active.nonzero().squeeze(1)).double()
+        run.history.append((step, val.numpy().copy()))
+        with torch.no_grad():
+            bad = ~torch.isfinite(val)
+            run.diverged |= bad & run.active
+            improved = run.active & ~bad & (val > run.best_val + cfg.min_delta)
+            if improved.any():
+                ii = improved.nonzero().squeeze(1).to(self.device)
+                for side, p in critic.state().items():
+                    for k, v in p.items():
+                        run.best[side][k][ii] = v.detach()[ii]
+                run.best_val[improved] = val[improved]
+                run.best_step[improved.numpy()] = step
+            run.bad_evals = torch.where(improved, torch.zeros_like(run.bad_evals), run.bad_evals + 1)
+            run.active &= (run.bad_evals < cfg.patience) & ~run.diverged
+            if cfg.stop_near_ceiling > 0 and self.bound.capped_by_pool:  # the DV family has no log n cap
+                run.active &= ~(run.best_val >= math.log(n_ev) - cfg.stop_near_ceiling * math.log(2))
 
-def _early_stopping(critic: SeparableCritic, run: _Run, X: "_Prepared", Y: "_Prepared", ev: torch.Tensor, step: int,
-                    cfg: TrainConfig, device: torch.device) -> None:
-    """Evaluate on the select rows; keep each pair's best checkpoint; stop pairs that stopped improving."""
-    n_ev = ev.numel()
-    val = _evaluate(critic, critic.state(), X, Y, ev, ev, torch.arange(n_ev), cfg, device,
-                    pairs=run.active.nonzero().squeeze(1)).double()
-    run.history.append((step, val.numpy().copy()))
-    with torch.no_grad():
-        bad = ~torch.isfinite(val)
-        run.diverged |= bad & run.active
-        improved = run.active & ~bad & (val > run.best_val + cfg.min_delta)
-        if improved.any():
-            ii = improved.nonzero().squeeze(1).to(device)
-            for side, p in critic.state().items():
-                for k, v in p.items():
-                    run.best[side][k][ii] = v.detach()[ii]
-            run.best_val[improved] = val[improved]
-            run.best_step[improved.numpy()] = step
-        run.bad_evals = torch.where(improved, torch.zeros_like(run.bad_evals), run.bad_evals + 1)
-        run.active &= (run.bad_evals < cfg.patience) & ~run.diverged
-        if cfg.stop_near_ceiling > 0 and cfg.bound == "infonce":  # the DV family has no log n cap
-            run.active &= ~(run.best_val >= math.log(n_ev) - cfg.stop_near_ceiling * math.log(2))
+    def result(self, report: dict[str, Any], steps: int) -> TrainResult:
+        run = self.run
+        div = run.diverged.numpy() | ~np.isfinite(report["nats"])
 
+        def masked(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.where(div.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
 
-def _result(report: dict[str, Any], run: _Run, steps: int) -> TrainResult:
-    div = run.diverged.numpy() | ~np.isfinite(report["nats"])
+        return TrainResult(
+            nats=masked(report["nats"]), nats_half=masked(report["half"]), nats_train=masked(report["train"]),
+            nats_replicates=masked(report["replicates"]), nats_half_replicates=masked(report["half_replicates"]),
+            nats_train_replicates=masked(report["train_replicates"]), pool_noise=report["pool_noise"],
+            diverged=div, best_step=run.best_step, steps=steps,
+            n_candidates=report["n_candidates"], n_candidates_half=report["n_candidates_half"], history=run.history,
+        )
 
-    def masked(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.where(div.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
+    @torch.no_grad()
+    def final_evaluation(self, rep: torch.Tensor, boot_weights: np.ndarray | None) -> dict[str, Any]:
+        """The best checkpoints' bound on the report rows (per-row terms, so the bootstrap
+        replicates come from the same scores), with half the pool, and on as many train rows."""
+        cfg, seed, device, tr = self.cfg, self.seed, self.device, self.tr
+        cand, pos = _report_pool(cfg, tr, self.sel, rep)
+        pools = _pools(rep.numel(), cfg) if self.bound.per_row and cfg.negatives == "report" else None
+        if pools is not None and len(pools) > 1:  # pools of random rows: the ids are sorted, and neighbours alike
+            cand = rep = rep[torch.randperm(rep.numel(), generator=torch.Generator().manual_seed(int(seed) + 7919))]
+        keep = None
+        if self.bound.per_row and cfg.pool_check:
+            g = torch.Generator().manual_seed(int(seed) + 991)
+            keep = torch.zeros(cand.numel(), dtype=torch.bool)
+            keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
+        # the pool-noise share of the bootstrap is derived for a pool made of the rows themselves
+        shared_pool = keep is not None and cfg.negatives == "report"
+        values, half, noise = self._reduce(rep, cand, _row_weights(boot_weights, rep, device), keep, shared_pool, pools)
+        g = torch.Generator().manual_seed(int(seed) + 4099)
+        sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
+        # the train/held-out gap's other half: the same bound on a train subset as large as the report
+        # pool, on the same resamples (one resample reweights every row set of the data it redraws)
+        train, _, train_noise = self._reduce(sub, sub, _row_weights(boot_weights, sub, device), None, shared_pool,
+                                             pools and _pools(sub.numel(), cfg))
+        resampled = boot_weights is not None
+        return {
+            "nats": values[:, 0],
+            "half": None if half is None else half[:, 0],
+            "train": train[:, 0],
+            "replicates": values[:, 1:] if resampled else None,
+            "half_replicates": half[:, 1:] if resampled and half is not None else None,
+            "train_replicates": train[:, 1:] if resampled else None,
+            # the pool's share of the bootstrap variance of the report and train values (nats²)
+            "pool_noise": (noise, train_noise) if shared_pool else None,
+            "n_candidates": int(cand.numel()) if pools is None else max(p.stop - p.start for p in pools),
+            "n_candidates_half": None if keep is None else int(keep.sum()) // len(pools or [0]) + 1,
+        }
 
-    return TrainResult(
-        nats=masked(report["nats"]), nats_half=masked(report["half"]), nats_train=masked(report["train"]),
-        nats_replicates=masked(report["replicates"]), nats_half_replicates=masked(report["half_replicates"]),
-        nats_train_replicates=masked(report["train_replicates"]), pool_noise=report["pool_noise"],
-        diverged=div, best_step=run.best_step, steps=steps,
-        n_candidates=report["n_candidates"], n_candidates_half=report["n_candidates_half"], history=run.history,
-    )
+    def _reduce(self, rows: torch.Tensor, cand: torch.Tensor, w_rows: torch.Tensor, keep: torch.Tensor | None,
+                pool_noise: bool, pools: list[slice] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(P, 1 + B) bound of the best checkpoints, x[rows] against y[cand] (row r's own y in column
+        r), on each row weighting, the same with the pool cut to ``keep`` (a per-row bound), and the
+        pool noise (P,). A per-row bound's scores are streamed over the rows when one pair's would
+        exceed ``chunk_elems``; with ``pools`` (ranges of rows, cand = rows) each row is scored against
+        its own pool only. The other bounds take every row at once."""
+        best, values, half, noise = self.run.best, [], [], []
+        if not self.bound.per_row:
+            for _, _, _, S in self.score_chunks(best, rows, cand):
+                values.append(self._weighted(S, w_rows))
+            return torch.cat(values).numpy(), None, None
+        pos, keep_d = torch.arange(rows.numel(), device=self.device), None if keep is None else keep.to(self.device)
+
+        def terms(S: torch.Tensor, rs: slice, pool: slice) -> list[torch.Tensor]:  # S: rows rs against the pool's
+            return bounds.infonce_row_terms(S, pos[rs] - pool.start, None if keep_d is None else keep_d[pool], pool_noise)
+
+        pools = pools or [slice(0, cand.numel())]
+        R, C = rows.numel(), cand.numel() / len(pools)  # C: candidates per pool (equal to within one)
+        for _, per_row in _row_terms(self.score_chunks(best, rows, cand, split_rows=True, pools=pools), terms):
+            values.append(bounds.reweighted_mean(per_row[0].double(), w_rows).double().cpu())
+            if keep_d is not None:
+                half.append(bounds.reweighted_mean(per_row[1].double(), w_rows).cpu())
+            if pool_noise:
+                noise.append((per_row[-1].mean(-1) / (C * R)).double().cpu())
+        cat = lambda parts: torch.cat(parts).numpy() if parts else None  # noqa: E731
+        return cat(values), cat(half), cat(noise)
+
+    def _weighted(self, S: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+        """(p, 1 + B) bound of the rows of S against all its columns, on each row weighting; the
+        candidate pool is kept as drawn.  For a near-optimal critic a candidate's first-order
+        influence on the bound is constant (E_x[p(y|x)/p(y)] = 1), so resampling the pool adds only
+        second-order noise, which the bootstrap inflates: on uniform discrete K = 4 and 16 it doubled
+        the spread (0.006 and 0.014 bit against 0.003 and 0.008 across data draws)."""
+        pos = torch.arange(S.shape[-2], device=S.device)
+        return self.bound.weighted(S, pos, w_rows).double().cpu()
+
+    def score_chunks(self, state: dict[str, Params], rows: torch.Tensor, cand: torch.Tensor,
+                     todo: torch.Tensor | None = None, split_rows: bool = False, pools: list[slice] | None = None):
+        """Yield (pair selection, row slice, candidate slice, (p, r, c) float32 critic scores) chunk
+        by chunk over the pairs (all pairs, or the pair ids ``todo``), so the score tensor stays
+        within ``chunk_elems``; with ``split_rows``, a pair whose R x C scores alone exceed it comes
+        in blocks of rows (its candidates' features computed once, in blocks too). With ``pools``
+        (ranges of rows; cand = rows), each range of rows is scored against its own candidates."""
+        critic, cfg, device, X, Y = self.critic, self.cfg, self.device, self.X, self.Y
+        P = X.shape[0]
+        pools = pools or [slice(0, cand.numel())]
+        R, C = rows.numel(), max(p.stop - p.start for p in pools)
+        rows_of = (lambda pool: rows) if len(pools) == 1 else (lambda pool: rows[pool])  # noqa: E731
+        d = max(X.shape[2], Y.shape[2])
+        chunk = max(1, cfg.chunk_elems // max(1, R * C // len(pools), C * d))
+        stream = split_rows and max(R * C // len(pools), C * d) > cfg.chunk_elems
+        n_todo = P if todo is None else todo.numel()
+        for s in range(0, n_todo, chunk):
+            sl: slice | torch.Tensor = slice(s, min(P, s + chunk)) if todo is None else todo[s : s + chunk].to(device)
+            for pool in pools:
+                mine, their = rows_of(pool), cand[pool]
+                if stream:
+                    gy = self._features(state["y"], Y, their, sl)
+                    block = max(1, cfg.chunk_elems // max(their.numel(), d))
+                    for a in range(0, mine.numel(), block):
+                        fx = self._features(state["x"], X, mine[a : a + block], sl)
+                        with _autocast(device, cfg.precision):
+                            S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+                        yield sl, slice(pool.start + a, pool.start + min(mine.numel(), a + block)), pool, S
+                    continue
+                with _autocast(device, cfg.precision):
+                    fx = critic.side_q(state["x"], X.rows(mine, sl), cfg.layers, sl)
+                    gy = critic.side_q(state["y"], Y.rows(their, sl), cfg.layers, sl)
+                    S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
+                yield sl, slice(pool.start, pool.start + mine.numel()), pool, S
+
+    def _features(self, side: Params, Z: _Prepared, idx: torch.Tensor, sl: slice | torch.Tensor) -> torch.Tensor:
+        """(p, len(idx), k + 1) critic features of rows ``idx``, gathered in blocks of ``chunk_elems / 16``
+        values: transforming a block takes about five float32 copies of it (a block of ``chunk_elems``
+        was 670 MB at d = 768)."""
+        cfg = self.cfg
+        block = max(1, (cfg.chunk_elems >> 4) // Z.shape[2])
+        with _autocast(self.device, cfg.precision):
+            return torch.cat([self.critic.side_q(side, Z.rows(idx[a : a + block], sl), cfg.layers, sl)
+                              for a in range(0, idx.numel(), block)], dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, state: dict[str, Params], rows: torch.Tensor, cand: torch.Tensor, pos: torch.Tensor,
+                 pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """Bound (nats, (P,)) of x[rows] against candidates y[cand] with the critics ``state``;
+        ``pos[r]`` is the column of row r's own y.  Only the pairs ``pairs`` when given (the others read NaN)."""
+        P = self.X.shape[0]
+        subset = pairs is not None and pairs.numel() < P
+        pos_d = pos.to(self.device)
+        todo = pairs if subset else None
+        full = []
+        if self.bound.per_row:  # per-row terms: streamed over the rows when large
+            chunks = self.score_chunks(state, rows, cand, todo, split_rows=True)
+            for _, (terms,) in _row_terms(chunks, lambda S, rs, _pool: [bounds.infonce_rows(S, pos_d[rs])]):
+                full.append(terms.mean(-1).cpu())
+        else:
+            for _, _, _, S in self.score_chunks(state, rows, cand, todo):
+                full.append(self.bound.value(S, pos_d).cpu())
+        if not subset:
+            return torch.cat(full)
+        out = torch.full((P,), math.nan, dtype=torch.float32)  # stopped pairs read as NaN
+        if full:
+            out[pairs] = torch.cat(full).float()
+        return out
 
 
 def _report_pool(cfg: TrainConfig, tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,85 +502,12 @@ def _row_weights(boot_weights: np.ndarray | None, idx: torch.Tensor, device: tor
     return w.to(device)
 
 
-@torch.no_grad()
-def _final_evaluation(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared,
-                      tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor, cfg: TrainConfig, seed: int,
-                      device: torch.device, boot_weights: np.ndarray | None) -> dict[str, Any]:
-    """The best checkpoints' bound on the report rows (per-row terms, so the bootstrap
-    replicates come from the same scores), with half the pool, and on as many train rows."""
-    cand, pos = _report_pool(cfg, tr, sel, rep)
-    name = "dv" if cfg.ema is not None else cfg.bound
-    pools = _pools(rep.numel(), cfg) if name == "infonce" and cfg.negatives == "report" else None
-    if pools is not None and len(pools) > 1:  # pools of random rows: the ids are sorted, and neighbours alike
-        cand = rep = rep[torch.randperm(rep.numel(), generator=torch.Generator().manual_seed(int(seed) + 7919))]
-    keep = None
-    if name == "infonce" and cfg.pool_check:
-        g = torch.Generator().manual_seed(int(seed) + 991)
-        keep = torch.zeros(cand.numel(), dtype=torch.bool)
-        keep[torch.randperm(cand.numel(), generator=g)[: cand.numel() // 2]] = True
-    # the pool-noise share of the bootstrap is derived for a pool made of the rows themselves
-    shared_pool = keep is not None and cfg.negatives == "report"
-    values, half, noise = _reduce(critic, best, X, Y, rep, cand, name, _row_weights(boot_weights, rep, device),
-                                  keep, shared_pool, cfg, device, pools)
-    g = torch.Generator().manual_seed(int(seed) + 4099)
-    sub = tr[torch.randperm(tr.numel(), generator=g)[: min(tr.numel(), cand.numel())]]
-    # the train/held-out gap's other half: the same bound on a train subset as large as the report
-    # pool, on the same resamples (one resample reweights every row set of the data it redraws)
-    train, _, train_noise = _reduce(critic, best, X, Y, sub, sub, name, _row_weights(boot_weights, sub, device),
-                                    None, shared_pool, cfg, device, pools and _pools(sub.numel(), cfg))
-    resampled = boot_weights is not None
-    return {
-        "nats": values[:, 0],
-        "half": None if half is None else half[:, 0],
-        "train": train[:, 0],
-        "replicates": values[:, 1:] if resampled else None,
-        "half_replicates": half[:, 1:] if resampled and half is not None else None,
-        "train_replicates": train[:, 1:] if resampled else None,
-        # the pool's share of the bootstrap variance of the report and train values (nats²)
-        "pool_noise": (noise, train_noise) if shared_pool else None,
-        "n_candidates": int(cand.numel()) if pools is None else max(p.stop - p.start for p in pools),
-        "n_candidates_half": None if keep is None else int(keep.sum()) // len(pools or [0]) + 1,
-    }
-
-
 def _pools(rows: int, cfg: TrainConfig) -> list[slice]:
     """Consecutive row ranges that are their own InfoNCE candidate pools: one up to
     ``pool_rows`` rows (or with pool_rows = 0), else as few equal ones as keep each within it."""
     k = 1 if cfg.pool_rows == 0 else -(-rows // cfg.pool_rows)
     edges = [rows * i // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _reduce(critic: SeparableCritic, best: dict[str, Params], X: _Prepared, Y: _Prepared, rows: torch.Tensor,
-            cand: torch.Tensor, name: str, w_rows: torch.Tensor, keep: torch.Tensor | None, pool_noise: bool,
-            cfg: TrainConfig, device: torch.device, pools: list[slice] | None = None,
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(P, 1 + B) bound of x[rows] against y[cand] (row r's own y in column r) on each row
-    weighting, the same with the pool cut to ``keep`` (InfoNCE), and the pool noise (P,).
-    InfoNCE's terms are per row, so its scores are streamed over the rows when one pair's
-    would exceed ``chunk_elems``; with ``pools`` (ranges of rows, cand = rows) each row is scored
-    against its own pool only. The other bounds take every row at once."""
-    values, half, noise = [], [], []
-    if name != "infonce":
-        for _, _, _, S in _score_chunks(critic, best, X, Y, rows, cand, cfg, device):
-            values.append(_weighted(name, S, w_rows, cfg))
-        return torch.cat(values).numpy(), None, None
-    pos, keep_d = torch.arange(rows.numel(), device=device), None if keep is None else keep.to(device)
-
-    def terms(S: torch.Tensor, rs: slice, pool: slice) -> list[torch.Tensor]:  # S: rows rs against the pool's
-        return bounds.infonce_row_terms(S, pos[rs] - pool.start, None if keep_d is None else keep_d[pool], pool_noise)
-
-    pools = pools or [slice(0, cand.numel())]
-    R, C = rows.numel(), cand.numel() / len(pools)  # C: candidates per pool (equal to within one)
-    chunks = _score_chunks(critic, best, X, Y, rows, cand, cfg, device, split_rows=True, pools=pools)
-    for _, per_row in _row_terms(chunks, terms):
-        values.append(bounds.reweighted_mean(per_row[0].double(), w_rows).double().cpu())
-        if keep_d is not None:
-            half.append(bounds.reweighted_mean(per_row[1].double(), w_rows).cpu())
-        if pool_noise:
-            noise.append((per_row[-1].mean(-1) / (C * R)).double().cpu())
-    cat = lambda parts: torch.cat(parts).numpy() if parts else None  # noqa: E731
-    return cat(values), cat(half), cat(noise)
 
 
 def _row_terms(chunks: Any, terms: Any) -> Any:
@@ -466,95 +522,3 @@ def _row_terms(chunks: Any, terms: Any) -> Any:
         parts.append(terms(S, rs, pool))
     if parts:
         yield current, [torch.cat(p, -1) for p in zip(*parts)]
-
-
-def _weighted(name: str, S: torch.Tensor, w_rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """(p, 1 + B) bound of the rows of S against all its columns, on each row weighting; the
-    candidate pool is kept as drawn.  For a near-optimal critic a candidate's first-order
-    influence on the bound is constant (E_x[p(y|x)/p(y)] = 1), so resampling the pool adds only
-    second-order noise, which the bootstrap inflates: on uniform discrete K = 4 and 16 it doubled
-    the spread (0.006 and 0.014 bit against 0.003 and 0.008 across data draws)."""
-    pos = torch.arange(S.shape[-2], device=S.device)
-    return bounds.weighted_bound(name, S, pos, w_rows, clip=cfg.clip).double().cpu()
-
-
-def _score_chunks(critic: SeparableCritic, state: dict[str, Params], X: _Prepared, Y: _Prepared,
-                  rows: torch.Tensor, cand: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                  todo: torch.Tensor | None = None, split_rows: bool = False, pools: list[slice] | None = None):
-    """Yield (pair selection, row slice, candidate slice, (p, r, c) float32 critic scores) chunk
-    by chunk over the pairs (all pairs, or the pair ids ``todo``), so the score tensor stays
-    within ``chunk_elems``; with ``split_rows``, a pair whose R x C scores alone exceed it comes
-    in blocks of rows (its candidates' features computed once, in blocks too). With ``pools``
-    (ranges of rows; cand = rows), each range of rows is scored against its own candidates."""
-    P = X.shape[0]
-    pools = pools or [slice(0, cand.numel())]
-    R, C = rows.numel(), max(p.stop - p.start for p in pools)
-    rows_of = (lambda pool: rows) if len(pools) == 1 else (lambda pool: rows[pool])  # noqa: E731
-    d = max(X.shape[2], Y.shape[2])
-    chunk = max(1, cfg.chunk_elems // max(1, R * C // len(pools), C * d))
-    stream = split_rows and max(R * C // len(pools), C * d) > cfg.chunk_elems
-    n_todo = P if todo is None else todo.numel()
-    for s in range(0, n_todo, chunk):
-        sl: slice | torch.Tensor = slice(s, min(P, s + chunk)) if todo is None else todo[s : s + chunk].to(device)
-        for pool in pools:
-            mine, their = rows_of(pool), cand[pool]
-            if stream:
-                gy = _features(critic, state["y"], Y, their, sl, cfg, device)
-                block = max(1, cfg.chunk_elems // max(their.numel(), d))
-                for a in range(0, mine.numel(), block):
-                    fx = _features(critic, state["x"], X, mine[a : a + block], sl, cfg, device)
-                    with _autocast(device, cfg.precision):
-                        S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-                    yield sl, slice(pool.start + a, pool.start + min(mine.numel(), a + block)), pool, S
-                continue
-            with _autocast(device, cfg.precision):
-                fx = critic.side_q(state["x"], X.rows(mine, sl), cfg.layers, sl)
-                gy = critic.side_q(state["y"], Y.rows(their, sl), cfg.layers, sl)
-                S = critic.scores(fx, gy, state["s"]["log_scale"][sl]).float()
-            yield sl, slice(pool.start, pool.start + mine.numel()), pool, S
-
-
-def _features(critic: SeparableCritic, side: Params, Z: _Prepared, idx: torch.Tensor, sl: slice | torch.Tensor,
-              cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """(p, len(idx), k + 1) critic features of rows ``idx``, gathered in blocks of ``chunk_elems / 16``
-    values: transforming a block takes about five float32 copies of it (a block of ``chunk_elems``
-    was 670 MB at d = 768)."""
-    block = max(1, (cfg.chunk_elems >> 4) // Z.shape[2])
-    with _autocast(device, cfg.precision):
-        return torch.cat([critic.side_q(side, Z.rows(idx[a : a + block], sl), cfg.layers, sl)
-                          for a in range(0, idx.numel(), block)], dim=1)
-
-
-@torch.no_grad()
-def _evaluate(
-    critic: SeparableCritic,
-    state: dict[str, Params],
-    X: _Prepared,
-    Y: _Prepared,
-    rows: torch.Tensor,
-    cand: torch.Tensor,
-    pos: torch.Tensor,
-    cfg: TrainConfig,
-    device: torch.device,
-    pairs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Bound (nats, (P,)) of x[rows] against candidates y[cand]; ``pos[r]`` is the column of
-    row r's own y.  Only the pairs ``pairs`` when given (the others read NaN)."""
-    P = X.shape[0]
-    subset = pairs is not None and pairs.numel() < P
-    pos_d = pos.to(device)
-    todo = pairs if subset else None
-    full = []
-    if cfg.ema is None and cfg.bound == "infonce":  # per-row terms: streamed over the rows when large
-        chunks = _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo, split_rows=True)
-        for _, (terms,) in _row_terms(chunks, lambda S, rs, _pool: [bounds.infonce_rows(S, pos_d[rs])]):
-            full.append(terms.mean(-1).cpu())
-    else:
-        for _, _, _, S in _score_chunks(critic, state, X, Y, rows, cand, cfg, device, todo):
-            full.append((bounds.dv(S, pos_d) if cfg.ema is not None else bounds.bound(cfg.bound, S, pos_d, cfg.clip)).cpu())
-    if not subset:
-        return torch.cat(full)
-    out = torch.full((P,), math.nan, dtype=torch.float32)  # stopped pairs read as NaN
-    if full:
-        out[pairs] = torch.cat(full).float()
-    return out
