@@ -411,28 +411,27 @@ class MINE(NeuralEstimator):
 
 
 class InfoNCE(NeuralEstimator):
-    """Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates)."""
+    """Separable critic f(x).g(y), all in-batch negatives; ceiling log2(n_candidates). The default
+    estimator: its value is a mean of per-row terms, so it streams over rows and forms report pools
+    (bounds.InfoNCEBound)."""
 
-    name = "infonce"
-    bound = "infonce"
+    name = bound = "infonce"
 
 
 class DonskerVaradhan(NeuralEstimator):
     """DV bound E_p[T] - log E_q[e^T] with a stable log-mean-exp."""
 
-    name = "dv"
-    bound = "dv"
+    name = bound = "dv"
 
 
 class SMILE(NeuralEstimator):
-    """DV with the partition term on clip(T, -clip, clip) (clip=5 by default)."""
+    """DV with the partition term on clip(T, -clip, clip) (clip=5 by default), trained on the
+    Jensen-Shannon bound (bounds.SMILEBound)."""
 
-    name = "smile"
-    bound = "smile"
+    name = bound = "smile"
 
 
 class NWJ(NeuralEstimator):
     """Nguyen-Wainwright-Jordan bound E_p[T] - E_q[e^(T-1)]."""
 
-    name = "nwj"
-    bound = "nwj"
+    name = bound = "nwj"

@@ -158,3 +158,28 @@ def test_a_server_that_refuses_this_host_stops_the_job_before_any_work(mlflow_se
     assert res.stdout.strip() == "" and "Traceback" not in res.stderr
     # before any work: no activations, no results
     assert not (storage / "activations").exists() and not (storage / "results").exists()
+
+
+def test_a_measure_from_outside_the_package_reaches_the_tracking_server(mlflow_server, tiny_llama, tmp_path):
+    """Adding a measure is one file (tests/measure_first_coordinates.py): registered, run through a
+    job in this process, its variant and its own diagnostic are in the real server's run."""
+    from measure_first_coordinates import FirstCoordinates
+
+    from ie_flow.config import load_job
+    from ie_flow.estimators import register
+    from ie_flow.jobs import run_job
+
+    register(FirstCoordinates)
+    job = load_job(None, {"model.name": str(tiny_llama), "corpus.samples": 256, "storage.uri": str(tmp_path / "d"),
+                          "tracking.uri": mlflow_server.uri, "tracking.experiment": "ie-flow-measure",
+                          "runtime.executor": "serial", "estimate.method": "first-coordinates"})
+    result = run_job(job)
+    client, run_id = _client(mlflow_server.uri), result.record.mlflow_run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["estimator"] == "first-coordinates" and run.data.tags["variant"] == "k=1"
+    expected = [(l.layer, l.diagnostics["first_correlation"]) for l in result.emergence.layers]
+    assert _history(client, run_id, "diagnostic.first_correlation") == pytest.approx(expected)
+    rows = pq.read_table(client.download_artifacts(run_id, "mi.parquet", str(tmp_path))).to_pylist()
+    assert {r["variant"] for r in rows} == {"k=1", "k=2"}
+    assert {k for r in rows for k, _ in r["diagnostics"]} == {"first_correlation"}
