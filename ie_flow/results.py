@@ -88,11 +88,13 @@ def mi_table(rows: list[dict[str, Any]]) -> Any:
 
 def table_rows(table: Any) -> list[dict[str, Any]]:
     """The MI table's rows as dicts (from Arrow, or rows already: "variant" defaults to ""), the
-    diagnostics map as a dict. A stored table written before variants existed is refused with what to do."""
-    if hasattr(table, "to_pylist") and "variant" not in table.column_names:
-        raise ValueError("this MI table was written by an older ie-flow (it has no 'variant' column): "
-                         "run `ie-flow estimate` on its activations again")
+    diagnostics map as a dict. A stored table written before variants existed is read in today's
+    shape (its estimator's variant and diagnostics from the columns it had)."""
     rows = table.to_pylist() if hasattr(table, "to_pylist") else [dict(r) for r in table]
+    if hasattr(table, "column_names") and "variant" not in table.column_names:
+        from ie_flow.estimators.smoothed import upgrade_legacy_row  # the only estimator that had variants
+
+        rows = [upgrade_legacy_row(r) for r in rows]
     for r in rows:
         r.setdefault("variant", "")
         if isinstance(r.get("diagnostics"), list):  # Arrow's map type reads back as (key, value) pairs

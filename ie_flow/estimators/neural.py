@@ -26,8 +26,7 @@ from .base import (
     resolve_device,
     split_three,
 )
-from .preprocess import COPULA_BINS
-from .train_config import TrainConfig
+from .train_config import COPULA_BINS, TrainConfig
 from .critic_check import (
     KNN_MAX_DIMS,
     MLP_CRITIC,

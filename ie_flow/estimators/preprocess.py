@@ -27,8 +27,7 @@ import math
 
 import torch
 
-from .train_config import PREPROCESS, check_preprocess  # noqa: F401 - the names, defined with the settings
-COPULA_BINS = 1024
+from .train_config import COPULA_BINS, PREPROCESS, check_preprocess  # noqa: F401 - defined with the settings
 _ROBUST_ROWS = 256  # training rows used for the median / quartiles of each column
 
 

@@ -672,6 +672,16 @@ def variant_of(beta: float) -> str:
     return f"β = {beta:g}"
 
 
+def upgrade_legacy_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an MI table written before variants existed (a `beta` column, NaN for other
+    estimators, and the smoothed measure's diagnostics as columns) in today's shape."""
+    beta = row.pop("beta", None)
+    found = {k: row.pop(k) for k in SmoothedMI.diagnostics if k in row}
+    row["variant"] = "" if beta is None or beta != beta else variant_of(float(beta))
+    row["diagnostics"] = {k: v for k, v in found.items() if v == v} if row["variant"] else {}
+    return row
+
+
 class SmoothedMI(Estimator):
     """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring).
     Its variants are the β of the grid; the headline is the smallest β valid in every cell."""

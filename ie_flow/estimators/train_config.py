@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 BOUNDS = ("infonce", "dv", "nwj", "smile")
 PREPROCESS = ("copula", "none")
+COPULA_BINS = 1024  # bins of the copula transform's per-column map (preprocess.py)
 
 
 def check_preprocess(name: str) -> str:

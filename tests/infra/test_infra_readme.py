@@ -87,6 +87,13 @@ def test_sizing_arithmetic(model: str, blocks: int, width: int) -> None:
     assert f"{samples:,} x {positions} x {width} x 2 = {per_boundary:,} bytes" in section
     assert f"({blocks} + 1) x {per_boundary:,} = {total:,} bytes" in section
     # stage 2 holds cells (layer, position pairs), not whole boundaries: its planned bytes per batch
-    assert "(2c - 1) x n x 2d x 2" in sizing and "estimate.memory_budget" in sizing
+    assert "c x n x 2d x 2" in sizing and "estimate.memory_budget" in sizing
+    # its worked examples (a task of one cell, of a layer's 8) are the plan's own numbers
+    from ie_flow.config import EstimateSpec
+    from ie_flow.stages.estimate import task_plan
+
+    plan = task_plan(EstimateSpec(), samples, width, "float16")
+    for cells in (1, 8):
+        assert f"{plan.bytes(cells):,} bytes" in sizing, (model, cells, plan.bytes(cells))
     assert "L + 1 boundaries" in sizing
     assert "object store is not used for activations" in normalise_space(sizing.replace("**", "")).lower()

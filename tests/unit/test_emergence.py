@@ -134,3 +134,23 @@ def test_variant_profiles_and_the_estimators_headline():
     assert smoothed.choose_headline(profiles, tied) == ("β = 0.3", False)  # every β ties at one layer: the first
     single = {"": information_emergence(_cell(0, 0, 1.0) + _cell(0, 1, 2.0, valid=False))}
     assert get_estimator("infonce").choose_headline(single) == ("", True)  # no variants: nothing to choose
+
+
+def test_a_table_written_before_variants_is_read_in_todays_shape():
+    """MI tables of the previous release had the smoothed measure's β and diagnostics as columns
+    (β NaN for other estimators): they are read with the same variants and values as today's."""
+    import pyarrow as pa
+
+    def legacy(rows, beta):
+        return [{**{k: v for k, v in r.items() if k != "variant"}, "beta": beta, "null_bits": 0.01,
+                 "mc_se_bits": 0.02} for r in rows]
+
+    smoothed = []
+    for beta in (0.4, 0.6):
+        smoothed += legacy(_cell(0, 0, 1.0 / beta) + _cell(0, 1, 2.0 / beta), beta)
+    old = emergence_by_variant(pa.Table.from_pylist(smoothed))
+    assert list(old) == ["β = 0.4", "β = 0.6"]
+    assert old["β = 0.6"].layers[0].ie == pytest.approx(2 / 0.6 - 1.5 / 0.6)
+    assert old["β = 0.4"].layers[0].diagnostics == {"null_bits": 0.01, "mc_se_bits": 0.02}
+    other = emergence_by_variant(pa.Table.from_pylist(legacy(_cell(0, 0, 1.0) + _cell(0, 1, 3.0), float("nan"))))
+    assert list(other) == [""] and other[""].layers[0].ie == pytest.approx(1.0) and other[""].layers[0].diagnostics == {}
