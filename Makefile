@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration test-infra bench install system-deps gemma reproduce clean clean-data
+.PHONY: demo test test-unit test-accuracy test-integration test-infra bench install system-deps gemma reproduce clean clean-data
 
 install: $(STAMP)
 
@@ -54,6 +54,9 @@ test: install system-deps
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -q
+
+test-accuracy: install
+	$(BIN)/python -m pytest tests/accuracy -q
 
 test-integration: install system-deps
 	$(BIN)/python -m pytest tests/integration -q

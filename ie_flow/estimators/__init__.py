@@ -36,6 +36,7 @@ __all__ = [
     "parse_dims",
     "projection_matrix",
     "register",
+    "unregister",
     "estimate_mi",
     "estimate_mi_many",
     "get_estimator",
@@ -74,6 +75,10 @@ class EstimatorRegistry(Mapping):
         self._paths[cls.name] = f"{cls.__module__}:{cls.__qualname__}"
         self._loaded[cls.name] = cls
 
+    def remove(self, name: str) -> None:
+        self._paths.pop(name, None)
+        self._loaded.pop(name, None)
+
     def __contains__(self, name: object) -> bool:
         return name in self._paths
 
@@ -107,6 +112,12 @@ def register(cls: type[Estimator]) -> type[Estimator]:
         raise TypeError(f"register takes an Estimator subclass with a name, got {cls!r}")
     ESTIMATORS.add(cls)
     return cls
+
+
+def unregister(name: str) -> None:
+    """Forget an estimator ``register`` made known (a plugin's or a test's; built-in ones come back
+    only with a new process)."""
+    ESTIMATORS.remove(name)
 
 
 def get_estimator(method: str = DEFAULT_METHOD, **settings: Any) -> Estimator:

@@ -166,10 +166,17 @@ def test_a_measure_from_outside_the_package_reaches_the_tracking_server(mlflow_s
     from measure_first_coordinates import FirstCoordinates
 
     from ie_flow.config import load_job
-    from ie_flow.estimators import register
+    from ie_flow.estimators import register, unregister
     from ie_flow.jobs import run_job
 
     register(FirstCoordinates)
+    try:
+        _measure_in_the_server(mlflow_server, tiny_llama, tmp_path, load_job, run_job)
+    finally:
+        unregister(FirstCoordinates.name)  # the other tests see the built-in registry
+
+
+def _measure_in_the_server(mlflow_server, tiny_llama, tmp_path, load_job, run_job) -> None:
     job = load_job(None, {"model.name": str(tiny_llama), "corpus.samples": 256, "storage.uri": str(tmp_path / "d"),
                           "tracking.uri": mlflow_server.uri, "tracking.experiment": "ie-flow-measure",
                           "runtime.executor": "serial", "estimate.method": "first-coordinates"})
@@ -178,8 +185,9 @@ def test_a_measure_from_outside_the_package_reaches_the_tracking_server(mlflow_s
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["estimator"] == "first-coordinates" and run.data.tags["variant"] == "k=1"
-    expected = [(l.layer, l.diagnostics["first_correlation"]) for l in result.emergence.layers]
-    assert _history(client, run_id, "diagnostic.first_correlation") == pytest.approx(expected)
+    history = _history(client, run_id, "diagnostic.first_correlation")
+    assert [step for step, _ in history] == [l.layer for l in result.emergence.layers]
+    assert [v for _, v in history] == pytest.approx([l.diagnostics["first_correlation"] for l in result.emergence.layers])
     rows = pq.read_table(client.download_artifacts(run_id, "mi.parquet", str(tmp_path))).to_pylist()
     assert {r["variant"] for r in rows} == {"k=1", "k=2"}
     assert {k for r in rows for k, _ in r["diagnostics"]} == {"first_correlation"}

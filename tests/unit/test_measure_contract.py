@@ -15,7 +15,7 @@ import pytest
 from measure_first_coordinates import FirstCoordinates, first_correlation, gaussian_bits
 
 from ie_flow.config import load_job
-from ie_flow.estimators import ESTIMATORS, register
+from ie_flow.estimators import ESTIMATORS, register, unregister
 from ie_flow.jobs import run_job
 from ie_flow.store import dataset_folder
 
@@ -23,7 +23,6 @@ SAMPLES = 256
 
 
 def run_measure(model: Path, root: Path, tracking_uri: str):
-    register(FirstCoordinates)
     job = load_job(None, {"model.name": str(model), "corpus.samples": SAMPLES, "storage.uri": str(root / "data"),
                           "tracking.uri": tracking_uri, "runtime.executor": "serial",
                           "estimate.method": "first-coordinates"})
@@ -34,7 +33,10 @@ def run_measure(model: Path, root: Path, tracking_uri: str):
 def measured(tiny_llama, tiny_gpt2, tmp_path_factory):
     root = tmp_path_factory.mktemp("measure")
     uri = f"sqlite:///{root}/mlflow.db"
-    return run_measure(tiny_llama, root, uri), run_measure(tiny_gpt2, root, uri), root, uri
+    register(FirstCoordinates)  # for this module's tests only: other tests see the built-in registry
+    yield run_measure(tiny_llama, root, uri), run_measure(tiny_gpt2, root, uri), root, uri
+    unregister(FirstCoordinates.name)
+    assert "first-coordinates" not in ESTIMATORS
 
 
 def test_a_registered_measure_fills_the_mi_table_with_its_variants_and_diagnostic(measured):
