@@ -51,6 +51,20 @@ def _with_controls(measured: dict[str, Measured], exp: str, est: str) -> list[Me
     return [m for m in measured.values() if m.entry.experiment == exp and m.entry.estimator.split(":")[0] == est]
 
 
+def _each_estimator(measured: dict[str, Measured], exp: str, variants: dict[str, str]):
+    """Per estimator: its measurements of `exp` (controls included) and the one variant they are
+    read at, noted in `variants`."""
+    for est in ESTIMATORS:
+        every = _with_controls(measured, exp, est)
+        variant, variants[est] = _one_variant(every)
+        yield est, every, variant
+
+
+def _model_sat(every: list[Measured], variant: str) -> float:
+    """The saturated share of the model's own measurements (not its controls')."""
+    return _sat([m for m in every if ":" not in m.entry.estimator], variant)
+
+
 def _n(ms: list[Measured]) -> str:
     return str(ms[0].samples) if ms else "-"
 
@@ -141,12 +155,12 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
 
 
 def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    """3: IE of the model-written windows minus the human-written ones of the same documents, per
+    generator; the same difference on the random-weight copy is the control."""
     exp = "human-vs-model"
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
     findings, variants, bars = [], {}, {}
-    for est in ESTIMATORS:
-        every = _with_controls(measured, exp, est)
-        variant, variants[est] = _one_variant(every)
+    for est, every, variant in _each_estimator(measured, exp, variants):
         effects, controls = [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
@@ -159,18 +173,17 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
             effects.append(_ie(side["model"], variant) - _ie(side["human"], variant))
             if all(ctrl.values()):
                 controls.append(_ie(ctrl["model"], variant) - _ie(ctrl["human"], variant))
-        findings.append(Finding(est, mean_of(effects), mean_of(controls) if controls else None, _sat(
-            [m for m in every if ":" not in m.entry.estimator], variant)))
+        findings.append(Finding(est, mean_of(effects), mean_of(controls) if controls else None,
+                                _model_sat(every, variant)))
     return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), variants)
 
 
 def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
+    """4: the larger model's IE minus the smaller's, beside the same for their random-weight copies."""
     exp = "model-size"
     rows = [["model", "estimator", "n", "IE (bits)", "random-weight control IE", "trained - random"]]
     findings, variants, profiles = [], {}, {}
-    for est in ESTIMATORS:
-        every = _with_controls(measured, exp, est)
-        variant, variants[est] = _one_variant(every)
+    for est, every, variant in _each_estimator(measured, exp, variants):
         ie, ctrl = {}, {}
         for model in ("smollm2-135m", "gemma3-270m"):
             side = by_tags(measured, exp, est, model=model)
@@ -181,8 +194,7 @@ def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
             for m in side + c:
                 profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(variant)
         control = ctrl["gemma3-270m"] - ctrl["smollm2-135m"] if all(ctrl.values()) else None
-        findings.append(Finding(est, ie["gemma3-270m"] - ie["smollm2-135m"], control,
-                                _sat([m for m in every if ":" not in m.entry.estimator], variant)))
+        findings.append(Finding(est, ie["gemma3-270m"] - ie["smollm2-135m"], control, _model_sat(every, variant)))
     return ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), variants)
 
 
@@ -195,19 +207,25 @@ def _axes(n: int) -> tuple[Any, Any, Any]:
     return plt, fig, axes[0]
 
 
+def _estimator_panels(series: dict[str, Any]) -> tuple[Any, Any, list[tuple[Any, str, dict[str, Any]]]]:
+    """A figure with one panel per estimator, and each panel's series (labelled "NAME (estimator)"),
+    their labels without the estimator."""
+    plt, fig, axes = _axes(len(ESTIMATORS))
+    return plt, fig, [(ax, est, {label.replace(f" ({est})", ""): v for label, v in series.items()
+                                 if label.endswith(f"({est})")}) for ax, est in zip(axes, ESTIMATORS)]
+
+
 def _plot_spread(curves: dict[str, list[tuple[int, Value]]], path: Path) -> Path | None:
     if not curves:
         return None
     from ie_flow.plots import _save
 
-    plt, fig, axes = _axes(len(ESTIMATORS))
-    for ax, est in zip(axes, ESTIMATORS):
-        for label, pts in curves.items():
-            if label.endswith(f"({est})"):
-                pts = sorted(pts, key=lambda p: p[0])
-                ax.errorbar([p[0] for p in pts], [p[1].value for p in pts], capsize=3, marker="o",
-                            yerr=[[p[1].value - p[1].low for p in pts], [p[1].high - p[1].value for p in pts]],
-                            label=label.replace(f" ({est})", ""))
+    plt, fig, panels = _estimator_panels(curves)
+    for ax, est, mine in panels:
+        for label, pts in mine.items():
+            pts = sorted(pts, key=lambda p: p[0])
+            ax.errorbar([p[0] for p in pts], [p[1].value for p in pts], capsize=3, marker="o",
+                        yerr=[[p[1].value - p[1].low for p in pts], [p[1].high - p[1].value for p in pts]], label=label)
         ax.set(xlabel="shots", ylabel="spread of IE over layers (bits)", title=est)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
@@ -218,12 +236,10 @@ def _plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path | None:
         return None
     from ie_flow.plots import _save
 
-    plt, fig, axes = _axes(len(ESTIMATORS))
-    for ax, est in zip(axes, ESTIMATORS):
-        for label, curve in curves.items():
-            if label.endswith(f"({est})"):
-                ax.plot(range(len(curve)), curve, marker="o", ls="--" if "shuffled" in label else "-",
-                        label=label.replace(f" ({est})", ""))
+    plt, fig, panels = _estimator_panels(curves)
+    for ax, est, mine in panels:
+        for label, curve in mine.items():
+            ax.plot(range(len(curve)), curve, marker="o", ls="--" if "shuffled" in label else "-", label=label)
         ax.set(xlabel="token position t (0-based)", ylabel="E(t), mean over layers (bits)", title=est)
         ax.legend(fontsize=7)
     return _save(plt, fig, path)
