@@ -34,30 +34,18 @@ def infonce(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return infonce_rows(S, pos).mean(-1)
 
 
-def infonce_subpool_rows(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(P, R) the rows' InfoNCE terms with only the candidate columns in ``keep`` (bool (C,)) plus
-    each row's positive: comparing their mean with the full-pool bound tells whether the pool
-    size limits it."""
-    R, C = S.shape[-2:]
-    mask = keep.view(1, C).expand(R, C).clone()
-    mask[torch.arange(R, device=S.device), pos] = True
-    pos_scores, _ = _pos_and_neg_mask(S, pos)
-    lse = S.masked_fill(~mask, float("-inf")).logsumexp(-1)
-    return pos_scores - lse + torch.log(mask.sum(-1).to(S.dtype))
-
-
-def infonce_subpool(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(P,) InfoNCE with the candidate pool cut to ``keep`` (see ``infonce_subpool_rows``)."""
-    return infonce_subpool_rows(S, pos, keep).mean(-1)
-
-
 def infonce_row_terms(S: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None = None,
                       pool_noise: bool = False) -> list[torch.Tensor]:
-    """(P, R) per-row terms from one pass of exp over S, which is overwritten: ``infonce_rows``,
-    then (if ``keep``) ``infonce_subpool_rows`` and (if ``pool_noise``) ``infonce_pool_noise_rows``.
-    The same quantities as those functions, equal to float32 rounding (the sub-pool's log-sum is
-    shifted by the full row's maximum, not the kept columns'); at 75,000 x 75,000 report scores
-    the separate functions made about 12 temporaries of a chunk each and took 5 minutes on one core."""
+    """(P, R) per-row terms from one pass of exp over S, which is overwritten:
+    - ``infonce_rows``;
+    - if ``keep`` (bool (C,)), the terms with only the kept candidate columns plus each row's
+      positive: comparing their mean with the full-pool bound tells whether the pool size limits it;
+    - if ``pool_noise``, Var_c(u_rc) per row, whose mean over C R is the part of the rows-only
+      bootstrap variance of the bound that comes from the finite pool: row r's log-partition is a
+      mean over C candidates of the weights u_rc = C softmax(S_r)_c (mean 1), so its pool error
+      has variance Var_c(u_rc) / C, which the bootstrap counts as independent from row to row.
+    At 75,000 x 75,000 report scores, separate passes made about 12 temporaries of a chunk each
+    and took 5 minutes on one core."""
     P, R, C = S.shape
     pos_scores = S.gather(-1, pos.view(1, R, 1).expand(P, R, 1)).squeeze(-1)
     top = S.amax(-1, keepdim=True)
@@ -82,21 +70,6 @@ def reweighted_mean(per_row: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor
     whose terms depend on its row alone (InfoNCE with the pool kept as drawn) on B resamples."""
     w = w_rows.to(per_row)
     return (per_row @ w.T) / w.sum(-1)
-
-
-def infonce_pool_noise(S: torch.Tensor) -> torch.Tensor:
-    """(P,) nats²: the part of the rows-only bootstrap variance of ``infonce`` that comes from
-    the finite candidate pool.  Row r's log-partition is a mean over C candidates of the weights
-    u_rc = C softmax(S_r)_c (mean 1), so its pool error has variance Var_c(u_rc) / C; the bootstrap
-    counts that error as independent from row to row, adding mean_r Var_c(u_rc) / (C R)."""
-    R, C = S.shape[-2:]
-    return infonce_pool_noise_rows(S).mean(-1) / (C * R)
-
-
-def infonce_pool_noise_rows(S: torch.Tensor) -> torch.Tensor:
-    """(P, R) Var_c(u_rc) of each row (``infonce_pool_noise`` is their mean over C R)."""
-    C = S.shape[-1]
-    return (C * S.softmax(-1).square().sum(-1) - 1.0).clamp_min(0.0)
 
 
 def _neg_logmeanexp(S: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:
@@ -153,7 +126,7 @@ class Bound:
 
     def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """(P,) nats of scores S (P, R, C) whose row r's own candidate is column pos[r]."""
-        return bound(self.name, S, pos, self.clip)
+        raise NotImplementedError
 
     def training(self, S: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the value, what the optimiser maximises) of a batch's scores of the pairs ``pairs``."""
@@ -168,17 +141,29 @@ class Bound:
 class InfoNCEBound(Bound):
     name, per_row, capped_by_pool = "infonce", True, True
 
+    def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return infonce(S, pos)
+
 
 class DVBound(Bound):
     name = "dv"
+
+    def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return dv(S, pos)
 
 
 class NWJBound(Bound):
     name = "nwj"
 
+    def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return nwj(S, pos)
+
 
 class SMILEBound(Bound):
     name = "smile"
+
+    def value(self, S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return smile(S, pos, self.clip)
 
     def training(self, S: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # SMILE (Song & Ermon 2020, their reference code): the value is the clipped DV, the gradient
@@ -208,29 +193,14 @@ class MINEBound(DVBound):
         return pos_mean - lme, pos_mean - lme * torch.exp(lme_d - new_ema)
 
 
+# one class per name TrainConfig accepts (train_config.BOUNDS)
 BOUND_CLASSES: dict[str, type[Bound]] = {c.name: c for c in (InfoNCEBound, DVBound, NWJBound, SMILEBound)}
 
 
 def bound_for(name: str, ema: float | None, pairs: int, clip: float = 5.0) -> Bound:
-    """The bound a training of ``pairs`` critics uses: MINE's DV when ``ema`` is set, else by name."""
-    if ema is not None:
-        return MINEBound(ema, pairs, clip)
-    if name not in BOUND_CLASSES:
-        raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
-    return BOUND_CLASSES[name](clip)
-
-
-def bound(name: str, S: torch.Tensor, pos: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
-    """Dispatch by bound name; returns (P,) nats."""
-    if name == "infonce":
-        return infonce(S, pos)
-    if name == "dv":
-        return dv(S, pos)
-    if name == "smile":
-        return smile(S, pos, clip)
-    if name == "nwj":
-        return nwj(S, pos)
-    raise ValueError(f"unknown bound {name!r}; expected one of {BOUNDS}")
+    """The bound a training of ``pairs`` critics uses (``name`` checked by TrainConfig): MINE's DV
+    when ``ema`` is set, else by name."""
+    return MINEBound(ema, pairs, clip) if ema is not None else BOUND_CLASSES[name](clip)
 
 
 # --------------------------------------------------------------------------- weighted rows

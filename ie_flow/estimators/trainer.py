@@ -344,7 +344,7 @@ class Training:
         """The best checkpoints' bound on the report rows (per-row terms, so the bootstrap
         replicates come from the same scores), with half the pool, and on as many train rows."""
         cfg, seed, device, tr = self.cfg, self.seed, self.device, self.tr
-        cand, pos = _report_pool(cfg, tr, self.sel, rep)
+        cand = _report_pool(cfg, tr, self.sel, rep)
         pools = _pools(rep.numel(), cfg) if self.bound.per_row and cfg.negatives == "report" else None
         if pools is not None and len(pools) > 1:  # pools of random rows: the ids are sorted, and neighbours alike
             cand = rep = rep[torch.randperm(rep.numel(), generator=torch.Generator().manual_seed(int(seed) + 7919))]
@@ -484,12 +484,11 @@ class Training:
         return out
 
 
-def _report_pool(cfg: TrainConfig, tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate rows of the reported bound and the column of each report row's own y."""
+def _report_pool(cfg: TrainConfig, tr: torch.Tensor, sel: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+    """Candidate rows of the reported bound; the report rows come first, so row r's own y is column r."""
     if cfg.negatives == "report":
-        return rep, torch.arange(rep.numel())
-    cand = torch.cat([rep, sel]) if cfg.negatives == "heldout" else torch.cat([rep, sel, tr])
-    return cand, torch.arange(rep.numel())  # report rows come first in the pool
+        return rep
+    return torch.cat([rep, sel]) if cfg.negatives == "heldout" else torch.cat([rep, sel, tr])
 
 
 def _row_weights(boot_weights: np.ndarray | None, idx: torch.Tensor, device: torch.device) -> torch.Tensor:

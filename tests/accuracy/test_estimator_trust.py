@@ -245,9 +245,17 @@ def test_weighted_subpool_equals_the_subpool_on_the_resampled_rows() -> None:
     keep = torch.randperm(40, generator=g) < 20
     ids = torch.randint(0, 40, (40,), generator=g)
     w = torch.bincount(ids, minlength=40).float()[None]
-    explicit = bounds.infonce_subpool(S[:, ids], ids, keep)  # resampled rows, each with its own column
-    weighted = bounds.reweighted_mean(bounds.infonce_subpool_rows(S, torch.arange(40), keep), w)[:, 0]
+    # resampled rows, each with its own column
+    explicit = bounds.infonce_row_terms(S[:, ids], ids, keep)[1].mean(-1)
+    weighted = bounds.reweighted_mean(bounds.infonce_row_terms(S.clone(), torch.arange(40), keep)[1], w)[:, 0]
     torch.testing.assert_close(weighted.float(), explicit, atol=1e-5, rtol=1e-5)
+
+
+def _pool_noise(S: torch.Tensor) -> torch.Tensor:
+    """(P,) nats²: the pool's share of the rows-only bootstrap variance, as the final evaluation
+    takes it (mean over rows of infonce_row_terms' pool-noise terms, over C R)."""
+    P, R, C = S.shape
+    return bounds.infonce_row_terms(S.clone(), torch.arange(R), pool_noise=True)[-1].mean(-1) / (C * R)
 
 
 def _class_scores(labels: torch.Tensor) -> torch.Tensor:
@@ -258,7 +266,7 @@ def _class_scores(labels: torch.Tensor) -> torch.Tensor:
 def test_pool_noise_of_a_discrete_critic_is_k_minus_1_over_c_squared() -> None:
     labels = torch.arange(60).remainder(4)[None]  # K = 4, 15 rows each
     # row r's normalised candidate weights are C / n_k on its class: variance C / n_k - 1 = K - 1
-    torch.testing.assert_close(bounds.infonce_pool_noise(_class_scores(labels)),
+    torch.testing.assert_close(_pool_noise(_class_scores(labels)),
                                torch.tensor([3.0 / 60**2], dtype=torch.float64), rtol=1e-6, atol=0)
 
 
@@ -276,7 +284,7 @@ def test_half_the_pool_noise_is_what_the_bootstrap_adds_at_a_uniform_discrete_in
     replicates = bounds.weighted_bound("infonce", S, pos, w)  # the pool as drawn: the product's path
     torch.testing.assert_close(replicates, bounds.weighted_bound("infonce", S, pos, w, torch.ones_like(w)))
     boot_var = replicates.var(dim=1)
-    corrected = boot_var - 0.5 * bounds.infonce_pool_noise(S)
+    corrected = boot_var - 0.5 * _pool_noise(S)
     across_draws = float(values.var())  # the sampling variance itself (400 draws: within ~12%)
     assert across_draws == pytest.approx((K - 1) / (2 * C**2), rel=0.25)
     assert float(boot_var.mean()) == pytest.approx(2 * across_draws, rel=0.15)

@@ -285,14 +285,18 @@ def test_report_rows_in_pools_set_the_ceiling_and_keep_the_estimate() -> None:
     assert abs(parts.bits - whole.bits) < 0.02 and parts.ci_low < truth + 0.05 and abs(parts.bits - truth) < 0.1
 
 
-def test_fused_infonce_row_terms_equal_the_separate_bounds() -> None:
-    """The final evaluation's one-pass terms (S overwritten) against infonce_rows,
-    infonce_subpool_rows and infonce_pool_noise_rows on the same scores: equal to float32 rounding,
-    the full-pool terms to the last bit; a row whose positive is outside the kept half included."""
+def test_fused_infonce_row_terms_equal_their_definitions() -> None:
+    """The final evaluation's one-pass terms (S overwritten) against the definitions on the same
+    scores: the full-pool terms (infonce_rows) to the last bit; the half pool (a masked
+    log-sum-exp over the kept columns plus the row's positive) and the pool noise (C times the
+    softmax's sum of squares, less 1) to float32 rounding; a row whose positive is outside the kept
+    half included. Each bound class is there for each name TrainConfig accepts."""
     import torch
 
     from ie_flow.estimators import bounds
+    from ie_flow.estimators.train_config import BOUNDS
 
+    assert set(bounds.BOUND_CLASSES) == set(BOUNDS)
     g = torch.Generator().manual_seed(0)
     S = torch.randn(3, 40, 200, generator=g) * 4
     pos = torch.randperm(200, generator=g)[:40]
@@ -301,6 +305,10 @@ def test_fused_infonce_row_terms_equal_the_separate_bounds() -> None:
     assert (~keep[pos]).any() and keep[pos].any()
     full, half, noise = bounds.infonce_row_terms(S.clone(), pos, keep, pool_noise=True)
     assert torch.equal(full, bounds.infonce_rows(S, pos))
-    torch.testing.assert_close(half, bounds.infonce_subpool_rows(S, pos, keep), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(noise, bounds.infonce_pool_noise_rows(S), rtol=1e-5, atol=1e-5)
+    mask = keep.view(1, 200).expand(40, 200).clone()
+    mask[torch.arange(40), pos] = True
+    own = S.gather(-1, pos.view(1, 40, 1).expand(3, 40, 1)).squeeze(-1)
+    subpool = own - S.masked_fill(~mask, float("-inf")).logsumexp(-1) + torch.log(mask.sum(-1).float())
+    torch.testing.assert_close(half, subpool, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(noise, (200 * S.softmax(-1).square().sum(-1) - 1.0).clamp_min(0.0), rtol=1e-5, atol=1e-5)
     assert len(bounds.infonce_row_terms(S.clone(), pos)) == 1
