@@ -178,7 +178,7 @@ def report(
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
         result.record.mlflow_pending_run_id = None
         result.results.write_summary(result.record)
-    plots = write_plots(result.emergence, result.label, out) if out else []
+    plots = write_plots(result.emergence, result.label, out, result.record.control) if out else []
     if as_json:
         typer.echo(json.dumps(json_summary(result)))
         return
@@ -263,7 +263,7 @@ app.add_typer(corpus_app, name="corpus")
 
 
 @corpus_app.callback(invoke_without_command=True)
-@job_command("corpus", "model", "shots", "tokens", "samples", "text_field", "seed", "s3_endpoint")
+@job_command("corpus", "model", "shots", "tokens", "samples", "text_field", "label_field", "seed", "s3_endpoint")
 def corpus(
     job: JobSpec,
     ctx: typer.Context,
@@ -285,6 +285,13 @@ def corpus(
     typer.echo(f"corpus {info['name']}: {info['samples']} windows x {info['tokens']} tokens")
     typer.echo(f"digest {info['digest']}  (storage folder {info['dataset_id']})")
     typer.echo(f"prefix entropy per position (bits): {info['prefix_entropy_bits']}")
+    if "target" in info:
+        target = info["target"]
+        classes = ", ".join(f"{name!r}: {count}" for name, count in target["classes"].items())
+        typer.echo(f"label: {classes}  (H(s) = {target['entropy_bits']} bits; {target['groups']} groups)")
+        for what, key in (("I(s; prefix_t)", "exact_prefix_bits"), ("I(s; x_t), token alone", "exact_token_bits")):
+            if target[key] is not None:
+                typer.echo(f"exact {what} per position (bits): {[round(b, 3) for b in target[key]]}")
     for ex in info.get("examples", []):
         typer.echo(f"  {ex!r}")
 

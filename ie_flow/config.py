@@ -44,6 +44,8 @@ class CorpusSpec(_Section):
     samples: int = Field(4096, ge=1)
     seed: int = 0
     text_field: str = "text"
+    # JSONL field / Parquet column holding each document's label (a per-sequence target for `probe`)
+    label_field: str | None = None
     # which N-token window of each sentence a text corpus contributes
     window: Literal["first", "last"] = "first"
     # number of names per ICL category (K); None = all single-token names (max 16)
@@ -261,6 +263,20 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _control_measures_the_target(tree: dict[str, Any]) -> None:
+    """A control of a target measure's job is measured with that measure (and its settings) unless the
+    job names the control's estimator: the smoothed default measures no target."""
+    from ie_flow.estimators import ESTIMATORS
+
+    estimate, control = tree.get("estimate") or {}, tree.get("control")
+    method = estimate.get("method") if isinstance(estimate, dict) else None
+    if not isinstance(control, dict) or "estimator" in control or method not in ESTIMATORS:
+        return
+    if ESTIMATORS[method].measures_target:
+        control["estimator"] = method
+        control.setdefault("settings", dict(estimate.get("settings") or {}))
+
+
 def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Build a JobSpec from defaults, an optional YAML file, then dotted CLI overrides (None = unset)."""
     tree: dict[str, Any] = {}
@@ -278,6 +294,7 @@ def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = 
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
+    _control_measures_the_target(tree)
     try:
         return JobSpec.model_validate(tree)
     except ValidationError as e:

@@ -16,7 +16,7 @@ import numpy as np
 from ie_flow.config import EstimateSpec, JobSpec
 from ie_flow.emergence import Emergence, bootstrap_interval, headline
 from ie_flow.models import RANDOM_PREFIX
-from ie_flow.results import ControlLayer, ControlRecord
+from ie_flow.results import ControlLayer, ControlRecord, TargetRecord
 
 
 def measured_job(job: JobSpec) -> JobSpec:
@@ -57,6 +57,7 @@ class ControlComparison:
     layers: list[LayerDifference]
     model_results: str = ""  # mi.parquet URIs of the two measurements
     control_results: str = ""
+    target: TargetRecord | None = None  # a target measure's boundaries and emergence layer (targets.py)
 
     def record(self) -> ControlRecord:
         """What summary.json keeps of the comparison."""
@@ -64,7 +65,7 @@ class ControlComparison:
             kind=self.kind, estimator=self.estimator, variant=self.variant, variant_valid=self.variant_valid,
             model_results=self.model_results, control_results=self.control_results,
             layers=[ControlLayer(layer=d.layer, model_ie=d.model_ie, control_ie=d.control_ie, diff=d.diff,
-                                 ci_low=d.ci_low, ci_high=d.ci_high) for d in self.layers],
+                                 ci_low=d.ci_low, ci_high=d.ci_high) for d in self.layers], target=self.target,
         )
 
 
@@ -99,6 +100,10 @@ def format_comparison(control: ControlRecord, main: Emergence | None = None, mai
         lines.append(f"{d.layer:>5}  {first}{d.model_ie:>12.3f}  {d.control_ie:>12.3f}  {d.diff:>10.3f}  "
                      f"[{d.ci_low:>7.3f}, {d.ci_high:>7.3f}]{'  *' if d.apart else ''}")
     lines.append(summary_sentence(control))
+    if control.target:
+        from ie_flow.targets import format_target
+
+        lines += ["", format_target(control.target, kind)]
     return "\n".join(lines)
 
 

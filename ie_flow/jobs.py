@@ -88,6 +88,7 @@ def plan_extract(job: JobSpec) -> ExtractPlan:
     check_before_tokenizer(job)
     tokenizer = load_tokenizer(job.model.name, job.model.revision, endpoint)
     corpus = build_corpus(job.corpus, tokenizer, job.storage.endpoint_url)
+    check_target_labels(job, corpus)
     positions = kept_positions(job.extract.positions, corpus.num_tokens)
     if corpus.num_samples != job.corpus.samples:  # a text corpus can give fewer windows than asked for
         check_estimator_settings(job, corpus.num_samples, f"corpus {job.corpus.name} gave {corpus.num_samples} "
@@ -109,6 +110,7 @@ def check_before_tokenizer(job: JobSpec) -> None:
     kept_positions(job.extract.positions, c.tokens or (2 * c.shots if c.name in ICL_CORPORA else 8))
     # again with the windows the corpus really gives (plan_extract)
     check_estimator_settings(job, c.samples)
+    check_target_corpus(job)
     if job.extract.layers is not None:
         boundaries_for_layers(job.extract.layers, count_blocks(job.model.name, job.model.revision,
                                                                    job.storage.endpoint_url))
@@ -118,6 +120,56 @@ def check_before_tokenizer(job: JobSpec) -> None:
 
         width = hidden_size(job.model.name, job.model.revision, job.storage.endpoint_url)
         check_memory_budget(job.estimate, c.samples, width, job.extract.storage_dtype)
+
+
+def _target_measures(job: JobSpec) -> list[Any]:
+    """The job's estimators (its own, its control's) that measure a per-sequence target."""
+    from ie_flow.control import measured_job
+
+    specs = [job.estimate] + ([measured_job(job).estimate] if job.control.kind != "none" else [])
+    found = []
+    for spec in specs:
+        try:
+            est = spec.estimator()
+        except ValueError:
+            continue  # check_estimator_settings says why
+        if est.measures_target:
+            found.append(est)
+    return found
+
+
+def check_target_corpus(job: JobSpec) -> None:
+    """Before the tokenizer: a target measure needs a labelled corpus and the embeddings (boundary 0);
+    --label-field needs a corpus that is a file."""
+    from ie_flow.corpora import ICL_CORPORA, LABELLED_CORPORA
+    from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA
+
+    c = job.corpus
+    if c.label_field and c.name in (*ICL_CORPORA, *BUILTIN_TEXT_CORPORA):
+        raise IEFlowError(f"--label-field names a field of a JSONL or Parquet corpus; the built-in {c.name} has none"
+                          f"{' (icl-coherence has its own label)' if c.name != 'icl-coherence' else ''}")
+    measures = _target_measures(job)
+    if not measures:
+        return
+    names = ", ".join(sorted({m.name for m in measures}))
+    if c.name not in LABELLED_CORPORA and not c.label_field:
+        raise IEFlowError(f"estimator {names} measures information about a per-sequence label, and corpus {c.name} "
+                          "has none: use icl-coherence, or a JSONL/Parquet corpus with --label-field")
+    if job.extract.layers is not None and 0 not in job.extract.layers:
+        raise IEFlowError(f"estimator {names} needs block 0 among --layers: its micro term is measured on the "
+                          "embeddings (boundary 0)")
+
+
+def check_target_labels(job: JobSpec, corpus: Any) -> None:
+    """After the corpus is built, before any model runs: its labels can be measured (not constant, every
+    class large enough for the splits of every seed)."""
+    # the labels as the corpus names them, so a problem names the class the user wrote
+    labels = corpus.labels if corpus.label_names is None else np.asarray(corpus.label_names)[corpus.labels]
+    for est in _target_measures(job):
+        problem = est.check_target(labels, corpus.groups, job.estimate.seeds)
+        if problem:
+            field = f" (--label-field {job.corpus.label_field})" if job.corpus.label_field else ""
+            raise IEFlowError(f"corpus {corpus.name}{field}: {problem}")
 
 
 def check_estimator_settings(job: JobSpec, samples: int, context: str = "") -> None:
@@ -213,7 +265,7 @@ def _extract_locked(plan: ExtractPlan, force: bool, repair: bool, t0: float) -> 
                                  x.max_actors)
     check_finished_compute(plan, units, completion, "cuda" if workers.gpus > 0 else "cpu")
     records = executor.run(step, units, completion, workers)
-    manifest = build_manifest(plan, records)
+    manifest = build_manifest(plan, records, write_target(plan))
     folder.write_manifest(manifest)
     seconds = time.perf_counter() - t0
     log.info("stage 1: done in %.1f s: %s", seconds, folder.manifest_uri)
@@ -273,7 +325,20 @@ def forget_damaged(folder: DatasetFolder, units: list[Any], completion: Completi
     log.info("repair: %d damaged shard(s) of %d", damaged, len(units))
 
 
-def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest:
+def write_target(plan: ExtractPlan) -> Any:
+    """A labelled corpus's target beside its activations (store.TargetInfo), None for an unlabelled one."""
+    corpus = plan.corpus
+    if corpus.labels is None:
+        return None
+    def kept(per_position: list[float] | None) -> list[float] | None:
+        return None if per_position is None else [per_position[p] for p in plan.positions]
+
+    names = corpus.label_names or [str(i) for i in range(int(corpus.labels.max()) + 1)]
+    return plan.folder.write_target(corpus.labels, corpus.groups, names, kept(corpus.target_ceilings),
+                                    kept(corpus.token_ceilings))
+
+
+def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]], target: Any = None) -> Manifest:
     """Deterministic (no timestamps): a resumed job writes the same manifest as an uninterrupted one."""
     from ie_flow.stages.extract import boundaries_for_layers
 
@@ -290,7 +355,7 @@ def build_manifest(plan: ExtractPlan, records: list[dict[str, Any]]) -> Manifest
         hidden_size=first["hidden_size"],
         boundaries=boundaries_for_layers(job.extract.layers, num_blocks) or list(range(num_blocks + 1)),
         positions=plan.positions, storage_dtype=job.extract.storage_dtype, micro=job.extract.micro,
-        prefix_entropy_bits=corpus.prefix_entropy_bits(),
+        prefix_entropy_bits=corpus.prefix_entropy_bits(), target=target,
         shards=sorted(({k: r[k] for k in ("shard", "sample_ids", "sequences", "files", "compute_dtype", "device")}
                        for r in records),
                       key=lambda s: s["shard"]),
@@ -306,6 +371,8 @@ def estimate_mi(job: JobSpec, folder: DatasetFolder) -> Estimated:
     t0 = time.perf_counter()
     manifest = folder.load_manifest()
     spec = job.estimate
+    if spec.estimator().measures_target and manifest.target is None:
+        folder.read_target(manifest)  # says why, before any work
     check_memory_budget(spec, manifest.samples, manifest.hidden_size, manifest.storage_dtype)
     out = results_folder_for(job, manifest.model.key, manifest.dataset.id, manifest.sha256())
     units = layer_units(manifest.layers)
@@ -388,8 +455,13 @@ def run_control(job: JobSpec, folder: DatasetFolder, plan: ExtractPlan, tracked:
                                                 (ctrl_job, ctrl.folder, ctrl.manifest, ctrl_est)):
         finish(sub_job, sub_folder, manifest, est, {"estimate": est.seconds}, None, tracked.child(sub_job))
     variant, valid, em, ec, layers = compare(model_job.estimate, model_est.table, ctrl_est.table)
+    target = None
+    if model_job.estimate.estimator().measures_target:
+        from ie_flow.targets import compare_targets
+
+        target = compare_targets(model_est.table, ctrl_est.table, variant)
     return ControlComparison(job.control.kind, job.control.estimator, variant, valid, em, ec, layers,
-                             model_est.results.mi_uri, ctrl_est.results.mi_uri)
+                             model_est.results.mi_uri, ctrl_est.results.mi_uri, target)
 
 
 def estimate_job(job: JobSpec, folder: DatasetFolder) -> Result:

@@ -92,12 +92,14 @@ def _job_options() -> dict[str, tuple[Any, str]]:
     micro, dtypes = literal_values(ExtractSpec, "micro"), literal_values(ExtractSpec, "storage_dtype")
     return {
         "model": (_opt("Model: alias (smollm2-135m), HF hub id, folder, .gguf file; random:NAME for a random-weight control.", MODEL), "model.name"),
-        "corpus": (_opt("icl-countries (default), icl-animals, icl-colours, icl-mixed, a built-in text corpus, or a text/JSONL/Parquet path or s3:// URI.", CORPUS), "corpus.name"),
+        "corpus": (_opt("icl-countries (default), icl-animals, icl-colours, icl-mixed, icl-coherence (labelled), a built-in text corpus, or a text/JSONL/Parquet path or s3:// URI.", CORPUS), "corpus.name"),
         "shots": (_opt("ICL shots (names per sequence, 1-5).", CORPUS, Optional[int]), "corpus.shots"),
         "tokens": (_opt("Window length N in tokens (text corpora).", CORPUS, Optional[int]), "corpus.tokens"),
         "samples": (_opt("Number of sequences.", CORPUS, Optional[int]), "corpus.samples"),
         "seed": (_opt("Corpus seed (sampling of sequences).", CORPUS, Optional[int]), "corpus.seed"),
         "text_field": (_opt("Text field / column of JSONL and Parquet corpora.", CORPUS), "corpus.text_field"),
+        "label_field": (_opt("Field / column of JSONL and Parquet corpora holding each document's label: the "
+                             "per-sequence target the probe estimator measures.", CORPUS), "corpus.label_field"),
         "estimator": (_opt(f"MI estimator: {', '.join(estimators)} (default infonce).", ESTIMATION,
                            choices=estimators), "estimate.method"),
         "seeds": (_opt("Estimator seeds, comma separated, e.g. 0,1,2.", ESTIMATION), "estimate.seeds"),

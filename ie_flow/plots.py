@@ -1,4 +1,5 @@
-"""PNG plots of a result: IE per layer with its interval, the M_l(t) heatmap, E_l(t) curves."""
+"""PNG plots of a result: IE per layer with its interval, the M_l(t) heatmap, E_l(t) curves, the
+control comparison, and a target measure's U_l(t) for a model and its control with the exact ceilings."""
 
 from __future__ import annotations
 
@@ -109,9 +110,36 @@ def plot_control(control: Any, path: Path, title: str) -> Path:
     return _save(plt, fig, path)
 
 
-def write_plots(em: Any, label: str, out: Path) -> list[Path]:
-    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`."""
+def plot_target(target: Any, kind: str, path: Path, title: str) -> Path:
+    """A target measure's U at every boundary, one line per position, the model solid and its control
+    dashed, each position's exact ceiling dotted in the same colour (from a results.TargetRecord)."""
+    plt = _pyplot()
+    model, control = np.array(target.model_grid, dtype=float), np.array(target.control_grid, dtype=float)
+    boundaries = [r.boundary for r in target.boundaries]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cmap = plt.get_cmap("viridis")
+    for j, t in enumerate(target.positions):
+        colour = cmap(j / max(1, len(target.positions) - 1))
+        ax.plot(boundaries, model[:, j], color=colour, lw=1.2, label=f"t={t}")
+        ax.plot(boundaries, control[:, j], color=colour, lw=1, ls="--")
+        if np.isfinite(target.ceilings[j]):
+            ax.axhline(target.ceilings[j], color=colour, lw=0.8, ls=":")
+    if target.emergence_boundary is not None:
+        ax.axvline(target.emergence_boundary, color="red", lw=0.8, label="emergence layer")
+    ax.set(xlabel="boundary (0: embeddings; l + 1: block l's output)", ylabel="usable information U (bits)",
+           title=f"{title}\nsolid: model, dashed: {kind} control, dotted: exact I(s; prefix_t)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(plt, fig, path)
+
+
+def write_plots(em: Any, label: str, out: Path, control: Any = None) -> list[Path]:
+    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`,
+    and with a target measure's control comparison (results.ControlRecord), its U_l(t) plot."""
     out.mkdir(parents=True, exist_ok=True)
-    return [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
-            plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
-            plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]
+    paths = [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
+             plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
+             plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]
+    if control is not None and control.target is not None:
+        paths.append(plot_target(control.target, control.kind, out / "target_per_boundary.png",
+                                 f"U_l(t) about the label: {label}"))
+    return paths

@@ -61,10 +61,12 @@ def format_table(result: Result) -> str:
     em, record = result.emergence, result.record
     variant = f", {em.variant}" if em.variant else ""
     names = _diagnostic_names(em)
+    target = record.manifest.target if _measures_target(record.estimator) else None
+    macro, micro = ("U last", "U tokens") if target else ("macro MI", "micro MI")
     lines = [
         f"Information Emergence of {result.label}  (bits; micro={record.manifest.micro}, "
         f"reduce={em.micro_reduce}, estimator={record.estimator}{variant}, seeds={em.seeds})",
-        f"{'layer':>5}  {'macro MI':>9}  {'micro MI':>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  "
+        f"{'layer':>5}  {macro:>9}  {micro:>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  "
         + "".join(f"{n:>{_width(n)}}  " for n in names) + "notes",
     ]
     lower = lower_bound_cells(result.table)
@@ -89,13 +91,27 @@ def format_table(result: Result) -> str:
     if s.invalid_layers:
         lines.append(f"note: {s.invalid_layers} layer(s) have an invalid cell: left out of the model IE")
     entropy = record.manifest.prefix_entropy_bits
-    if entropy:
+    if target:
+        lines.append(f"usable information of a {em.variant} probe about the label ({' / '.join(target.label_names)}; "
+                     f"H(s) = {target.entropy_bits:.3f} bits) at boundary l + 1, last position, minus its mean over "
+                     "positions from each token's embedding alone: a lower bound for this probe family, which a "
+                     "richer probe may exceed")
+        if target.ceilings_bits:
+            lines.append("exact I(s; prefix_t) per position (caps U_l(t)): "
+                         + " ".join(f"{b:.3f}" for b in target.ceilings_bits))
+    elif entropy:
         lines.append("prefix entropy per position (caps M_l(t)): " + " ".join(f"{b:.2f}" for b in entropy))
     if record.control:
         from ie_flow.control import format_comparison
 
         lines += ["", format_comparison(record.control, em, record.estimator)]
     return "\n".join(lines)
+
+
+def _measures_target(method: str) -> bool:
+    from ie_flow.estimators import ESTIMATORS
+
+    return method in ESTIMATORS and ESTIMATORS[method].measures_target
 
 
 def json_summary(result: Result) -> dict[str, Any]:

@@ -57,15 +57,20 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
         "replicates": [float(v) for v in est.replicate_bits],
     }
     # the estimator's own flag also counts its pool test (halving the negatives lowers it)
+    at_ceiling = _estimator(est.method).saturates
     return [{**shared, "seed": int(seed), "bits": float(bits),
-             "saturated": bool(est.saturated or is_saturated(bits, ceiling))}
+             "saturated": bool(est.saturated or (at_ceiling and is_saturated(bits, ceiling)))}
             for seed, bits in zip(est.seeds, est.bits_per_seed)]
 
 
-def _declared_diagnostics(method: str) -> tuple[str, ...]:
+def _estimator(method: str) -> Any:
     from ie_flow.estimators import ESTIMATORS
 
-    return ESTIMATORS[method].diagnostics
+    return ESTIMATORS[method]
+
+
+def _declared_diagnostics(method: str) -> tuple[str, ...]:
+    return _estimator(method).diagnostics
 
 
 def mi_schema() -> Any:
@@ -174,6 +179,42 @@ class ControlLayer(_Record):
         return math.isfinite(self.diff) and (self.ci_low > 0 or self.ci_high < 0)
 
 
+class TargetBoundary(_Record):
+    """A target measure at one boundary, at the last position, for the model and its control."""
+
+    boundary: int  # 0: the embeddings; l + 1: block l's output
+    model: Number  # the held-out value (a lower bound in expectation), its interval the cell's bracket
+    model_low: Number
+    model_high: Number
+    control: Number
+    control_low: Number
+    control_high: Number
+    diff: Number  # model - control, its interval paired replicate by replicate
+    diff_low: Number
+    diff_high: Number
+    gain: Number  # the model's value here minus at the boundary before (the block's gain), paired
+    gain_low: Number
+    gain_high: Number
+    ceiling: Number  # the exact information the prefix holds about the label (its entropy if unknown)
+
+
+class TargetRecord(_Record):
+    """What a target measure's control comparison shows (targets.compare_targets)."""
+
+    position: int  # the last stored position, where the boundaries are compared
+    boundaries: list[TargetBoundary]
+    # the first boundary whose model lower end clears the control's upper end (None: none does), and
+    # the share of bootstrap replicates on which each boundary ("none": no boundary) is the first
+    emergence_boundary: int | None
+    emergence_shares: dict[str, float]
+    positions: list[int]  # the stored positions of the grids
+    model_grid: list[list[Number]]  # [boundary][position] the model's values
+    control_grid: list[list[Number]]
+    diff_low_grid: list[list[Number]]  # [boundary][position] model - control's paired 95% interval
+    diff_high_grid: list[list[Number]]
+    ceilings: list[Number]  # per position
+
+
 class ControlRecord(_Record):
     """The control measured in the same run (control.ControlComparison.record)."""
 
@@ -184,6 +225,7 @@ class ControlRecord(_Record):
     model_results: str = ""  # mi.parquet URIs of the two measurements
     control_results: str = ""
     layers: list[ControlLayer]
+    target: TargetRecord | None = None  # a target measure's boundaries and emergence layer
 
 
 class ResultsRecord(BaseModel):

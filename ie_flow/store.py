@@ -3,6 +3,7 @@ keeps there (docs/ARCHITECTURE.md, "Data on storage"):
 
     {root}/activations/{model}/{dataset}-{digest8}/manifest.json
         boundary=BBB/part-SSSSS.parquet    (isolated/boundary=... for micro=isolated)
+        target.parquet                     a labelled corpus's label and group per sample_id
         _job.json                          settings a rerun must match to reuse finished shards
         _done/UNIT                         completion marker of one unit of work
     {root}/results/{model}/{dataset}-{digest8}/{run}/mi.parquet, summary.json
@@ -28,6 +29,7 @@ from ie_flow.memory import return_freed_memory
 from ie_flow.storage import Storage
 
 MANIFEST = "manifest.json"
+TARGET = "target.parquet"
 JOB_SETTINGS = "_job.json"
 SUMMARY = "summary.json"
 MI_TABLE = "mi.parquet"
@@ -108,6 +110,26 @@ class DatasetInfo(_Record):
     settings: dict[str, Any]
 
 
+class TargetInfo(_Record):
+    """A labelled corpus's per-sequence target, stored beside the activations (target.parquet)."""
+
+    label_names: list[str]  # class index -> what it means
+    entropy_bits: float  # H(s) of the stored labels
+    # the exact I(s; prefix_t) per stored position where the corpus knows it (icl-coherence), else None
+    ceilings_bits: list[float] | None = None
+    token_ceilings_bits: list[float] | None = None  # the exact I(s; x_t) of each token alone, where known
+    file: FileInfo
+
+
+@dataclass(frozen=True)
+class Target:
+    """The labels (and the groups a probe's splits keep whole) of every sample, in sample order."""
+
+    labels: np.ndarray  # (n,) int64 class indices
+    groups: np.ndarray  # (n,) int64
+    info: TargetInfo
+
+
 class Manifest(_Record):
     """What stage 1 wrote: deterministic (no timestamps), so a resumed job writes the same bytes."""
 
@@ -127,6 +149,7 @@ class Manifest(_Record):
     micro: str
     prefix_entropy_bits: list[float]
     shards: list[ShardInfo] = []
+    target: TargetInfo | None = None  # a labelled corpus's target (target.parquet)
 
     @property
     def layers(self) -> list[int]:
@@ -142,7 +165,8 @@ class Manifest(_Record):
         dtypes, shards and their checksums): stage 2 keys its results folder on it."""
         from ie_flow.storage import json_bytes, sha256
 
-        return sha256(json_bytes(self.model_dump(mode="json")))
+        # an unlabelled corpus's manifest keeps the identity it had before targets existed
+        return sha256(json_bytes(self.model_dump(mode="json", exclude={"target"} if self.target is None else None)))
 
 
 @dataclass(frozen=True)
@@ -231,6 +255,33 @@ class DatasetFolder:
         if problem:
             raise IEFlowError(f"{problem}; re-extract it with `ie-flow extract --repair` and the job's options")
         return pq.read_table(pa.BufferReader(data))
+
+    def write_target(self, labels: np.ndarray, groups: np.ndarray | None, label_names: list[str],
+                     ceilings_bits: list[float] | None, token_ceilings_bits: list[float] | None = None) -> TargetInfo:
+        """target.parquet (sample_id, label, group); returns what the manifest records of it."""
+        import pyarrow as pa
+
+        n = len(labels)
+        groups = np.arange(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+        table = pa.table({"sample_id": np.arange(n, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64),
+                          "group": groups})
+        digest, size = self.storage.write_parquet(TARGET, table)
+        p = np.bincount(np.asarray(labels, dtype=np.int64)) / n
+        entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+        return TargetInfo(label_names=label_names, entropy_bits=entropy, ceilings_bits=ceilings_bits,
+                          token_ceilings_bits=token_ceilings_bits, file=FileInfo(sha256=digest, bytes=size, rows=n))
+
+    def read_target(self, manifest: Manifest) -> Target:
+        """The stored target, its sha256 checked; a clear error when the corpus had none."""
+        if manifest.target is None:
+            raise IEFlowError(f"{self.manifest_uri}: corpus {manifest.dataset.name} has no per-sequence label, "
+                              "which a target measure needs (icl-coherence, or a JSONL/Parquet corpus with "
+                              "--label-field)")
+        table = self.read_verified(TARGET, manifest.target.file.sha256)
+        if table.num_rows != manifest.samples:
+            raise IEFlowError(f"{self.storage.url(TARGET)} has {table.num_rows} rows, the manifest says "
+                              f"{manifest.samples} samples: rerun `ie-flow extract --force`")
+        return Target(table.column("label").to_numpy(), table.column("group").to_numpy(), manifest.target)
 
     def has_manifest(self) -> bool:
         return self.storage.exists(MANIFEST)

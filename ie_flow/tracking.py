@@ -219,6 +219,10 @@ def _result_tags(record: Any) -> dict[str, str]:
         "mlflow.note.content": f"Information Emergence of {_title(record)}",
         **({"control.estimator": record.control.estimator, "control.variant": record.control.variant or "none"}
            if record.control else {}),
+        **({"target.emergence_boundary": "none" if record.control.target.emergence_boundary is None
+            else str(record.control.target.emergence_boundary),
+            "target.emergence_shares": ", ".join(f"{k}: {v:.3f}" for k, v in record.control.target.emergence_shares.items())}
+           if record.control and record.control.target else {}),
     }
 
 
@@ -267,6 +271,13 @@ def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
             "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high"}
     metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
                for k, name in keys.items() if math.isfinite(getattr(row, k))]
+    if control.target:  # a target measure: its values per boundary (step = boundary) and the emergence layer
+        fields = ("model", "model_low", "model_high", "control", "control_low", "control_high", "diff", "diff_low",
+                  "diff_high", "gain", "gain_low", "gain_high", "ceiling")
+        metrics += [Metric(f"target_{k}", float(getattr(row, k)), now, row.boundary) for row in control.target.boundaries
+                    for k in fields if math.isfinite(getattr(row, k))]
+        if control.target.emergence_boundary is not None:  # "none" is the tag target.emergence_boundary
+            metrics.append(Metric("target_emergence_boundary", float(control.target.emergence_boundary), now, 0))
     for i in range(0, len(metrics), 900):
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 
@@ -292,7 +303,7 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
         d = Path(tmp)
         table.to_pandas().to_csv(d / "mi.csv", index=False)
         pq.write_table(table, d / "mi.parquet")
-        write_plots(em, _title(record), d)
+        write_plots(em, _title(record), d, record.control)
         if record.control:
             from ie_flow.plots import plot_control
 

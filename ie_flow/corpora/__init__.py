@@ -14,7 +14,9 @@ import numpy as np
 from ie_flow import IEFlowError
 from ie_flow.storage import path_safe
 
-ICL_CORPORA = ("icl-countries", "icl-animals", "icl-colours", "icl-mixed")
+ICL_CORPORA = ("icl-countries", "icl-animals", "icl-colours", "icl-mixed", "icl-coherence")
+# corpora whose sequences carry a per-sequence label of their own (the target measures read it)
+LABELLED_CORPORA = ("icl-coherence",)
 
 
 @dataclass
@@ -27,6 +29,12 @@ class Corpus:
     # a per-sequence target (docs/METHOD.md section 8) and the groups a probe's splits must keep whole
     labels: np.ndarray | None = None
     groups: np.ndarray | None = None
+    # the exact I(s; prefix_t) in bits per token position, where the corpus knows it (icl-coherence)
+    target_ceilings: list[float] | None = None
+    # the exact I(s; x_t) of token t on its own, where the corpus knows it (icl-coherence: 0)
+    token_ceilings: list[float] | None = None
+    # what each label value means (class index -> name), e.g. a JSONL label field's values
+    label_names: list[str] | None = None
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +83,14 @@ class Corpus:
             "settings": self.settings,
             "prefix_entropy_bits": [round(b, 3) for b in self.prefix_entropy_bits()],
         }
+        if self.labels is not None:
+            counts = np.bincount(self.labels)
+            p = counts[counts > 0] / counts.sum()
+            names = self.label_names or [str(i) for i in range(len(counts))]
+            info["target"] = {"classes": {names[i]: int(c) for i, c in enumerate(counts)},
+                              "entropy_bits": round(float(-(p * np.log2(p)).sum()), 4),
+                              "groups": int(np.unique(self.groups).size) if self.groups is not None else self.num_samples,
+                              "exact_prefix_bits": self.target_ceilings, "exact_token_bits": self.token_ceilings}
         if tokenizer is not None:
             info["examples"] = [tokenizer.decode(row) for row in self.input_ids[:examples]]
         return info
@@ -88,13 +104,22 @@ def build_corpus(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> 
         return corpus
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5A0FF1E]))
     ids = rng.permuted(corpus.input_ids, axis=1)
-    return Corpus(f"{corpus.name}-shuffled", ids, {**corpus.settings, "shuffle_tokens": True})
+    # a window keeps its label; the exact ceilings were the unshuffled prefixes' and no longer hold
+    return Corpus(f"{corpus.name}-shuffled", ids, {**corpus.settings, "shuffle_tokens": True},
+                  labels=corpus.labels, groups=corpus.groups, label_names=corpus.label_names)
 
 
 def _windows(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corpus:
     """A built-in ICL generator, a built-in text corpus (python-docs, fortunes) or a text/JSONL/Parquet file."""
     from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA, builtin_corpus
 
+    if spec.name == "icl-coherence":
+        from ie_flow.corpora.coherence import SHOTS, coherence_corpus
+
+        if spec.shots != SHOTS or spec.tokens not in (None, 2 * SHOTS):
+            raise IEFlowError(f"icl-coherence has {SHOTS} shots ({2 * SHOTS} tokens) by construction: "
+                              "leave --shots and --tokens unset")
+        return coherence_corpus(tokenizer, spec.samples, spec.seed, spec.names)
     if spec.name in ICL_CORPORA:
         from ie_flow.corpora.icl import icl_corpus
 
@@ -108,10 +133,11 @@ def _windows(spec: Any, tokenizer: Any, endpoint_url: str | None = None) -> Corp
         from ie_flow.corpora.text import text_corpus
 
         corpus = text_corpus(spec.name, tokenizer, tokens=tokens, samples=spec.samples, text_field=spec.text_field,
-                             window=spec.window, endpoint_url=endpoint_url, other=other)
+                             window=spec.window, endpoint_url=endpoint_url, other=other, label_field=spec.label_field)
     if spec.same_text_as:  # a different selection of sentences: its own dataset id
         corpus = Corpus(f"{corpus.name}-as-{path_safe(spec.same_text_as)}", corpus.input_ids,
-                        {**corpus.settings, "same_text_as": spec.same_text_as})
+                        {**corpus.settings, "same_text_as": spec.same_text_as}, labels=corpus.labels,
+                        groups=corpus.groups, label_names=corpus.label_names)
     return corpus
 
 

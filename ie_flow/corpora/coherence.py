@@ -49,6 +49,23 @@ def position_ceilings(shots: int = SHOTS) -> list[float]:
     return [v for v in exact_prefix_information(shots) for _ in (0, 1)]
 
 
+def oracle_features(corpus: "Corpus", position: int) -> np.ndarray:
+    """(n, d) float32 features of the positive control at token `position`: one-hot of every name seen so
+    far and, for every pair of them, whether they share a category (the label of a full prefix is the
+    AND of its pairs, linearly separable in their sum). What a representation that groups names by
+    category makes decodable; a linear probe on it should reach about the exact I(s; prefix_t)."""
+    names = corpus.input_ids[:, 0 : position + 1 : 2]  # the names of positions 0, 2, ... up to `position`
+    index = {tid: k for k, tid in enumerate(corpus.settings["name_ids"])}
+    per = corpus.settings["K"] // len(CATEGORY_ORDER)
+    slots = np.vectorize(index.get)(names)  # (n, k) index of each name among the 3 * per
+    n, k = slots.shape
+    onehot = np.zeros((n, k, corpus.settings["K"]), dtype=np.float32)
+    onehot[np.arange(n)[:, None], np.arange(k)[None, :], slots] = 1.0
+    category = slots // per
+    pairs = [(category[:, i] == category[:, j]).astype(np.float32) for i in range(k) for j in range(i + 1, k)]
+    return np.concatenate([onehot.reshape(n, -1), *(p[:, None] for p in pairs)], axis=1)
+
+
 def _draw(rng: np.random.Generator, labels: np.ndarray, per: int) -> np.ndarray:
     """(n, SHOTS) indices into the 3*per names: label 1 rows from one category, label 0 rows uniform over
     the tuples not all from one category (uniform distinct tuples, those all from one redrawn)."""
@@ -85,5 +102,8 @@ def coherence_corpus(tokenizer: Any, samples: int, seed: int, names: int | None 
     seq[:, 1::2] = comma
     name_sets = np.sort(picks, axis=1) @ (len(vocab) ** np.arange(SHOTS, dtype=np.int64))
     settings = {"kind": "icl-coherence", "shots": SHOTS, "samples": samples, "seed": seed,
-                "names": [n for n, _ in vocab], "K": len(vocab), "label": "all four names from one category"}
-    return Corpus("icl-coherence", seq, settings, labels=labels, groups=name_sets)
+                "names": [n for n, _ in vocab], "name_ids": ids.tolist(), "K": len(vocab),
+                "label": "all four names from one category"}
+    return Corpus("icl-coherence", seq, settings, labels=labels, groups=name_sets, target_ceilings=position_ceilings(),
+                  token_ceilings=[0.0] * (2 * SHOTS),
+                  label_names=["names from several categories", "all four names from one category"])

@@ -49,9 +49,11 @@ def _decode(raw: bytes, where: str) -> str:
         raise IEFlowError(f"{where} is not valid UTF-8 (byte {e.start}): {e.reason}") from None
 
 
-def _parquet_documents(fs: Any, path: str, name: str, text_field: str) -> Iterator[str]:
-    """The text column of a Parquet file; a file that is not Parquet, or whose column holds no
-    text, is refused with one line (not pyarrow's exception, after the work started)."""
+def _parquet_documents(fs: Any, path: str, name: str, text_field: str, label_field: str | None = None
+                       ) -> Iterator[Any]:
+    """The text column of a Parquet file (with `label_field`: (text, label) pairs); a file that is
+    not Parquet, or whose column holds no text, is refused with one line (not pyarrow's exception,
+    after the work started)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -65,20 +67,37 @@ def _parquet_documents(fs: Any, path: str, name: str, text_field: str) -> Iterat
             kind = schema.field(text_field).type
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
                 raise IEFlowError(f"{name} column {text_field!r} holds {kind}, not text; set --text-field")
-            for batch in pf.iter_batches(columns=[text_field]):
-                yield from (t for t in batch.column(0).to_pylist() if t)
+            if label_field is not None and label_field not in schema.names:
+                raise IEFlowError(f"{name} has no column {label_field!r} for --label-field "
+                                  f"(columns: {', '.join(schema.names)})")
+            columns = [text_field] + ([label_field] if label_field is not None else [])
+            for batch in pf.iter_batches(columns=columns):
+                texts = batch.column(0).to_pylist()
+                if label_field is None:
+                    yield from (t for t in texts if t)
+                    continue
+                for i, (t, label) in enumerate(zip(texts, batch.column(1).to_pylist())):
+                    if t and label is None:
+                        raise IEFlowError(f"{name}: a row has no {label_field!r} label (null); every "
+                                          "document needs one")
+                    if t:
+                        yield t, label
     except (pa.ArrowException, OSError) as e:  # not Parquet, or a damaged file
         raise IEFlowError(f"{name} is not a valid Parquet file: {first_line(e)}") from None
 
 
-def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None = None) -> Iterator[str]:
-    """Yield documents one at a time (streaming: a large corpus is never held whole)."""
+def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None = None,
+                   label_field: str | None = None) -> Iterator[Any]:
+    """Yield documents one at a time (streaming: a large corpus is never held whole); with
+    `label_field` (JSONL and Parquet), (text, label) pairs: every document must have its label."""
     fs, files = _files(uri, endpoint_url)
     for path in files:
         name = os.path.basename(path)
         if path.endswith(".parquet"):
-            yield from _parquet_documents(fs, path, name, text_field)
+            yield from _parquet_documents(fs, path, name, text_field, label_field)
             continue
+        if label_field is not None and not path.endswith((".jsonl", ".json")):
+            raise IEFlowError(f"{name} is plain text: --label-field needs a JSONL or Parquet corpus")
         jsonl = path.endswith((".jsonl", ".json"))
         with fs.open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
@@ -99,8 +118,11 @@ def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None 
                     raise IEFlowError(
                         f"{name} line {lineno} has no field {text_field!r} (has: {keys}); set --text-field"
                     )
+                if label_field is not None and record.get(label_field) is None:
+                    raise IEFlowError(f"{name} line {lineno} has no {label_field!r} label (has: {', '.join(record)}); "
+                                      "every document needs one")
                 if isinstance(record[text_field], str):
-                    yield record[text_field]
+                    yield record[text_field] if label_field is None else (record[text_field], record[label_field])
 
 
 def sentences(document: str) -> Iterator[str]:
@@ -128,13 +150,18 @@ def window_corpus(
 ) -> "Corpus":
     """Up to `samples` windows, one per sentence, in document order. Every text corpus is cut here
     (files, built-in corpora, model-written text), so two corpora differ only in their text. With
-    `other` (a second tokenizer), only sentences whose window is the same text under both."""
+    `other` (a second tokenizer), only sentences whose window is the same text under both. Documents
+    given as (text, label) pairs label their windows, and a document is its windows' group (a
+    probe's splits never share a document)."""
     from ie_flow.corpora import Corpus
 
     rows: list[list[int]] = []
+    labels: list[Any] = []
+    groups: list[int] = []
     documents_seen = sentences_seen = 0
     for doc in documents:
         documents_seen += 1
+        doc, label = doc if isinstance(doc, tuple) else (doc, None)
         for sentence in sentences(doc):
             sentences_seen += 1
             ids = sentence_window(tokenizer(sentence, add_special_tokens=False).input_ids, tokens, window)
@@ -143,6 +170,8 @@ def window_corpus(
             if other is not None and not same_window_text(sentence, text, other, tokens, window):
                 continue
             rows.append(ids)
+            labels.append(label)
+            groups.append(documents_seen - 1)
             if len(rows) == samples:
                 break
         if len(rows) == samples:
@@ -155,17 +184,26 @@ def window_corpus(
             f"({documents_seen} documents, {sentences_seen} sentences read); try fewer --tokens"
         )
     settings = {**settings, "tokens": tokens, "window": window, "samples_requested": samples, "samples": len(rows)}
-    return Corpus(f"{name}-{tokens}tok", np.array(rows, dtype=np.int64), settings)
+    if labels[0] is None:
+        return Corpus(f"{name}-{tokens}tok", np.array(rows, dtype=np.int64), settings)
+    names = sorted({str(v) for v in labels})  # class index = rank of the label's text
+    index = {v: i for i, v in enumerate(names)}
+    return Corpus(f"{name}-{tokens}tok", np.array(rows, dtype=np.int64), settings,
+                  labels=np.array([index[str(v)] for v in labels], dtype=np.int64),
+                  groups=np.array(groups, dtype=np.int64), label_names=names)
 
 
 def text_corpus(
     uri: str, tokenizer: Any, tokens: int, samples: int, text_field: str = "text", window: str = "first",
-    endpoint_url: str | None = None, other: Any = None,
+    endpoint_url: str | None = None, other: Any = None, label_field: str | None = None,
 ) -> "Corpus":
-    """Windows of a text/JSONL/Parquet corpus in corpus order (deterministic: same file, same ids)."""
+    """Windows of a text/JSONL/Parquet corpus in corpus order (deterministic: same file, same ids);
+    with `label_field`, each window labelled with its document's label."""
     from ie_flow.storage import path_safe
 
     base = path_safe(os.path.splitext(os.path.basename(uri.rstrip("/")))[0])
     settings = {"kind": "text", "source": uri, "text_field": text_field}
-    return window_corpus(read_documents(uri, text_field, endpoint_url), uri, base, tokenizer, tokens, samples,
-                         window, settings, other)
+    if label_field is not None:  # unlabelled corpora keep the settings (and digests) they always had
+        settings["label_field"] = label_field
+    return window_corpus(read_documents(uri, text_field, endpoint_url, label_field), uri, base, tokenizer, tokens,
+                         samples, window, settings, other)

@@ -301,7 +301,8 @@ class Estimator:
     The measurement contract (what the pipeline asks of every estimator, and nothing else): its
     ``variants`` (several values per cell, e.g. one per resolution), the ``diagnostics`` it
     reports per cell, ``check`` (enough samples?), ``estimate_cells`` and ``choose_headline``
-    (which variant a job's headline shows). Stage 2, emergence, tracking, report, plots, the
+    (which variant a job's headline shows); a target measure (``measures_target``) implements
+    ``estimate_target_cells`` and ``check_target`` instead of ``estimate_cells``. Stage 2, emergence, tracking, report, plots, the
     control and the reproduction make the same calls for every estimator."""
 
     name: ClassVar[str] = ""
@@ -342,6 +343,25 @@ class Estimator:
                        ) -> list[list[MIEstimate]]:
         """Every cell's estimates, one per variant: [cell][variant]."""
         return [[e] for e in self.estimate_many(xs, ys, seeds=seeds, device=device)]
+
+    # a value at the estimator's ceiling is a lower bound held down by it (InfoNCE's log2 N); an
+    # estimator whose ceiling is the exact information available (a target measure's) does not saturate
+    saturates: ClassVar[bool] = True
+    # a target measure: information about the corpus's per-sequence label at one boundary
+    # (estimate_target_cells), not between two boundaries (estimate_cells)
+    measures_target: ClassVar[bool] = False
+
+    def estimate_target_cells(self, xs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
+                              ceilings: Sequence[float | None] | None = None, seeds: Sequence[int] = (0,),
+                              device: Any = None) -> list[list[MIEstimate]]:
+        """A target measure's estimates of every cell, one per variant: [cell][variant]. xs (P, n, d):
+        one representation per cell; labels and groups (n,); ceilings (P,): the exact information
+        each cell can hold about the label, where the corpus knows it."""
+        raise NotImplementedError(f"estimator {self.name!r} measures pairs of boundaries, not a target")
+
+    def check_target(self, labels: np.ndarray, groups: np.ndarray | None, seeds: Sequence[int] = (0,)) -> str | None:
+        """Why these labels cannot be measured (constant, a class too small for the splits), or None."""
+        return None
 
     def choose_headline(self, *profiles: Mapping[str, Any]) -> tuple[str, bool]:
         """The variant a job's headline shows, and whether every layer is valid there. `profiles`

@@ -108,22 +108,26 @@ def read_cell_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[tupl
                      variant: str, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
     """(P, n, d) x and y stacks of `cells` ((layer, stored column) pairs) as the estimator takes
     them: boundaries l and l + 1, straight from the Parquet shards; float16 stays float16 where it can."""
+    return tuple(read_boundary_stacks(folder, manifest, [(l + side, t) for l, t in cells], spec, variant, itemsize)
+                 for side in (0, 1))  # type: ignore[return-value]
+
+
+def read_boundary_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[tuple[int, int]],
+                         spec: EstimateSpec, variant: str, itemsize: int) -> np.ndarray:
+    """(P, n, d) stack of `cells` ((boundary, stored column) pairs) after `estimate.dims`."""
     from ie_flow.estimators import apply_dims
 
-    out = []
-    for side in (0, 1):
-        stack = folder.read_cells(manifest, [(l + side, t) for l, t in cells], variant)
-        if spec.dims != "full" or stack.dtype.itemsize != itemsize:
-            # one fixed projection (seed 0) for every model and seed, so comparisons see the same coordinates
-            dtype = np.float32 if itemsize == 4 else stack.dtype
-            first = apply_dims(stack[0].astype(dtype, copy=False), spec.dims, 0)
-            narrow = np.empty((len(stack), *first.shape), dtype=first.dtype)  # filled cell by cell: one copy
-            narrow[0] = first
-            for k in range(1, len(stack)):
-                narrow[k] = apply_dims(stack[k].astype(dtype, copy=False), spec.dims, 0)
-            stack = narrow
-        out.append(stack)
-    return out[0], out[1]
+    stack = folder.read_cells(manifest, cells, variant)
+    if spec.dims != "full" or stack.dtype.itemsize != itemsize:
+        # one fixed projection (seed 0) for every model and seed, so comparisons see the same coordinates
+        dtype = np.float32 if itemsize == 4 else stack.dtype
+        first = apply_dims(stack[0].astype(dtype, copy=False), spec.dims, 0)
+        narrow = np.empty((len(stack), *first.shape), dtype=first.dtype)  # filled cell by cell: one copy
+        narrow[0] = first
+        for k in range(1, len(stack)):
+            narrow[k] = apply_dims(stack[k].astype(dtype, copy=False), spec.dims, 0)
+        stack = narrow
+    return stack
 
 
 def estimate_layer_group(
@@ -134,6 +138,8 @@ def estimate_layer_group(
     cells (layer, position) go to the estimator in batches that fit `budget` (one batched model
     each; all of them in one when it allows, as without a budget), each read from storage
     just before and freed after. Returns the planned and measured peak bytes of every batch."""
+    if spec.estimator().measures_target:
+        return estimate_target_group(folder, manifest, layers, spec, out, device, budget)
     labels = manifest.positions  # stored column t holds token position labels[t]
     variants = [("", ("macro", "micro") if manifest.micro == "in_context" else ("macro",))]
     if manifest.micro == "isolated":
@@ -163,6 +169,49 @@ def estimate_layer_group(
     for layer in layers:
         out.storage.write_parquet(out.layer_file(layer), mi_table(rows[layer]))
     return batches
+
+
+def estimate_target_group(
+    folder: DatasetFolder, manifest: Manifest, layers: list[int], spec: EstimateSpec, out: ResultsFolder,
+    device: str | None = None, budget: int | None = None,
+) -> list[BatchRun]:
+    """A target measure's layers (docs/METHOD.md section 8): layer l's macro row at position t is the
+    measure at boundary l + 1 (block l's output), and its micro row at t the measure at boundary 0
+    (token t's embedding, which depends on that token alone), estimated once per call and the same
+    in every layer. Batches and files as `estimate_layer_group`."""
+    if 0 not in manifest.boundaries:
+        raise IEFlowError(f"{manifest.model.name} on {manifest.dataset.id}: a target measure needs boundary 0 "
+                          "(the embeddings, its micro term): extract with block 0 among --layers")
+    est, target, positions = spec.estimator(), folder.read_target(manifest), manifest.positions
+    plan = task_plan(spec, manifest.samples, manifest.hidden_size, manifest.storage_dtype)
+    cells = [(0, t) for t in range(len(positions))] + [(l + 1, t) for l in layers for t in range(len(positions))]
+    # what a cell can hold at most: boundary 0 sees its token alone, later boundaries the prefix
+    token_ceilings, prefix_ceilings = target.info.token_ceilings_bits, target.info.ceilings_bits
+    size = plan.cells_within(budget, len(cells))
+    found: dict[tuple[int, int], list[Any]] = {}
+    batches = []
+    for batch in (cells[i : i + size] for i in range(0, len(cells), size)):
+        with PeakRSS() as peak:
+            xs = read_boundary_stacks(folder, manifest, batch, spec, "", plan.cell_itemsize)
+            estimates = est.estimate_target_cells(xs, target.labels, target.groups,
+                                                  [_ceiling(token_ceilings if b == 0 else prefix_ceilings, t)
+                                                   for b, t in batch],
+                                                  seeds=tuple(spec.seeds), device=device)
+            del xs
+        batches.append(BatchRun("", len(batch), sorted({max(b - 1, 0) for b, _ in batch} & set(layers)), batch[0],
+                                plan.bytes(len(batch)), budget, peak.bytes))
+        log.info("stage 2 task (%s): boundaries %s, %d cell(s): planned %.0f MiB, peak RSS %.0f MiB", spec.method,
+                 sorted({b for b, _ in batch}), len(batch), batches[-1].planned_bytes / 2**20, peak.bytes / 2**20)
+        found.update(zip(batch, estimates))
+    for layer in layers:
+        rows = [row for t in range(len(positions)) for level, boundary in (("macro", layer + 1), ("micro", 0))
+                for e in found[(boundary, t)] for row in mi_rows(layer, positions[t], level, e)]
+        out.storage.write_parquet(out.layer_file(layer), mi_table(rows))
+    return batches
+
+
+def _ceiling(per_column: list[float] | None, t: int) -> float | None:
+    return None if per_column is None else per_column[t]
 
 
 def layer_units(layers: list[int]) -> list[WorkUnit]:

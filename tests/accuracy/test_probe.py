@@ -70,3 +70,18 @@ def test_bad_labels_say_what_is_wrong():
         check_labels(rare, None, 0.25, 0.15, (0,))
     with pytest.raises(ValueError, match="one entry per label"):
         check_labels(np.arange(10) % 2, np.arange(9), 0.25, 0.15, (0,))
+
+
+def test_oracle_features_reach_the_exact_ceilings(tiny_llama, one_torch_thread):
+    """The positive control on icl-coherence (n = 4,096): features that group names by category make the
+    label decodable up to the exact I(s; prefix_t), about 1 bit once all four names are seen."""
+    from ie_flow.corpora.coherence import coherence_corpus, oracle_features, position_ceilings
+    from ie_flow.models import load_tokenizer
+
+    corpus = coherence_corpus(load_tokenizer(str(tiny_llama)), samples=4096, seed=0)
+    ceilings = position_ceilings()
+    for t in (0, 2, 4, 6):
+        est = UsableInformation().estimate_targets(oracle_features(corpus, t)[None], corpus.labels, corpus.groups,
+                                                   ceilings=[ceilings[t]])[0]
+        assert abs(est.diagnostics["corrected_bits"] - ceilings[t]) <= 0.05, (t, est.bits, ceilings[t])
+    assert est.bits >= 0.95  # position 6: all four names seen
