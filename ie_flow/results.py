@@ -102,10 +102,14 @@ def table_rows(table: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None
-                   ) -> list[list[MIEstimate]]:
-    """Every cell's estimates, one per variant of the job's estimator."""
-    return spec.estimator().estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device)
+def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None,
+                   side_keys: np.ndarray | None = None) -> list[list[MIEstimate]]:
+    """Every cell's estimates, one per variant of the job's estimator; ``side_keys`` name the cells'
+    sides for an estimator that keys its random draws by them (Estimator.takes_side_keys)."""
+    estimator = spec.estimator()
+    if side_keys is not None and estimator.takes_side_keys:
+        return estimator.estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device, side_keys=side_keys)
+    return estimator.estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device)
 
 
 # --- the records of a finished job (summary.json) ---------------------------------------------

@@ -311,6 +311,9 @@ class Estimator:
     diagnostics: ClassVar[tuple[str, ...]] = ()
     # estimate_many takes float16 stacks as they are (else stage 2 hands it float32 copies)
     takes_float16: ClassVar[bool] = False
+    # estimate_cells takes ``side_keys`` ((cells, 2) ints naming each cell's X and Y side: boundary and
+    # position), so that calls naming a side alike can share its random draws (a model and its control)
+    takes_side_keys: ClassVar[bool] = False
 
     def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
         """Bytes ``estimate_many`` holds on (pairs, n, d) stacks of ``itemsize``-byte values: here

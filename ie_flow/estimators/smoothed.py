@@ -190,30 +190,48 @@ def _fingerprint(a: np.ndarray) -> tuple:
     return a.shape, a.dtype.str, hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
 
 
-def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[int]]:
+def dedup_sides(xs: np.ndarray, ys: np.ndarray, keys: np.ndarray | None = None
+                ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[tuple[int, ...]]]:
     """Distinct side arrays, per cell the index of its X and Y side, and per side a noise key.
 
     Equal content -> one side (a layer chain shares Y of (l, t) with X of (l+1, t)).  A cell whose
-    two sides are equal still gets two entries: X and Y noise must be independent.  The noise key
-    comes from the content (fingerprint, and how many earlier sides share it), so a cell's noise
-    and hence its estimate do not depend on the other cells of the call or their order."""
+    two sides are equal still gets two entries: X and Y noise must be independent.  Without ``keys``
+    the noise key comes from the content (fingerprint, and how many earlier sides share it), so a
+    cell's noise and hence its estimate do not depend on the other cells of the call or their order.
+    ``keys`` ((P, 2) non-negative ints: a name for each cell's X and Y side, e.g. its boundary and
+    position) key the noise by name instead: sides of equal name and content are one, and two calls
+    naming a side alike draw the same standard normals for it, whatever its content (common random
+    numbers: a model and its control on the same windows share their noise, so their difference
+    is free of the noise draw's variability).  A cell whose two sides share a name is an error."""
     sides: list[np.ndarray] = []
-    keys: list[int] = []
+    noise_keys: list[tuple[int, ...]] = []
     by_key: dict[tuple, list[int]] = {}
+    if keys is not None:
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.shape != (xs.shape[0], 2) or (keys < 0).any():
+            raise ValueError(f"keys must be (cells, 2) non-negative ints naming each cell's X and Y side, got shape {keys.shape}")
+        same = np.flatnonzero(keys[:, 0] == keys[:, 1])
+        if same.size:
+            raise ValueError(f"cell {int(same[0])} names its X and Y side alike ({int(keys[same[0], 0])}): "
+                             "their noise must be independent")
 
-    def index_of(a: np.ndarray, avoid: int = -1) -> int:
-        key = _fingerprint(a)
+    def index_of(a: np.ndarray, name: int | None, avoid: int = -1) -> int:
+        key = (_fingerprint(a), name)
         for i in by_key.get(key, []):
             if i != avoid and np.array_equal(sides[i], a):
                 return i
         sides.append(a)
-        keys.append(int(key[2], 16) + len(by_key.get(key, [])))
+        if name is None:
+            noise_keys.append((int(key[0][2], 16) + len(by_key.get(key, [])),))
+        else:
+            noise_keys.append((1, name))  # by name: 2 entries, never equal to a content key's 1
         by_key.setdefault(key, []).append(len(sides) - 1)
         return len(sides) - 1
 
-    sx = np.array([index_of(xs[p]) for p in range(xs.shape[0])], dtype=np.int64)
-    sy = np.array([index_of(ys[p], avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
-    return sides, sx, sy, keys
+    name = (lambda p, side: None) if keys is None else (lambda p, side: int(keys[p, side]))  # noqa: E731
+    sx = np.array([index_of(xs[p], name(p, 0)) for p in range(xs.shape[0])], dtype=np.int64)
+    sy = np.array([index_of(ys[p], name(p, 1), avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
+    return sides, sx, sy, noise_keys
 
 
 @dataclass
@@ -337,7 +355,8 @@ class _Draw:
     noise: list  # per side: (m, d) float32 tensor
 
 
-def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: list[int], device: Any) -> _Draw:
+def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: list[tuple[int, ...]],
+          device: Any) -> _Draw:
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5300]))
@@ -359,7 +378,7 @@ def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: li
     qindex[qpos] = np.arange(m)
     noise = []
     for side, key in zip(sides, noise_keys):  # drawn on CPU: the same noise on any device
-        state = np.random.SeedSequence([int(seed), key, 0x5301]).generate_state(1, np.uint64)[0]
+        state = np.random.SeedSequence([int(seed), *key, 0x5301]).generate_state(1, np.uint64)[0]
         gen = torch.Generator().manual_seed(int(state) >> 1)
         noise.append(torch.randn((m, side.data.shape[1]), generator=gen).to(device))
     return _Draw(pos, qpos, starts, ends, null_pos, qindex[null_pos[qpos]], noise)
@@ -727,6 +746,7 @@ class SmoothedMI(Estimator):
     Its variants are the β of the grid; the headline is the smallest β valid in every cell."""
 
     name = "smoothed"
+    takes_side_keys = True  # stage 2 names each cell's sides: a model and its control share their noise
     diagnostics = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits",
                    *REFERENCE_DIAGNOSTICS)
     defaults: ClassVar[dict[str, Any]] = {
@@ -767,9 +787,9 @@ class SmoothedMI(Estimator):
     def variants(self) -> tuple[str, ...]:
         return tuple(variant_of(b) for b in self.grid())
 
-    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
-                       ) -> list[list[MIEstimate]]:
-        return self.estimate_grid(xs, ys, seeds=seeds, device=device)
+    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None,
+                       side_keys: np.ndarray | None = None) -> list[list[MIEstimate]]:
+        return self.estimate_grid(xs, ys, seeds=seeds, device=device, keys=side_keys)
 
     def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
         """No split: 8 samples, and at least as many as an explicit number of queries."""
@@ -800,8 +820,10 @@ class SmoothedMI(Estimator):
         betas: Sequence[float] | None = None,
         seeds: Sequence[int] = (0,),
         device: Any = None,
+        keys: np.ndarray | None = None,
     ) -> list[list[MIEstimate]]:
-        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta]."""
+        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta].
+        ``keys`` ((P, 2) ints) name each cell's sides and key their noise by name (``dedup_sides``)."""
         import torch
 
         t0 = self._clock()
@@ -818,17 +840,18 @@ class SmoothedMI(Estimator):
             torch.set_num_threads(int(s["threads"]))
         try:
             with torch.no_grad():
-                figs, radii, layout, gauss = self._run(xs, ys, betas, seeds, dev)
+                figs, radii, layout, gauss = self._run(xs, ys, betas, seeds, dev, keys)
         finally:
             torch.set_num_threads(prev_threads)
         return self._estimates(figs, radii, layout, gauss, betas, seeds, dev, self._clock() - t0)
 
-    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any) -> tuple:
+    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any,
+             keys: np.ndarray | None = None) -> tuple:
         import torch
 
         s = self.settings
         m, n = query_count(s["queries"], xs.shape[1]), xs.shape[1]
-        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys)
+        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys, keys)
         sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
         per_col = 4.0 * m * len(betas) * (len(sides) + 2 * int(s["cell_batch"]))  # kernel store + temporaries
         rng = layout_rng(n, int(s["bootstrap_seed"]))
