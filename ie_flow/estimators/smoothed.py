@@ -911,10 +911,19 @@ class SmoothedMI(Estimator):
                     seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
                     replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),
+                    reference_replicate_bits=self._reference_replicates(gauss, p, b, constant, len(boot)),
                     variant=variant_of(beta),
                 ))
             out.append(row)
         return out
+
+    @staticmethod
+    def _reference_replicates(gauss: tuple | None, p: int, b: int, constant: bool, replicates: int
+                              ) -> tuple[float, ...]:
+        """G^β on the same resamples as ``replicate_bits`` (0 on each for a constant side)."""
+        if gauss is None or gauss[1].shape[-1] == 0:
+            return ()
+        return (0.0,) * replicates if constant else tuple(float(v) for v in gauss[1][p, b])
 
     @staticmethod
     def _reference(bits: dict, gauss: tuple | None, p: int, b: int, constant: bool, value: float,

@@ -82,3 +82,39 @@ def test_a_constant_side_has_a_zero_reference() -> None:
     est = estimate_mi(x, y, method="smoothed", beta=0.5, queries=100, bootstrap=20)
     assert est.diagnostics["gauss_bits"] == 0.0 and est.diagnostics["excess_bits"] == 0.0
     assert est.diagnostics["lower_bits"] == 0.0 == est.diagnostics["upper_bits"]
+
+
+def test_the_mi_table_carries_the_reference_into_ie_its_parts_and_the_report() -> None:
+    from ie_flow.emergence import information_emergence
+    from ie_flow.results import mi_rows, mi_table, table_rows
+
+    r = np.random.default_rng(0)
+    h = [r.standard_normal((600, 4)).astype(np.float32) for _ in range(3)]  # boundary 0, positions 0..2
+    layers = [h]
+    for _ in range(2):  # two blocks: each position mixes in the previous one
+        prev = layers[-1]
+        mix = r.standard_normal((4, 4)).astype(np.float32)
+        layers.append([np.tanh(prev[t] + (prev[t - 1] @ mix if t else 0.0)) for t in range(3)])
+    cells = [(l, t) for l in range(2) for t in range(3)]
+    grid = SmoothedMIForTest().estimate_grid(np.stack([layers[l][t] for l, t in cells]),
+                                             np.stack([layers[l + 1][t] for l, t in cells]), betas=[0.6])
+    rows = [row for (l, t), cell in zip(cells, grid) for level in ("macro", "micro")
+            for row in mi_rows(l, t, level, cell[0])]
+    table = mi_table(rows)
+    assert len(table_rows(table)[0]["reference_replicates"]) == 40
+    em = information_emergence(table, variant="β = 0.6")
+    assert em.has_reference and any(layer.valid for layer in em.layers)
+    for layer in (layer for layer in em.layers if not layer.valid):
+        assert math.isnan(layer.reference_ie)  # as IE: an invalid cell is never averaged in
+    for layer in (layer for layer in em.layers if layer.valid):
+        g = [row["diagnostics"]["gauss_bits"] for row in rows if row["layer"] == layer.layer and row["level"] == "macro"]
+        assert layer.reference_ie == pytest.approx(g[-1] - np.mean(g))
+        assert layer.excess_ie == pytest.approx(layer.ie - layer.reference_ie)
+        assert layer.reference_ie_ci_low <= layer.reference_ie <= layer.reference_ie_ci_high
+        assert layer.excess_ie_ci_low <= layer.excess_ie <= layer.excess_ie_ci_high
+
+
+def SmoothedMIForTest():  # noqa: N802
+    from ie_flow.estimators.smoothed import SmoothedMI
+
+    return SmoothedMI(queries=100, bootstrap=40, blocks=8)
