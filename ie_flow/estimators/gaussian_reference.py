@@ -76,7 +76,7 @@ class _Frame:
     scale: Any  # (d,) float64 normaliser weights: g_j enters ψ as g_j (e_ij − 1), see _share
     standardised: bool
     constant: bool
-    per_beta: dict = field(default_factory=dict)  # beta -> (L, log det, L⁻¹, (Σ̃ + β²I)⁻¹ in float32)
+    per_resolution: dict = field(default_factory=dict)  # resolution -> (L, log det, L⁻¹, (Σ̃ + β²I)⁻¹ in float32)
 
 
 def _frame(a: np.ndarray, standardise: bool, blocks: _Blocks) -> _Frame:
@@ -101,17 +101,17 @@ def _frame(a: np.ndarray, standardise: bool, blocks: _Blocks) -> _Frame:
     return _Frame(rows, moments, moments.sum(0).double() / n, scale, standardise, kept == 0)
 
 
-def _factor(frame: _Frame, beta: float) -> tuple:
+def _factor(frame: _Frame, resolution: float) -> tuple:
     """Cholesky factor L of Σ̃ + β²I, its log det, L⁻¹ (float64) and the inverse (float32)."""
     import torch
 
-    if beta not in frame.per_beta:
+    if resolution not in frame.per_resolution:
         eye = torch.eye(frame.cov.shape[0], dtype=frame.cov.dtype)
-        chol = torch.linalg.cholesky(frame.cov + beta**2 * eye)
+        chol = torch.linalg.cholesky(frame.cov + resolution**2 * eye)
         inv = torch.linalg.solve_triangular(chol, eye, upper=False)
         inv32 = inv.float()
-        frame.per_beta[beta] = (chol, 2.0 * chol.diagonal().log().sum(), inv, inv32.T @ inv32)
-    return frame.per_beta[beta]
+        frame.per_resolution[resolution] = (chol, 2.0 * chol.diagonal().log().sum(), inv, inv32.T @ inv32)
+    return frame.per_resolution[resolution]
 
 
 def _share(frame: _Frame, g: Any, blocks: _Blocks) -> Any:
@@ -122,15 +122,15 @@ def _share(frame: _Frame, g: Any, blocks: _Blocks) -> Any:
     return (diag.sum(1) - blocks.counts) * float(g.sum())  # e_ij = ‖u_i‖² on every coordinate
 
 
-def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, beta: float, blocks: _Blocks) -> tuple[float, Any]:
+def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, resolution: float, blocks: _Blocks) -> tuple[float, Any]:
     """G (bits) of one cell at one β and its influence summed per block (bits, (K,))."""
     import torch
 
-    _, _, lx_inv, _ = _factor(fx, beta)
-    _, ld_y, ly_inv, ay_inv = _factor(fy, beta)
+    _, _, lx_inv, _ = _factor(fx, resolution)
+    _, ld_y, ly_inv, ay_inv = _factor(fy, resolution)
     dy = fy.cov.shape[0]
     k = lx_inv @ cross_cov  # Lx⁻¹ Σ̃xy
-    lc = torch.linalg.cholesky(fy.cov + beta**2 * torch.eye(dy, dtype=k.dtype) - k.T @ k)  # Schur complement
+    lc = torch.linalg.cholesky(fy.cov + resolution**2 * torch.eye(dy, dtype=k.dtype) - k.T @ k)  # Schur complement
     g = 0.5 * float(ld_y - 2.0 * lc.diagonal().log().sum())
     lc_inv = torch.linalg.solve_triangular(lc, torch.eye(dy, dtype=lc.dtype), upper=False)
     # Γ = (A⁻¹ ⊕ Ay⁻¹) − S⁻¹ by blocks, with P = A⁻¹ Σ̃xy Lc⁻ᵀ: Γxx = −PPᵀ, Γxy = P Lc⁻¹,
@@ -142,22 +142,22 @@ def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, beta: float, block
     quad = sum(torch.mv(m.view(m.shape[0], -1), gm.reshape(-1)).double()
                for m, gm in ((fx.moments, gamma_xx), (cross, 2.0 * gamma_xy), (fy.moments, gamma_yy)))
     # g = diag(ΓΣ̃) = β² (diag S⁻¹ − diag(A⁻¹ ⊕ Ay⁻¹)): the normalisers' share of the influence
-    gx = beta**2 * p.double().square().sum(1)
-    gy = beta**2 * (lc_inv.square().sum(0) - ly_inv.square().sum(0))
+    gx = resolution**2 * p.double().square().sum(1)
+    gy = resolution**2 * (lc_inv.square().sum(0) - ly_inv.square().sum(0))
     n = float(blocks.counts.sum())
     psi = quad - blocks.counts * float(quad.sum()) / n - _share(fx, gx, blocks) - _share(fy, gy, blocks)
     return g / LN2, 0.5 * psi / LN2  # G = ½ f, f = log det A + log det Ay − log det S, ∇f = Γ
 
 
-def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np.ndarray, betas: Sequence[float],
+def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np.ndarray, resolutions: Sequence[float],
                        standardise: bool, sample_block: np.ndarray, weights: np.ndarray,
                        counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """G^β of every cell and β (bits, (cells, betas)) and its block-bootstrap replicates
-    ((cells, betas, B)); ``sample_block`` (n,) is each sample's bootstrap block, ``weights`` (B, blocks)
+    """G^β of every cell and β (bits, (cells, resolutions)) and its block-bootstrap replicates
+    ((cells, resolutions, B)); ``sample_block`` (n,) is each sample's bootstrap block, ``weights`` (B, blocks)
     the resamples' multiplicities and ``counts`` (blocks,) the samples per block."""
     import torch
 
-    P, nb, B = len(sx), len(betas), weights.shape[0]
+    P, nb, B = len(sx), len(resolutions), weights.shape[0]
     value = np.zeros((P, nb))
     reps = np.zeros((P, nb, B))
     blocks = _blocks(np.asarray(sample_block), len(counts))
@@ -174,8 +174,8 @@ def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np
             if not (fx.constant or fy.constant):
                 cross = torch.bmm(fx.rows.transpose(1, 2), fy.rows)  # (K, dx, dy) per-block cross moments
                 cross_cov = cross.sum(0).double() / float(blocks.counts.sum())
-                for b, beta in enumerate(betas):
-                    value[p, b], psi = _cell(fx, fy, cross, cross_cov, float(beta), blocks)
+                for b, resolution in enumerate(resolutions):
+                    value[p, b], psi = _cell(fx, fy, cross, cross_cov, float(resolution), blocks)
                     reps[p, b] = value[p, b] + ((w @ psi) / total).numpy()
                 del cross
             for i in (int(sx[p]), int(sy[p])):

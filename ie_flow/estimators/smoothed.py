@@ -2,8 +2,10 @@
 
 σ = β · sqrt(tr Cov) of that side (its RMS radius about the mean), Z1, Z2 independent standard
 normals.  Invariant to scaling, shifting and rotating either side (the estimate: within Monte-Carlo
-error, since each side's noise draw is keyed by its content); falls as β grows; between 0 and the
-entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
+error where each side's noise draw is keyed by its content; to scaling and shifting exactly, up to
+rounding, where the caller names the sides, ``keys``, since the draws then depend on the name and the
+seed only); falls as β
+grows; between 0 and the entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
 the settings, never on the other cells of the call.  Option ``standardise`` first scales every coordinate
 of each side to unit variance (so a few massive activation dimensions do not set σ alone; exactly
 constant coordinates are dropped); it is labelled in ``settings["mode"]`` ("standardised" / "raw").
@@ -17,6 +19,7 @@ Public entry point (the one stage 2 calls for all (layer, position) cells of a l
         betas=None,    # None -> the ``betas`` setting, else DEFAULT_BETAS = (0.4, 0.6, 0.8)
         seeds=(0,),    # several: mean over seeds (see "Interval")
         device=None,   # "cpu" / "cuda" / None (CUDA when available)
+        keys=None,     # (P, 2) ints naming each cell's X and Y side: draws keyed by name (CRN)
     ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
 
 ``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case.

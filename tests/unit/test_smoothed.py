@@ -298,6 +298,15 @@ def test_named_sides_draw_the_same_noise_in_every_call_whatever_their_content() 
         dedup_sides(model, control, np.array([[0, 0], [1, 2]]))
 
 
+def test_named_sides_make_the_estimate_exactly_invariant_to_scaling_and_shifting() -> None:
+    x, y, _ = correlated_gaussian(6, 0.8, seed=2, n=1500)
+    est = SmoothedMI(queries=300, bootstrap=0, gauss=False)
+    keys = np.array([[0, 1]])
+    base = est.estimate_grid(x[None], y[None], betas=[0.5], keys=keys)[0][0]
+    moved = est.estimate_grid((x * 37.0 + 5.0)[None], (y * 1e-3)[None], betas=[0.5], keys=keys)[0][0]
+    assert moved.bits == pytest.approx(base.bits, abs=1e-4)
+
+
 def test_a_named_cells_estimate_does_not_depend_on_the_other_cells() -> None:
     xs, ys = chain(layers=4)
     keys = np.array([[l, l + 1] for l in range(4)])
