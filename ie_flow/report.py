@@ -49,8 +49,10 @@ def _layer_notes(l: Any, lower: dict[int, list[str]]) -> str:
 
 
 def _diagnostic_names(*profiles: Any) -> list[str]:
-    """The estimator's diagnostics found in the layers of the profiles, in the order declared."""
-    return list(dict.fromkeys(k for em in profiles for l in em.layers for k in l.diagnostics))
+    """The estimator's diagnostics found in the layers of the profiles, in the order declared; a
+    diagnostic's interval ends (``*_ci_low``, ``*_ci_high``) stay in --json and MLflow, not in the table."""
+    return list(dict.fromkeys(k for em in profiles for l in em.layers for k in l.diagnostics
+                              if not k.endswith(("_ci_low", "_ci_high"))))
 
 
 def _width(name: str) -> int:

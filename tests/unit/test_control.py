@@ -103,6 +103,10 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     for d in control["layers"]:
         assert d["diff"] == pytest.approx(d["model_ie"] - d["control_ie"])
         assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+        if d["diff"] == d["diff"]:  # split into the Gaussian reference's part and the excess
+            assert d["reference_diff"] + d["excess_diff"] == pytest.approx(d["diff"])
+            assert d["reference_ci_low"] <= d["reference_diff"] <= d["reference_ci_high"]
+            assert d["excess_ci_low"] <= d["excess_diff"] <= d["excess_ci_high"]
     assert "random-tiny-llama" in control["control_results"]
     import mlflow
 
