@@ -12,6 +12,8 @@ reads 100% in 13% of runs: 400 repetitions tell 98% from 100% (about 12 minutes 
 
     .venv/bin/python benchmarks/bench_calibration.py --reps 400   # n = 2,000, one torch thread
     .venv/bin/python benchmarks/bench_calibration.py --reps 100 --only K=4
+    .venv/bin/python benchmarks/bench_calibration.py --smoothed --reps 40          # the smoothed measure, small grid
+    .venv/bin/python benchmarks/bench_calibration.py --smoothed --full --reps 400  # item-2 grid (hours on 2 cores)
 """
 from __future__ import annotations
 
@@ -74,6 +76,91 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+# --------------------------------------------------------------------------- the smoothed measure (--smoothed)
+
+SMOOTHED_BETAS = (0.4, 0.6, 0.8)
+
+
+def smoothed_tasks(full: bool) -> list[tuple[str, int, int, int]]:
+    """(family, K or 0, d, n): the Gaussian and K-atom tasks of docs/METHOD.md section 7's calibration;
+    ``full``: K from 2^5 to 2^16, d from 4 to 64, n from 512 to 16,384 (every combination)."""
+    if full:
+        ks, ds, ns = (2**5, 2**8, 2**12, 2**16), (4, 16, 64), (512, 2048, 16384)
+    else:
+        ks, ds, ns = (2**5, 2**10), (4, 16), (512, 4096)  # K = 2^16's truth takes minutes per task: --full
+    out = [("gaussian", 0, d, n) for d in (*ds, 64) for n in ns] if not full else [("gaussian", 0, d, n) for d in ds for n in ns]
+    return out + [("atoms", k, d, n) for k in ks for d in ds for n in ns]
+
+
+def smoothed_draws(family: str, K: int, d: int, n: int, reps: int, seed: int, betas) -> tuple:
+    """(reps, n, d) x and y stacks (fresh samples per repetition, the task's structure fixed) and the
+    truth per β with its Monte-Carlo standard error (0 for the Gaussian closed form)."""
+    from ie_flow.estimators.synthetic import atom_pair, atoms_smoothed_bits, smoothed_gaussian_bits
+
+    r = np.random.default_rng(seed)
+    if family == "gaussian":  # X ~ N(0, I), Y = A X, A a rotation times gains in [0.5, 2]
+        q, _ = np.linalg.qr(r.standard_normal((d, d)))
+        a = q * np.exp(r.uniform(math.log(0.5), math.log(2.0), d))
+        xs = r.standard_normal((reps, n, d))
+        ys = xs @ a.T
+        cov_y = a @ a.T
+        truth = [(smoothed_gaussian_bits(np.eye(d), cov_y, a.T, b * math.sqrt(d), b * math.sqrt(np.trace(cov_y))), 0.0)
+                 for b in betas]
+    else:
+        ax, ay = atom_pair(K, d, seed)
+        v = r.integers(0, K, (reps, n))
+        xs, ys = ax[v], ay[v]
+        truth = [atoms_smoothed_bits(ax, ay, b, queries=20000, seed=seed) for b in betas]
+    return xs.astype(np.float32), ys.astype(np.float32), truth
+
+
+def smoothed_coverage(args: argparse.Namespace) -> None:
+    """Per task and β: how often the 95% interval, the interval among cells flagged valid, and the
+    bracket's interval [lower_ci_low, upper_ci_high] hold the truth; how often a valid cell misses."""
+    from ie_flow.estimators.smoothed import SmoothedMI
+
+    betas = SMOOTHED_BETAS
+    print(f"smoothed: {args.reps} repetitions per task, queries={args.queries}, betas={list(betas)}, "
+          f"one torch thread; truth = closed form (Gaussian) or Monte Carlo with the exact mixture (atoms)")
+    print(f"{'task':28s} {'beta':>4s} {'truth':>7s} {'±mc':>5s} {'mean':>7s} {'valid':>5s} {'cover':>6s} "
+          f"{'valid: miss':>11s} {'miss 95% CI':>13s} {'bracket':>7s} {'width':>6s} {'br.width':>8s} {'G':>7s} {'sec':>4s}")
+    totals = {"valid": 0, "valid_miss": 0, "bracket": 0, "cells": 0}
+    for family, K, d, n in smoothed_tasks(args.full):
+        name = f"{family} {'K=2^%d ' % round(math.log2(K)) if K else ''}d={d} n={n}"
+        if args.only and args.only not in name:
+            continue
+        t0 = time.perf_counter()
+        xs, ys, truth = smoothed_draws(family, K, d, n, args.reps, args.seed + 7 * d + n + K, betas)
+        est = SmoothedMI(queries=min(args.queries, n), threads=args.threads)
+        grid = []
+        for start in range(0, args.reps, args.batch):
+            grid += est.estimate_grid(xs[start:start + args.batch], ys[start:start + args.batch], betas=betas)
+        seconds = time.perf_counter() - t0
+        for b, beta in enumerate(betas):
+            cells = [row[b] for row in grid]
+            t, se = truth[b]
+            covered = [e.ci_low <= t <= e.ci_high for e in cells]
+            valid = [e for e in cells if e.valid]
+            miss = sum(not (e.ci_low <= t <= e.ci_high) for e in valid)
+            bracket = sum(e.diagnostics["lower_ci_low"] <= t <= e.diagnostics["upper_ci_high"] for e in cells)
+            lo, hi = wilson(miss, len(valid)) if valid else (math.nan, math.nan)
+            totals["valid"] += len(valid)
+            totals["valid_miss"] += miss
+            totals["bracket"] += bracket
+            totals["cells"] += len(cells)
+            width = np.mean([e.ci_high - e.ci_low for e in cells])
+            br_width = np.mean([e.diagnostics["upper_ci_high"] - e.diagnostics["lower_ci_low"] for e in cells])
+            print(f"{name:28s} {beta:4.1f} {t:7.3f} {se:5.3f} {np.mean([e.bits for e in cells]):7.3f} "
+                  f"{len(valid):5d} {np.mean(covered):6.1%} {f'{miss}/{len(valid)}':>11s} "
+                  f"{f'[{lo:.0%}, {hi:.0%}]' if valid else '-':>13s} {bracket / len(cells):7.1%} {width:6.3f} "
+                  f"{br_width:8.3f} {np.mean([e.diagnostics['gauss_bits'] for e in cells]):7.3f} "
+                  f"{seconds if b == 0 else 0:4.0f}", flush=True)
+    if totals["cells"]:
+        print(f"all tasks: valid cells {totals['valid']} of {totals['cells']}, of which {totals['valid_miss']} "
+              f"({totals['valid_miss'] / max(1, totals['valid']):.1%}) miss the truth by more than their interval; "
+              f"the bracket's interval holds the truth in {totals['bracket'] / totals['cells']:.1%} of all cells")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=400)
@@ -82,7 +169,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000, help="seed of the first repetition's data")
     ap.add_argument("--only", default=None, help="run only tasks whose name contains this")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (a shared machine: 1)")
+    ap.add_argument("--smoothed", action="store_true", help="the smoothed measure's calibration (its own task grid)")
+    ap.add_argument("--full", action="store_true", help="--smoothed: the whole grid (K 2^5..2^16, d 4..64, n 512..16,384)")
+    ap.add_argument("--queries", type=int, default=512, help="--smoothed: queries per cell")
+    ap.add_argument("--batch", type=int, default=25, help="--smoothed: repetitions per estimate_grid call")
     args = ap.parse_args()
+    if args.smoothed:
+        smoothed_coverage(args)
+        return
     print(f"{args.reps} repetitions per task, n={args.samples}, method={args.method}; nominal 95%, target 90%-99%")
     print(f"{'task':40s} {'truth':>6s} {'mean':>7s} {'sd':>6s} {'width':>6s} {'cover':>6s} {'inval':>5s} "
           f"{'too lo/hi':>10s} {'cover 95% CI':>13s} {'sec':>5s}")

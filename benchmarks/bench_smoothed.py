@@ -10,6 +10,7 @@ favours it).  The baseline is MEASURED on a few cells and SCALED to all cells; t
     .venv/bin/python benchmarks/bench_smoothed.py                       # the 30 x 8 x 3-beta target (CPU)
     .venv/bin/python benchmarks/bench_smoothed.py --n 65536 --device cuda --layers 8
     .venv/bin/python benchmarks/bench_smoothed.py --truth               # Gaussian ground truth vs beta
+    .venv/bin/python benchmarks/bench_smoothed.py --gauss-cost --threads 1   # G^β's cost vs the profile's
     .venv/bin/python benchmarks/bench_smoothed.py --activations DIR --layers 0,1,8,15,22,29
 """
 from __future__ import annotations
@@ -121,6 +122,34 @@ def speed(args: argparse.Namespace) -> None:
                                       f"{'' if x.valid else ' invalid'}" for x in e))
 
 
+def gauss_cost(args: argparse.Namespace) -> None:
+    """The Gaussian reference (G^β with its bootstrap replicates) against the smoothed profile
+    without it, on the same stack, resamples and threads (target: at most a third)."""
+    from ie_flow.estimators.gaussian_reference import gaussian_reference
+    from ie_flow.estimators.smoothed import _layout, dedup_sides, layout_rng, sample_blocks
+
+    layers = int(args.layers) if args.layers else 30
+    h = layer_chain(layers, args.positions, args.n, args.d)
+    xs, ys = h[:-1].reshape(-1, args.n, args.d), h[1:].reshape(-1, args.n, args.d)
+    print(f"stack: {xs.shape[0]} cells ({layers} layers x {args.positions} positions), n={args.n}, d={args.d}, "
+          f"betas={list(BETAS)}, queries={args.queries}, torch threads {args.threads or 'default'}")
+    for standardise in (False, True):
+        t0 = time.perf_counter()
+        SmoothedMI(queries=args.queries, bootstrap=200, gauss=False, standardise=standardise).estimate_grid(
+            xs, ys, betas=BETAS)
+        profile = time.perf_counter() - t0
+        sides, sx, sy, _ = dedup_sides(xs, ys)
+        rng = layout_rng(args.n, 0)
+        layout = _layout(args.n, 64, rng)
+        weights = rng.multinomial(layout.blocks, np.full(layout.blocks, 1.0 / layout.blocks), size=200)
+        t0 = time.perf_counter()
+        gaussian_reference(sides, sx, sy, BETAS, standardise, sample_blocks(layout), weights, layout.block_counts)
+        gauss = time.perf_counter() - t0
+        print(f"{'standardised' if standardise else 'raw'}: smoothed profile without the reference {profile:.1f}s; "
+              f"Gaussian reference with 200 replicates {gauss:.1f}s = {gauss / profile:.2f} x the profile "
+              f"(target <= 0.33); load average {os.getloadavg()[0]:.1f}")
+
+
 def truth(args: argparse.Namespace) -> None:
     """Headline (LOO) vs resubstitution vs the Gaussian closed form (the measurements behind the
     headline choice and the validity thresholds)."""
@@ -180,6 +209,7 @@ def main() -> None:
     ap.add_argument("--baseline-cells", type=int, default=4, help="cells the naive baseline is measured on")
     ap.add_argument("--truth", action="store_true", help="Gaussian ground truth table instead of the speed test")
     ap.add_argument("--activations", default=None, help="activations folder (manifest.json + boundary=BBB/)")
+    ap.add_argument("--gauss-cost", action="store_true", help="the Gaussian reference's cost against the profile's")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -187,6 +217,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.truth:
         truth(args)
+    elif args.gauss_cost:
+        gauss_cost(args)
     elif args.activations:
         activations(args)
     else:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ie_flow.estimators.base import seed_interval
-from ie_flow.results import LayerRecord, Summary, table_rows, variant_order
+from ie_flow.results import REFERENCE_DIAGNOSTIC, LayerRecord, Summary, table_rows, variant_order
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ class LayerEmergence:
     invalid_reason: str | None = None
     # the estimator's declared diagnostics of the layer's macro cell (last position), mean over seeds
     diagnostics: dict[str, float] = field(default_factory=dict)
+    # IE of the cells' reference part (smoothed: the Gaussian reference G^β) and the excess IE − it,
+    # each with its interval from the same resamples; NaN where the estimator has no reference
+    reference_ie: float = math.nan
+    reference_ie_ci_low: float = math.nan
+    reference_ie_ci_high: float = math.nan
+    excess_ie: float = math.nan
+    excess_ie_ci_low: float = math.nan
+    excess_ie_ci_high: float = math.nan
 
     @property
     def saturated(self) -> bool:
@@ -63,6 +71,12 @@ class Emergence:
     seeds: list[int]
     micro_reduce: str
     variant: str = ""  # the estimator's variant these values are (Estimator.variants)
+    # (B, L) IE of the reference part on the same resamples (B = 0: none)
+    reference_replicates: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    @property
+    def has_reference(self) -> bool:
+        return any(math.isfinite(l.reference_ie) for l in self.layers)
 
     @property
     def summary(self) -> Summary:
@@ -123,17 +137,26 @@ class _Grids:
                 out[si[r["seed"]], li[r["layer"]], r["position"]] = np.nan if value is None else float(value)
         return out
 
-    def replicates(self, level: str) -> np.ndarray:
+    def replicates(self, level: str, column: str = "replicates", value: str = "bits") -> np.ndarray:
         """(B, layers, positions) bootstrap replicates of each cell (shared across seeds); B = 0 if none.
         A cell without replicates among cells with them (a constant side: exactly 0 on every
         resample) repeats its value."""
-        found = {(r["layer"], r["position"]): (r.get("replicates") or [], r["bits"]) for r in self.rows
+        found = {(r["layer"], r["position"]): (r.get(column) or [], _value(r, value)) for r in self.rows
                  if r["level"] == level}
         b = max((len(reps) for reps, _ in found.values()), default=0)
         out = np.full((b, len(self.layers), self.positions), np.nan)
         li = {l: i for i, l in enumerate(self.layers)}
         for (layer, pos), (reps, bits) in found.items():
             out[:, li[layer], pos] = np.asarray(reps, dtype=float) if len(reps) == b else bits
+        return out
+
+    def diagnostic(self, level: str, name: str) -> np.ndarray:
+        """(seeds, layers, positions) of one declared diagnostic, NaN where a row lacks it."""
+        out = np.full((len(self.seeds), len(self.layers), self.positions), np.nan)
+        li, si = {l: i for i, l in enumerate(self.layers)}, {s: i for i, s in enumerate(self.seeds)}
+        for r in self.rows:
+            if r["level"] == level:
+                out[si[r["seed"]], li[r["layer"]], r["position"]] = _value(r, name)
         return out
 
     def headline_diagnostics(self) -> dict[int, dict[str, float]]:
@@ -147,6 +170,12 @@ class _Grids:
     def reasons(self) -> dict[tuple[int, int], str]:
         return {(r["layer"], r["position"]): f"{r['level']} t={r['position']}: {r['invalid_reason'] or 'invalid'}"
                 for r in self.rows if r.get("valid") is False}
+
+
+def _value(row: dict[str, Any], name: str) -> float:
+    """A row's column, or its declared diagnostic of that name; NaN where it has neither."""
+    value = row.get(name) if name in row else (row.get("diagnostics") or {}).get(name)
+    return math.nan if value is None else float(value)
 
 
 def split_by_variant(table: Any) -> dict[str, list[dict[str, Any]]]:
@@ -194,17 +223,19 @@ def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str
     micro_sat = (g.field("micro", "saturated") > 0).any(axis=0)
     ceil = np.nanmax(g.field("macro", "ceiling_bits"), axis=0)
     reasons, diagnostics = g.reasons(), g.headline_diagnostics()
+    ref = _reference_ie(g, reduce, layer_invalid, ie_seed, ie_reps)
     out_layers = []
     for i, layer in enumerate(g.layers):
         mean = float(ie_seed[:, i].mean())
         low, high = bootstrap_interval(mean, ie_reps[:, i], ie_seed[:, i]) if not layer_invalid[i] else (math.nan, math.nan)
         why = "; ".join(v for (l, _), v in sorted(reasons.items()) if l == layer) if layer_invalid[i] else None
+        parts = {} if ref is None else {k: float(v[i]) for k, v in ref.items() if k != "replicates"}
         out_layers.append(LayerEmergence(
             layer=layer, ie=mean, ie_std_seeds=float(ie_seed[:, i].std(ddof=1)) if len(g.seeds) > 1 else 0.0,
             ie_ci_low=low, ie_ci_high=high, mi_macro=float(macro[:, i, -1].mean()),
             mi_micro=float(reduce(micro[:, i], axis=1).mean()), ceiling_bits=float(ceil[i, -1]),
             macro_saturated=bool(sat[:, i, -1].any()), micro_saturated=int(micro_sat[i].sum()),
-            valid=not layer_invalid[i], invalid_reason=why, diagnostics=diagnostics.get(layer, {}),
+            valid=not layer_invalid[i], invalid_reason=why, diagnostics=diagnostics.get(layer, {}), **parts,
         ))
     curves, curve_ci = _token_curves(macro.mean(axis=0), micro.mean(axis=0), rep_macro[:b], rep_micro[:b])
     curves[invalid] = np.nan
@@ -212,7 +243,33 @@ def _assemble(g: _Grids, macro: np.ndarray, micro: np.ndarray, micro_reduce: str
         layers=out_layers, macro=macro.mean(axis=0), micro=micro.mean(axis=0), token_curves=curves,
         token_ci=curve_ci, saturated=sat.any(axis=0), invalid=invalid, ceilings=ceil, ie_per_seed=ie_seed,
         ie_replicates=ie_reps, seeds=g.seeds, micro_reduce=micro_reduce, variant=variant,
+        reference_replicates=ref["replicates"] if ref is not None else np.zeros((0, len(g.layers))),
     )
+
+
+def _reference_ie(g: _Grids, reduce: Any, layer_invalid: np.ndarray, ie_seed: np.ndarray, ie_reps: np.ndarray
+                  ) -> dict[str, np.ndarray] | None:
+    """IE of the cells' reference part and the excess over it, per layer, with intervals from the
+    same resamples (the excess replicate by replicate); None when the table has no reference."""
+    macro, micro = g.diagnostic("macro", REFERENCE_DIAGNOSTIC), g.diagnostic("micro", REFERENCE_DIAGNOSTIC)
+    if np.isnan(macro[:, :, -1]).all():
+        return None
+    ref_seed = macro[:, :, -1] - reduce(micro, axis=2)
+    ref_seed[:, layer_invalid] = np.nan
+    rep_macro = g.replicates("macro", "reference_replicates", REFERENCE_DIAGNOSTIC)
+    rep_micro = g.replicates("micro", "reference_replicates", REFERENCE_DIAGNOSTIC)
+    b = min(len(rep_macro), len(rep_micro), len(ie_reps))
+    ref_reps = rep_macro[:b, :, -1] - reduce(rep_micro[:b], axis=2) if b else np.zeros((0, ref_seed.shape[1]))
+    out = {k: np.full(ref_seed.shape[1], np.nan) for k in
+           ("reference_ie", "reference_ie_ci_low", "reference_ie_ci_high", "excess_ie", "excess_ie_ci_low", "excess_ie_ci_high")}
+    for i in np.flatnonzero(~layer_invalid):
+        ref, ex = float(ref_seed[:, i].mean()), float((ie_seed[:, i] - ref_seed[:, i]).mean())
+        out["reference_ie"][i], out["excess_ie"][i] = ref, ex
+        out["reference_ie_ci_low"][i], out["reference_ie_ci_high"][i] = bootstrap_interval(ref, ref_reps[:, i], ref_seed[:, i])
+        out["excess_ie_ci_low"][i], out["excess_ie_ci_high"][i] = bootstrap_interval(
+            ex, ie_reps[:b, i] - ref_reps[:, i], ie_seed[:, i] - ref_seed[:, i])
+    out["replicates"] = ref_reps
+    return out
 
 
 def _running_micro(micro: np.ndarray) -> np.ndarray:

@@ -330,6 +330,7 @@ def write_target(plan: ExtractPlan) -> Any:
     corpus = plan.corpus
     if corpus.labels is None:
         return None
+
     def kept(per_position: list[float] | None) -> list[float] | None:
         return None if per_position is None else [per_position[p] for p in plan.positions]
 

@@ -33,6 +33,10 @@ def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
     ax.plot(layers, ie, marker="o", label="IE")
     ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.25,
                     label=f"95% interval (bootstrap over sequences; {len(em.seeds)} seed(s))")
+    if em.has_reference:  # the smoothed measure: how much of IE the covariances alone give
+        ax.plot(layers, [l.reference_ie for l in em.layers], marker=".", ls="--", label="IE of the Gaussian reference")
+        ax.fill_between(layers, [l.reference_ie_ci_low for l in em.layers], [l.reference_ie_ci_high for l in em.layers],
+                        alpha=0.15)
     sat = [l.layer for l in em.layers if l.saturated]
     if sat:
         ax.scatter(sat, [em.layers[layers.index(s)].ie for s in sat], marker="x", color="red", zorder=3,
@@ -104,6 +108,10 @@ def plot_control(control: Any, path: Path, title: str) -> Path:
     bottom.plot(layers, [r.diff for r in rows], marker="o", ms=3, color="black", label="model - control")
     bottom.fill_between(layers, [r.ci_low for r in rows], [r.ci_high for r in rows], alpha=0.25,
                         label="95% bootstrap interval")
+    if any(r.reference_diff == r.reference_diff for r in rows):  # its Gaussian part and the excess
+        bottom.plot(layers, [r.reference_diff for r in rows], marker=".", ls="--", label="of it: Gaussian reference")
+        bottom.fill_between(layers, [r.reference_ci_low for r in rows], [r.reference_ci_high for r in rows], alpha=0.15)
+        bottom.plot(layers, [r.excess_diff for r in rows], marker=".", ls=":", label="of it: excess")
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set(xlabel="layer", ylabel="difference (bits)")
     bottom.legend(fontsize=8)

@@ -49,8 +49,10 @@ def _layer_notes(l: Any, lower: dict[int, list[str]]) -> str:
 
 
 def _diagnostic_names(*profiles: Any) -> list[str]:
-    """The estimator's diagnostics found in the layers of the profiles, in the order declared."""
-    return list(dict.fromkeys(k for em in profiles for l in em.layers for k in l.diagnostics))
+    """The estimator's diagnostics found in the layers of the profiles, in the order declared; a
+    diagnostic's interval ends (``*_ci_low``, ``*_ci_high``) stay in --json and MLflow, not in the table."""
+    return list(dict.fromkeys(k for em in profiles for l in em.layers for k in l.diagnostics
+                              if not k.endswith(("_ci_low", "_ci_high"))))
 
 
 def _width(name: str) -> int:
@@ -61,12 +63,14 @@ def format_table(result: Result) -> str:
     em, record = result.emergence, result.record
     variant = f", {em.variant}" if em.variant else ""
     names = _diagnostic_names(em)
+    split = em.has_reference
     target = record.manifest.target if _measures_target(record.estimator) else None
     macro, micro = ("U last", "U tokens") if target else ("macro MI", "micro MI")
     lines = [
         f"Information Emergence of {result.label}  (bits; micro={record.manifest.micro}, "
         f"reduce={em.micro_reduce}, estimator={record.estimator}{variant}, seeds={em.seeds})",
         f"{'layer':>5}  {macro:>9}  {micro:>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  "
+        + (f"{'Gauss IE':>8}  {'95% interval':>17}  {'excess':>7}  {'95% interval':>17}  " if split else "")
         + "".join(f"{n:>{_width(n)}}  " for n in names) + "notes",
     ]
     lower = lower_bound_cells(result.table)
@@ -74,6 +78,8 @@ def format_table(result: Result) -> str:
         lines.append(
             f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
             f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  "
+            + (f"{l.reference_ie:>8.3f}  [{l.reference_ie_ci_low:>7.3f}, {l.reference_ie_ci_high:>7.3f}]  "
+               f"{l.excess_ie:>7.3f}  [{l.excess_ie_ci_low:>7.3f}, {l.excess_ie_ci_high:>7.3f}]  " if split else "")
             + "".join(f"{l.diagnostics.get(n, float('nan')):>{_width(n)}.3f}  " for n in names) + _layer_notes(l, lower)
         )
     s = em.summary
@@ -82,6 +88,8 @@ def format_table(result: Result) -> str:
         f"model IE: mean {s.ie_mean:.3f}{interval}  max {s.ie_max:.3f} (layer {s.ie_argmax_layer})  "
         f"std over layers {s.ie_std_layers:.3f}  std over seeds {s.ie_std_seeds:.3f}"
     )
+    if split:
+        lines.append(_reference_sentence(em))
     if s.saturated_layers:
         lines.append(f"note: {s.saturated_layers} layer(s) have estimates at their ceiling: those are lower bounds")
     if lower:
@@ -114,6 +122,18 @@ def _measures_target(method: str) -> bool:
     return method in ESTIMATORS and ESTIMATORS[method].measures_target
 
 
+def _reference_sentence(em: Any) -> str:
+    """How much of IE the Gaussian reference accounts for (docs/METHOD.md section 7)."""
+    ok = [l for l in em.layers if l.valid and l.reference_ie == l.reference_ie]
+    if not ok:
+        return "Gauss IE: no valid layer"
+    apart = sum(l.excess_ie_ci_low > 0 or l.excess_ie_ci_high < 0 for l in ok)
+    return (f"Gauss IE is the IE of the Gaussian reference G^β (the smoothed MI a Gaussian with each cell's covariances "
+            f"would have); mean over layers {sum(l.reference_ie for l in ok) / len(ok):+.3f}, excess "
+            f"{sum(l.excess_ie for l in ok) / len(ok):+.3f} bits; the excess is beyond its interval in {apart} of "
+            f"{len(ok)} valid layers.")
+
+
 def json_summary(result: Result) -> dict[str, Any]:
     """The `--json` object of the CLI contract (docs/ARCHITECTURE.md)."""
     r = result.record
@@ -129,7 +149,8 @@ def json_summary(result: Result) -> dict[str, Any]:
         "summary": {"ie_mean": result.emergence.summary.ie_mean, "ie_max": result.emergence.summary.ie_max},
         "layers": [
             {"layer": l.layer, "ie": l.ie, "mi_macro": l.mi_macro, "mi_micro": l.mi_micro,
-             "saturated": l.saturated, **({"diagnostics": l.diagnostics} if l.diagnostics else {})}
+             "saturated": l.saturated, **({"diagnostics": l.diagnostics} if l.diagnostics else {}),
+             **({"reference_ie": l.reference_ie, "excess_ie": l.excess_ie} if l.reference_ie == l.reference_ie else {})}
             for l in result.emergence.layers
         ],
         "seconds": r.seconds,

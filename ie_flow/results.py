@@ -7,7 +7,9 @@ table; jobs, emergence, report, tracking, control, plots and the reproduction re
 MI table columns (MI_FIELDS): layer, position, level (macro|micro), method, variant (the estimator's
 variant of the value, "" for an estimator with one), seed, bits, ceiling_bits, saturated, n_train,
 n_eval, ci_low, ci_high, valid, invalid_reason, the critic check's verdict, the diagnostics the
-estimator declares (a map, name -> value) and the bootstrap replicates of the cell."""
+estimator declares (a map, name -> value) and the bootstrap replicates of the cell, and where the
+estimator has one (smoothed: the Gaussian reference G^β, diagnostic REFERENCE_DIAGNOSTIC) the same
+resamples of the cell's reference part (empty in tables written before it)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,11 @@ MI_FIELDS: tuple[tuple[str, str], ...] = (
     ("n_eval", "int64"), ("ci_low", "float64"), ("ci_high", "float64"), ("valid", "bool"),
     ("invalid_reason", "string"), ("critic", "string"), ("lower_bound", "string"),
     ("diagnostics", "map<string,float64>"), ("replicates", "list<float64>"),
+    ("reference_replicates", "list<float64>"),
 )
+# the diagnostic that holds a cell's reference part (the smoothed measure's Gaussian reference G^β):
+# IE and a model-minus-control difference split into it and the excess over it
+REFERENCE_DIAGNOSTIC = "gauss_bits"
 MI_COLUMNS = tuple(name for name, _ in MI_FIELDS)
 
 
@@ -55,6 +61,7 @@ def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict
         "critic": est.settings.get("critic"), "lower_bound": est.settings.get("lower_bound"),
         "diagnostics": {k: float(est.diagnostics.get(k, nan)) for k in _declared_diagnostics(est.method)},
         "replicates": [float(v) for v in est.replicate_bits],
+        "reference_replicates": [float(v) for v in est.reference_replicate_bits],
     }
     # the estimator's own flag also counts its pool test (halving the negatives lowers it)
     at_ceiling = _estimator(est.method).saturates
@@ -107,10 +114,14 @@ def table_rows(table: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None
-                   ) -> list[list[MIEstimate]]:
-    """Every cell's estimates, one per variant of the job's estimator."""
-    return spec.estimator().estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device)
+def estimate_cells(xs: np.ndarray, ys: np.ndarray, spec: EstimateSpec, device: str | None = None,
+                   side_keys: np.ndarray | None = None) -> list[list[MIEstimate]]:
+    """Every cell's estimates, one per variant of the job's estimator; ``side_keys`` name the cells'
+    sides for an estimator that keys its random draws by them (Estimator.takes_side_keys)."""
+    estimator = spec.estimator()
+    if side_keys is not None and estimator.takes_side_keys:
+        return estimator.estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device, side_keys=side_keys)
+    return estimator.estimate_cells(xs, ys, seeds=tuple(spec.seeds), device=device)
 
 
 # --- the records of a finished job (summary.json) ---------------------------------------------
@@ -163,6 +174,13 @@ class LayerRecord(_Record):
     invalid_reason: str | None = None
     saturated: bool
     diagnostics: dict[str, Number] = {}  # the estimator's declared diagnostics of the macro cell
+    # IE of the cells' reference part (smoothed: the Gaussian reference) and IE minus it, with intervals
+    reference_ie: Number = math.nan
+    reference_ie_ci_low: Number = math.nan
+    reference_ie_ci_high: Number = math.nan
+    excess_ie: Number = math.nan
+    excess_ie_ci_low: Number = math.nan
+    excess_ie_ci_high: Number = math.nan
 
 
 class ControlLayer(_Record):
@@ -172,6 +190,13 @@ class ControlLayer(_Record):
     diff: Number  # model - control; NaN when either side is invalid
     ci_low: Number
     ci_high: Number
+    # the difference's reference part (smoothed: of the Gaussian reference) and its excess, paired intervals
+    reference_diff: Number = math.nan
+    reference_ci_low: Number = math.nan
+    reference_ci_high: Number = math.nan
+    excess_diff: Number = math.nan
+    excess_ci_low: Number = math.nan
+    excess_ci_high: Number = math.nan
 
     @property
     def apart(self) -> bool:

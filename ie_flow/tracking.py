@@ -20,7 +20,10 @@ from typing import Any, Callable
 from ie_flow import IEFlowError, __version__, first_line
 
 log = logging.getLogger("ie_flow")
-METRICS_PER_LAYER = ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits")
+METRICS_PER_LAYER = ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits",
+                     # the Gaussian reference's IE and the excess over it (smoothed; NaN, so not logged, elsewhere)
+                     "reference_ie", "reference_ie_ci_low", "reference_ie_ci_high",
+                     "excess_ie", "excess_ie_ci_low", "excess_ie_ci_high")
 
 
 class TrackingUnavailable(IEFlowError):

@@ -56,6 +56,9 @@ class MIEstimate:
     # resamples depend only on (n, bootstrap seed, replicate), so replicate b of every cell of a
     # run is the same resampled data set and cells can be differenced replicate by replicate
     replicate_bits: tuple[float, ...] = ()
+    # the same resamples of the cell's reference part, where the estimator splits its value into a
+    # reference and an excess (smoothed: the Gaussian reference G^β, diagnostics["gauss_bits"])
+    reference_replicate_bits: tuple[float, ...] = ()
     # which of its estimator's variants this is (Estimator.variants; "" for an estimator with one)
     variant: str = ""
 
@@ -64,6 +67,7 @@ class MIEstimate:
         d["seeds"] = list(self.seeds)
         d["bits_per_seed"] = list(self.bits_per_seed)
         d["replicate_bits"] = list(self.replicate_bits)
+        d["reference_replicate_bits"] = list(self.reference_replicate_bits)
         return d
 
 
@@ -312,6 +316,9 @@ class Estimator:
     diagnostics: ClassVar[tuple[str, ...]] = ()
     # estimate_many takes float16 stacks as they are (else stage 2 hands it float32 copies)
     takes_float16: ClassVar[bool] = False
+    # estimate_cells takes ``side_keys`` ((cells, 2) ints naming each cell's X and Y side: boundary and
+    # position), so that calls naming a side alike can share its random draws (a model and its control)
+    takes_side_keys: ClassVar[bool] = False
 
     def memory_plan(self, pairs: int, n: int, dx: int, dy: int, itemsize: int, eval_fraction: float) -> int:
         """Bytes ``estimate_many`` holds on (pairs, n, d) stacks of ``itemsize``-byte values: here

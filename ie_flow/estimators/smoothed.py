@@ -2,8 +2,10 @@
 
 σ = β · sqrt(tr Cov) of that side (its RMS radius about the mean), Z1, Z2 independent standard
 normals.  Invariant to scaling, shifting and rotating either side (the estimate: within Monte-Carlo
-error, since each side's noise draw is keyed by its content); falls as β grows; between 0 and the
-entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
+error where each side's noise draw is keyed by its content; to scaling and shifting exactly, up to
+rounding, where the caller names the sides, ``keys``, since the draws then depend on the name and the
+seed only); falls as β
+grows; between 0 and the entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
 the settings, never on the other cells of the call.  Option ``standardise`` first scales every coordinate
 of each side to unit variance (so a few massive activation dimensions do not set σ alone; exactly
 constant coordinates are dropped); it is labelled in ``settings["mode"]`` ("standardised" / "raw").
@@ -17,6 +19,7 @@ Public entry point (the one stage 2 calls for all (layer, position) cells of a l
         betas=None,    # None -> the ``betas`` setting, else DEFAULT_BETAS = (0.4, 0.6, 0.8)
         seeds=(0,),    # several: mean over seeds (see "Interval")
         device=None,   # "cpu" / "cuda" / None (CUDA when available)
+        keys=None,     # (P, 2) ints naming each cell's X and Y side: draws keyed by name (CRN)
     ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
 
 ``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case.
@@ -69,6 +72,13 @@ subtraction over-corrected every Gaussian case measured, e.g. d = 16, β = 0.3: 
 β = 0.1 while the value is exact); ``half_n_bits`` (the value at n/2, from the same queries and
 noise) and ``stability_bits`` (value at n − value at n/2); ``boot_ci_low``, ``boot_ci_high``;
 ``underflow_frac``; ``queries``; ``blocks``.
+The bracket ``lower_bits`` / ``upper_bits`` (L = leave-one-out joint − resubstitution marginals,
+U = resubstitution joint − leave-one-out marginals: per entropy term resubstitution is low in
+expectation and leave-one-out high, so L ≤ I ≤ U in expectation), the Gaussian reference
+``gauss_bits`` (G^β: the closed-form MI of the smoothed pair under a Gaussian with the cell's sample
+covariances, ``gaussian_reference.py``) and ``excess_bits`` (M^β − G^β: what the geometry beyond the
+covariances adds), each with ``*_ci_low`` / ``*_ci_high`` from the same bootstrap resamples (the
+excess replicate by replicate).  Setting ``gauss=False`` skips the reference (NaN).
 
 Validity (``valid=False`` keeps the number, with ``invalid_reason``): the cell is invalid when
 resub − LOO > max(GAP_LIMIT_BITS, GAP_FRACTION·value) (β too small for n: the query's own sample
@@ -95,10 +105,15 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .base import LOG2E, Estimator, MIEstimate, _check_finite, resolve_device
+from .gaussian_reference import gaussian_reference
 
 # registry names of this module's estimators (read by estimators/__init__.py without importing it)
 REGISTRY = {"smoothed": "SmoothedMI"}
 
+# The bracket [L, U] and the Gaussian reference G^β with the excess M^β − G^β, each with its 95%
+# interval from the same bootstrap resamples (MIEstimate.diagnostics; the MI table carries them)
+REFERENCE_DIAGNOSTICS = tuple(f"{name}_{part}" for name in ("lower", "upper", "gauss", "excess")
+                              for part in ("bits", "ci_low", "ci_high"))
 # Default β grid (estimate_grid without betas) and single β (estimate_many / estimate_mi).
 # Measured on SmolLM2-135M activations (ICL countries, 4 shots, n = 4096, d = 576, layers 0, 1, 8,
 # 15, 22, 29, all 8 positions; benchmarks/bench_smoothed.py --activations DIR): β = 0.6 and 0.8 were
@@ -178,30 +193,48 @@ def _fingerprint(a: np.ndarray) -> tuple:
     return a.shape, a.dtype.str, hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
 
 
-def dedup_sides(xs: np.ndarray, ys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[int]]:
+def dedup_sides(xs: np.ndarray, ys: np.ndarray, keys: np.ndarray | None = None
+                ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[tuple[int, ...]]]:
     """Distinct side arrays, per cell the index of its X and Y side, and per side a noise key.
 
     Equal content -> one side (a layer chain shares Y of (l, t) with X of (l+1, t)).  A cell whose
-    two sides are equal still gets two entries: X and Y noise must be independent.  The noise key
-    comes from the content (fingerprint, and how many earlier sides share it), so a cell's noise
-    and hence its estimate do not depend on the other cells of the call or their order."""
+    two sides are equal still gets two entries: X and Y noise must be independent.  Without ``keys``
+    the noise key comes from the content (fingerprint, and how many earlier sides share it), so a
+    cell's noise and hence its estimate do not depend on the other cells of the call or their order.
+    ``keys`` ((P, 2) non-negative ints: a name for each cell's X and Y side, e.g. its boundary and
+    position) key the noise by name instead: sides of equal name and content are one, and two calls
+    naming a side alike draw the same standard normals for it, whatever its content (common random
+    numbers: a model and its control on the same windows share their noise, so their difference
+    is free of the noise draw's variability).  A cell whose two sides share a name is an error."""
     sides: list[np.ndarray] = []
-    keys: list[int] = []
+    noise_keys: list[tuple[int, ...]] = []
     by_key: dict[tuple, list[int]] = {}
+    if keys is not None:
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.shape != (xs.shape[0], 2) or (keys < 0).any():
+            raise ValueError(f"keys must be (cells, 2) non-negative ints naming each cell's X and Y side, got shape {keys.shape}")
+        same = np.flatnonzero(keys[:, 0] == keys[:, 1])
+        if same.size:
+            raise ValueError(f"cell {int(same[0])} names its X and Y side alike ({int(keys[same[0], 0])}): "
+                             "their noise must be independent")
 
-    def index_of(a: np.ndarray, avoid: int = -1) -> int:
-        key = _fingerprint(a)
+    def index_of(a: np.ndarray, name: int | None, avoid: int = -1) -> int:
+        key = (_fingerprint(a), name)
         for i in by_key.get(key, []):
             if i != avoid and np.array_equal(sides[i], a):
                 return i
         sides.append(a)
-        keys.append(int(key[2], 16) + len(by_key.get(key, [])))
+        if name is None:
+            noise_keys.append((int(key[0][2], 16) + len(by_key.get(key, [])),))
+        else:
+            noise_keys.append((1, name))  # by name: 2 entries, never equal to a content key's 1
         by_key.setdefault(key, []).append(len(sides) - 1)
         return len(sides) - 1
 
-    sx = np.array([index_of(xs[p]) for p in range(xs.shape[0])], dtype=np.int64)
-    sy = np.array([index_of(ys[p], avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
-    return sides, sx, sy, keys
+    name = (lambda p, side: None) if keys is None else (lambda p, side: int(keys[p, side]))  # noqa: E731
+    sx = np.array([index_of(xs[p], name(p, 0)) for p in range(xs.shape[0])], dtype=np.int64)
+    sy = np.array([index_of(ys[p], name(p, 1), avoid=int(sx[p])) for p in range(ys.shape[0])], dtype=np.int64)
+    return sides, sx, sy, noise_keys
 
 
 @dataclass
@@ -325,7 +358,8 @@ class _Draw:
     noise: list  # per side: (m, d) float32 tensor
 
 
-def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: list[int], device: Any) -> _Draw:
+def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: list[tuple[int, ...]],
+          device: Any) -> _Draw:
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5300]))
@@ -347,7 +381,7 @@ def _draw(layout: _Layout, m: int, seed: int, sides: list[_Side], noise_keys: li
     qindex[qpos] = np.arange(m)
     noise = []
     for side, key in zip(sides, noise_keys):  # drawn on CPU: the same noise on any device
-        state = np.random.SeedSequence([int(seed), key, 0x5301]).generate_state(1, np.uint64)[0]
+        state = np.random.SeedSequence([int(seed), *key, 0x5301]).generate_state(1, np.uint64)[0]
         gen = torch.Generator().manual_seed(int(state) >> 1)
         noise.append(torch.randn((m, side.data.shape[1]), generator=gen).to(device))
     return _Draw(pos, qpos, starts, ends, null_pos, qindex[null_pos[qpos]], noise)
@@ -546,11 +580,12 @@ def _weighted_logsum(t: Any, weights: Any) -> Any:
     return ((t - top).float().exp_() @ weights.T).log_().double() + top
 
 
-def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
-    """Block-bootstrap replicates of the mean per-query value (cells, B): blocks resampled with
-    multiplicities; a query counts as often as its block. A query whose kernel sums are empty in a
-    resample (its only near neighbours were not drawn) is left out of that replicate, as the
-    estimate leaves out an underflowing query, instead of making the replicate infinite."""
+def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> dict[str, Any]:
+    """Block-bootstrap replicates of the mean per-query value and of the bracket's two ends (each
+    (cells, B)): blocks resampled with multiplicities; a query counts as often as its block. A query
+    whose kernel sums are empty in a resample (its only near neighbours were not drawn) is left out of
+    that replicate, as the estimate leaves out an underflowing query, instead of making the replicate
+    infinite. The weighted kernel sums are shared by the three."""
     import torch
 
     w32, qblock = layout_t["weights"], layout_t["qblock"]
@@ -558,16 +593,24 @@ def _bootstrap(parts: dict, layout_t: dict, loo: bool) -> Any:
     wq = w[:, qblock].T  # (m, B)
     total = w @ layout_t["counts"]  # (B,)
     lj, la, lb = (_weighted_logsum(parts[k], w32) for k in ("J", "A", "B"))
-    if loo:
-        v = lj - la - lb + torch.log((total - wq).clamp_min(1.0))
-    else:
-        lw = torch.log(wq)
-        add = torch.logaddexp
-        sa, sb = parts["sA"][..., None], parts["sB"][..., None]
-        v = add(lj, lw + sa + sb) - add(la, lw + sa) - add(lb, lw + sb) + torch.log(total)
-    counted = torch.where((wq > 0) & torch.isfinite(v), wq.expand_as(v), torch.zeros_like(v))
-    v = torch.where(counted > 0, v, torch.zeros_like(v))
-    return (v * counted).sum(-2) / counted.sum(-2).clamp_min(1.0)
+    lw = torch.log(wq)
+    add = torch.logaddexp
+    sa, sb = parts["sA"][..., None], parts["sB"][..., None]
+    ra, rb = add(la, lw + sa), add(lb, lw + sb)  # resubstitution marginals (own sample in, weight wq)
+    log_loo, log_all = torch.log((total - wq).clamp_min(1.0)), torch.log(total)
+    loo_v = lj - la - lb + log_loo
+    res_v = add(lj, lw + sa + sb) - ra - rb + log_all
+    values = {
+        "boot": loo_v if loo else res_v,
+        "boot_lower": lj - ra - rb + 2 * log_all - log_loo,
+        "boot_upper": add(lj, lw + sa + sb) - la - lb + 2 * log_loo - log_all,
+    }
+    out = {}
+    for key, v in values.items():
+        counted = torch.where((wq > 0) & torch.isfinite(v), wq.expand_as(v), torch.zeros_like(v))
+        v = torch.where(counted > 0, v, torch.zeros_like(v))
+        out[key] = (v * counted).sum(-2) / counted.sum(-2).clamp_min(1.0)
+    return out
 
 
 def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict[str, Any]:
@@ -586,18 +629,37 @@ def _cell_figures(parts: dict, layout_t: dict, null_row: Any, loo: bool) -> dict
     hq = layout_t["half_queries"]
     lh = [lse(T[:, hq, :half], -1) for T in (J, A, B)]
     v_half = _per_query(*lh, sA[:, hq], sB[:, hq], layout_t["n_half"], loo)
+    lower, upper = _bracket_per_query(lj, la, lb, sA, sB, n)
     finite = torch.isfinite(v)
     m = v.shape[-1]
+    mean_finite = lambda t: torch.where(finite, t, torch.zeros_like(t)).sum(-1) / finite.sum(-1).clamp_min(1)  # noqa: E731
     return {
-        "head": torch.where(finite, v, torch.zeros_like(v)).sum(-1) / finite.sum(-1).clamp_min(1),
+        "head": mean_finite(v),
         "loo": v_loo.mean(-1),
         "resub": v_res.mean(-1),
         "null": v_null.mean(-1),
         "stability": (v[:, hq] - v_half).mean(-1),
         "mc_se": v.std(-1) / math.sqrt(m),
         "underflow": 1.0 - finite.double().mean(-1),
-        "boot": _bootstrap(parts, layout_t, loo),
+        "lower": mean_finite(lower),
+        "upper": mean_finite(upper),
+        **_bootstrap(parts, layout_t, loo),
     }
+
+
+def _bracket_per_query(lj: Any, la: Any, lb: Any, sA: Any, sB: Any, n: Any) -> tuple[Any, Any]:
+    """The bracket's two ends per query (nats).  Per entropy term the resubstitution value is low in
+    expectation (the smoothed empirical distribution has less entropy than the smoothed truth:
+    concavity) and the leave-one-out value high (Jensen: E log p̂₋ᵢ ≤ log p), so
+    L = leave-one-out joint − resubstitution marginals ≤ I ≤ U = resubstitution joint − leave-one-out
+    marginals, in expectation.  Each density carries its own normaliser (n or n − 1)."""
+    import torch
+
+    add = torch.logaddexp
+    log_n, log_n1 = torch.log(n), torch.log(n - 1.0)
+    lower = lj - log_n1 - (add(la, sA) - log_n) - (add(lb, sB) - log_n)
+    upper = add(lj, sA + sB) - log_n - (la - log_n1) - (lb - log_n1)
+    return lower, upper
 
 
 # --------------------------------------------------------------------------- validity and results
@@ -687,7 +749,9 @@ class SmoothedMI(Estimator):
     Its variants are the β of the grid; the headline is the smallest β valid in every cell."""
 
     name = "smoothed"
-    diagnostics = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits")
+    takes_side_keys = True  # stage 2 names each cell's sides: a model and its control share their noise
+    diagnostics = ("null_bits", "mc_se_bits", "resub_loo_gap_bits", "stability_bits",
+                   *REFERENCE_DIAGNOSTICS)
     defaults: ClassVar[dict[str, Any]] = {
         "beta": 0.6,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
         "betas": None,  # grid of estimate_grid (None: DEFAULT_BETAS)
@@ -700,6 +764,7 @@ class SmoothedMI(Estimator):
         "chunk": None,  # columns per chunk (None: from memory, 1 GiB on CPU, half the free GPU memory)
         "cell_batch": 16,  # sides / cells whose kernels and figures are formed at once (one op each)
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
+        "gauss": True,  # the Gaussian reference G^β and the excess M^β - G^β (gaussian_reference.py)
     }
 
     def __init__(self, **settings: Any) -> None:
@@ -725,9 +790,9 @@ class SmoothedMI(Estimator):
     def variants(self) -> tuple[str, ...]:
         return tuple(variant_of(b) for b in self.grid())
 
-    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
-                       ) -> list[list[MIEstimate]]:
-        return self.estimate_grid(xs, ys, seeds=seeds, device=device)
+    def estimate_cells(self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None,
+                       side_keys: np.ndarray | None = None) -> list[list[MIEstimate]]:
+        return self.estimate_grid(xs, ys, seeds=seeds, device=device, keys=side_keys)
 
     def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
         """No split: 8 samples, and at least as many as an explicit number of queries."""
@@ -758,8 +823,10 @@ class SmoothedMI(Estimator):
         betas: Sequence[float] | None = None,
         seeds: Sequence[int] = (0,),
         device: Any = None,
+        keys: np.ndarray | None = None,
     ) -> list[list[MIEstimate]]:
-        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta]."""
+        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta].
+        ``keys`` ((P, 2) ints) name each cell's sides and key their noise by name (``dedup_sides``)."""
         import torch
 
         t0 = self._clock()
@@ -776,17 +843,18 @@ class SmoothedMI(Estimator):
             torch.set_num_threads(int(s["threads"]))
         try:
             with torch.no_grad():
-                figs, radii, layout = self._run(xs, ys, betas, seeds, dev)
+                figs, radii, layout, gauss = self._run(xs, ys, betas, seeds, dev, keys)
         finally:
             torch.set_num_threads(prev_threads)
-        return self._estimates(figs, radii, layout, betas, seeds, dev, self._clock() - t0)
+        return self._estimates(figs, radii, layout, gauss, betas, seeds, dev, self._clock() - t0)
 
-    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any) -> tuple:
+    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any,
+             keys: np.ndarray | None = None) -> tuple:
         import torch
 
         s = self.settings
         m, n = query_count(s["queries"], xs.shape[1]), xs.shape[1]
-        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys)
+        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys, keys)
         sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
         per_col = 4.0 * m * len(betas) * (len(sides) + 2 * int(s["cell_batch"]))  # kernel store + temporaries
         rng = layout_rng(n, int(s["bootstrap_seed"]))
@@ -806,10 +874,15 @@ class SmoothedMI(Estimator):
             del sums
         figs = {k: np.stack([f[k] for f in per_seed]) for k in per_seed[0]}  # (seeds, cells, betas[, B])
         radii = np.array([[sides[i].radius for i in sx_np], [sides[i].radius for i in sy_np]])
-        return figs, radii, layout
+        del sides
+        gauss = None
+        if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by replicate
+            gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, bool(s["standardise"]), sample_blocks(layout),
+                                       weights.cpu().numpy(), layout.block_counts)
+        return figs, radii, layout, gauss
 
-    def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, betas: list[float],
-                   seeds: tuple[int, ...], dev: Any, elapsed: float) -> list[list[MIEstimate]]:
+    def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, gauss: tuple | None,
+                   betas: list[float], seeds: tuple[int, ...], dev: Any, elapsed: float) -> list[list[MIEstimate]]:
         s = self.settings
         P = radii.shape[1]
         bits = {k: v * LOG2E for k, v in figs.items() if k != "underflow"}
@@ -826,11 +899,9 @@ class SmoothedMI(Estimator):
                 per_seed = np.zeros(len(seeds)) if constant else bits["head"][:, p, b]
                 value = float(per_seed.mean())
                 boot = bits["boot"][:, p, b].mean(0) if bits["boot"].shape[-1] and not constant else np.array([value])
-                # the replicates' spread, centred on the estimate: resamples hold ~63% distinct
-                # samples, which shifts a biased (too small β) LOO value further down
-                q_lo, q_mid, q_hi = np.percentile(boot, [2.5, 50.0, 97.5])
-                lo, hi = value + float(q_lo - q_mid), value + float(q_hi - q_mid)
+                lo, hi = centred_interval(value, boot)
                 diag = self._diagnostics(bits, figs["underflow"], p, b, constant, len(seeds))
+                diag.update(self._reference(bits, gauss, p, b, constant, value, boot))
                 diag.update(beta=beta, sigma_x=float(beta * radii[0, p]), sigma_y=float(beta * radii[1, p]), boot_ci_low=lo,
                             boot_ci_high=hi, half_n_bits=value - diag["stability_bits"],
                             queries=float(query_count(s["queries"], layout.n)),
@@ -843,9 +914,42 @@ class SmoothedMI(Estimator):
                     seeds=seeds, bits_per_seed=tuple(float(v) for v in per_seed), ci_low=lo, ci_high=hi,
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
                     replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),
+                    reference_replicate_bits=self._reference_replicates(gauss, p, b, constant, len(boot)),
                     variant=variant_of(beta),
                 ))
             out.append(row)
+        return out
+
+    @staticmethod
+    def _reference_replicates(gauss: tuple | None, p: int, b: int, constant: bool, replicates: int
+                              ) -> tuple[float, ...]:
+        """G^β on the same resamples as ``replicate_bits`` (0 on each for a constant side)."""
+        if gauss is None or gauss[1].shape[-1] == 0:
+            return ()
+        return (0.0,) * replicates if constant else tuple(float(v) for v in gauss[1][p, b])
+
+    @staticmethod
+    def _reference(bits: dict, gauss: tuple | None, p: int, b: int, constant: bool, value: float,
+                   boot: np.ndarray) -> dict[str, float]:
+        """The bracket and the Gaussian reference of one cell and β, each with its 95% interval from
+        the same resamples (the excess replicate by replicate: M_b − G_b)."""
+        out: dict[str, float] = {}
+        has_boot = bits["boot"].shape[-1] > 0 and not constant
+
+        def put(name: str, point: float, reps: np.ndarray | None) -> None:
+            low, high = centred_interval(point, reps) if reps is not None else (point, point)
+            out.update({f"{name}_bits": point, f"{name}_ci_low": low, f"{name}_ci_high": high})
+
+        for end in ("lower", "upper"):
+            point = 0.0 if constant else float(bits[end][:, p, b].mean())
+            put(end, point, bits[f"boot_{end}"][:, p, b].mean(0) if has_boot else None)
+        if gauss is None:
+            for name in ("gauss", "excess"):
+                put(name, math.nan, None)
+            return out
+        g, g_reps = float(gauss[0][p, b]), gauss[1][p, b]
+        put("gauss", g, g_reps if has_boot else None)
+        put("excess", value - g, boot - g_reps if has_boot else None)
         return out
 
     @staticmethod
@@ -863,6 +967,25 @@ class SmoothedMI(Estimator):
             "stability_bits": float(bits["stability"][:, p, b].mean()),
             "underflow_frac": float(underflow[:, p, b].mean()),
         }
+
+
+def centred_interval(value: float, replicates: np.ndarray) -> tuple[float, float]:
+    """95% interval: the replicates' 2.5/97.5% percentiles minus their median, around ``value``
+    (resamples hold ~63% distinct samples, which shifts a biased (too small β) LOO value further
+    down; their spread is what counts)."""
+    reps = replicates[np.isfinite(replicates)]
+    if reps.size == 0:
+        return value, value
+    q_lo, q_mid, q_hi = np.percentile(reps, [2.5, 50.0, 97.5])
+    return value + float(q_lo - q_mid), value + float(q_hi - q_mid)
+
+
+def sample_blocks(layout: _Layout) -> np.ndarray:
+    """(n,) the bootstrap block of every sample."""
+    out = np.empty(layout.n, dtype=np.int64)
+    real = layout.pos_sample >= 0
+    out[layout.pos_sample[real]] = np.flatnonzero(real) // layout.block_width
+    return out
 
 
 def direct_estimate(x: np.ndarray, y: np.ndarray, beta: float, query_ids: np.ndarray, zx: np.ndarray,

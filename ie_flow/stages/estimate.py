@@ -130,6 +130,14 @@ def read_boundary_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[
     return stack
 
 
+def side_keys(cells: list[tuple[int, int]], variant: str) -> np.ndarray:
+    """(cells, 2) names of each cell's X and Y side: (variant, boundary, stored column), so that a model
+    and its control measured on the same windows draw the same noise for the same side (common
+    random numbers: their difference is then free of the draw's variability)."""
+    code = lambda boundary, t: (int(variant == "isolated") << 40) | (boundary << 20) | t  # noqa: E731
+    return np.array([[code(l, t), code(l + 1, t)] for l, t in cells], dtype=np.int64)
+
+
 def estimate_layer_group(
     folder: DatasetFolder, manifest: Manifest, layers: list[int], spec: EstimateSpec, out: ResultsFolder,
     device: str | None = None, budget: int | None = None,
@@ -153,7 +161,7 @@ def estimate_layer_group(
         for batch in (cells[i : i + size] for i in range(0, len(cells), size)):
             with PeakRSS() as peak:
                 xs, ys = read_cell_stacks(folder, manifest, batch, spec, variant, plan.cell_itemsize)
-                estimates = estimate_cells(xs, ys, spec, device)
+                estimates = estimate_cells(xs, ys, spec, device, side_keys(batch, variant))
                 del xs, ys
             run = BatchRun(variant, len(batch), sorted({l for l, _ in batch}), batch[0], plan.bytes(len(batch)),
                            budget, peak.bytes)

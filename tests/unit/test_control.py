@@ -40,6 +40,31 @@ def test_difference_is_bootstrapped_replicate_by_replicate():
     assert layers[1].diff == pytest.approx(0.0)
 
 
+def test_difference_splits_into_its_gaussian_part_and_the_excess_replicate_by_replicate():
+    """Cells with a Gaussian reference (diagnostic gauss_bits, its replicates in reference_replicates):
+    IE and the model-minus-control difference split into the reference's IE and the excess."""
+    def with_reference(rows, gauss, shift):
+        for r in rows:
+            g = gauss[r["layer"]][r["position"]]
+            r["diagnostics"] = {"gauss_bits": g}
+            # the reference moves with the resample by less than the value does (its own offsets)
+            r["reference_replicates"] = list(g + shift * (np.array(r["replicates"]) - r["bits"]))
+        return rows
+
+    model = with_reference(_rows("β = 0.6", [(1.0, 3.0)]), [(0.5, 1.5)], 0.5)
+    control = with_reference(_rows("β = 0.6", [(1.0, 1.5)]), [(0.5, 1.0)], 0.5)
+    _, _, em, ec, (layer,) = compare(EstimateSpec(method="smoothed"), model, control)
+    assert em.layers[0].reference_ie == pytest.approx((1.5 - 0.5) / 2)  # Gaussian IE: G(last) - mean G
+    assert em.layers[0].excess_ie == pytest.approx(em.layers[0].ie - 0.5)
+    assert layer.diff == pytest.approx(0.75) and layer.reference_diff == pytest.approx(0.5 - 0.25)
+    assert layer.excess_diff == pytest.approx(0.75 - 0.25)
+    # the shared offsets cancel in every difference (replicate by replicate): zero-width intervals
+    assert (layer.reference_ci_low, layer.reference_ci_high) == pytest.approx((0.25, 0.25))
+    assert (layer.excess_ci_low, layer.excess_ci_high) == pytest.approx((0.5, 0.5))
+    # the model's own parts have intervals that do not vanish (its offsets do not cancel within one profile)
+    assert em.layers[0].reference_ie_ci_low < em.layers[0].reference_ie < em.layers[0].reference_ie_ci_high
+
+
 def test_control_jobs_keep_everything_but_what_they_control():
     job = load_job(None, {"control.kind": "random", "corpus.samples": 512})
     ctrl = control_job(job)
@@ -78,6 +103,10 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     for d in control["layers"]:
         assert d["diff"] == pytest.approx(d["model_ie"] - d["control_ie"])
         assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+        if d["diff"] == d["diff"]:  # split into the Gaussian reference's part and the excess
+            assert d["reference_diff"] + d["excess_diff"] == pytest.approx(d["diff"])
+            assert d["reference_ci_low"] <= d["reference_diff"] <= d["reference_ci_high"]
+            assert d["excess_ci_low"] <= d["excess_diff"] <= d["excess_ci_high"]
     assert "random-tiny-llama" in control["control_results"]
     import mlflow
 

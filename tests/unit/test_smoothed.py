@@ -276,3 +276,56 @@ def test_nan_input_raises_value_error() -> None:
     x[7, 1] = np.nan
     with pytest.raises(ValueError, match=r"x contains non-finite values \(1 NaN"):
         estimate_mi(x, y, method="smoothed", beta=0.4, queries=100)
+
+
+# ----------------------------------------------------------------------------- common random numbers
+
+def test_named_sides_draw_the_same_noise_in_every_call_whatever_their_content() -> None:
+    model, _ = chain(layers=2)
+    control, _ = chain(layers=2, seed=7)  # other content, same shapes
+    keys = np.array([[0, 1], [1, 2]])
+    layout = _layout(600, 8, layout_rng(600, 0))
+    draws = []
+    for xs in (model, control):
+        for named in (keys, None):
+            sides, sx, sy, noise_keys = dedup_sides(xs, xs[::-1].copy(), named)
+            draws.append(_draw(layout, 64, 0, [_side(a, False, "cpu") for a in sides], noise_keys, "cpu"))
+    (m_named, m_content), (c_named, c_content) = draws[:2], draws[2:]
+    assert all(np.array_equal(a, b) for a, b in zip(m_named.noise, c_named.noise))  # common random numbers
+    assert not np.array_equal(m_content.noise[0], c_content.noise[0])  # keyed by content: independent
+    assert np.array_equal(m_named.qpos, c_named.qpos)  # the same query ids either way
+    with pytest.raises(ValueError, match="alike"):
+        dedup_sides(model, control, np.array([[0, 0], [1, 2]]))
+
+
+def test_named_sides_make_the_estimate_exactly_invariant_to_scaling_and_shifting() -> None:
+    x, y, _ = correlated_gaussian(6, 0.8, seed=2, n=1500)
+    est = SmoothedMI(queries=300, bootstrap=0, gauss=False)
+    keys = np.array([[0, 1]])
+    base = est.estimate_grid(x[None], y[None], betas=[0.5], keys=keys)[0][0]
+    moved = est.estimate_grid((x * 37.0 + 5.0)[None], (y * 1e-3)[None], betas=[0.5], keys=keys)[0][0]
+    assert moved.bits == pytest.approx(base.bits, abs=1e-4)
+
+
+def test_a_named_cells_estimate_does_not_depend_on_the_other_cells() -> None:
+    xs, ys = chain(layers=4)
+    keys = np.array([[l, l + 1] for l in range(4)])
+    est = SmoothedMI(queries=64, blocks=8, cell_batch=3, gauss=False)
+    straight = est.estimate_grid(xs, ys, betas=[0.4], keys=keys)
+    alone = est.estimate_grid(xs[2:3], ys[2:3], betas=[0.4], keys=keys[2:3])
+    assert alone[0][0].bits == pytest.approx(straight[2][0].bits, abs=1e-5)
+
+
+def test_common_random_numbers_narrow_the_interval_of_a_paired_difference() -> None:
+    # a "model" and a "control" that differs a little on the same samples: with shared query ids
+    # and draws their per-query values move together, and the difference's interval is narrower
+    x, y, _ = correlated_gaussian(4, 0.8, seed=0, n=2000)
+    y2 = y + 0.2 * np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    est = SmoothedMI(queries=500, bootstrap=100, gauss=False)
+    width = {}
+    for how, keys in (("crn", np.array([[0, 1]])), ("independent", None)):
+        a = est.estimate_grid(x[None], y[None], betas=[0.5], keys=keys)[0][0]
+        b = est.estimate_grid(x[None], y2[None], betas=[0.5], keys=keys)[0][0]
+        diff = np.array(a.replicate_bits) - np.array(b.replicate_bits)
+        width[how] = float(np.subtract(*np.percentile(diff, [97.5, 2.5])))
+    assert width["crn"] < 0.5 * width["independent"], width
