@@ -25,11 +25,13 @@ class TargetGrid:
         rows = [r for r in table_rows(table) if variant is None or r["variant"] == variant]
         self.positions = sorted({int(r["position"]) for r in rows})
         self.boundaries = [0] + sorted({int(r["layer"]) + 1 for r in rows})
+        first_layer = self.boundaries[1] - 1  # every layer repeats boundary 0's rows: read them once
         cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for r in rows:
-            boundary = int(r["layer"]) + 1 if r["level"] == "macro" else 0
-            if r["level"] == "macro" or int(r["layer"]) == min(b - 1 for b in self.boundaries[1:]):
-                cells.setdefault((boundary, int(r["position"])), []).append(r)  # boundary 0 once
+            if r["level"] == "macro":
+                cells.setdefault((int(r["layer"]) + 1, int(r["position"])), []).append(r)
+            elif int(r["layer"]) == first_layer:
+                cells.setdefault((0, int(r["position"])), []).append(r)
         shape = (len(self.boundaries), len(self.positions))
         self.bits, self.low, self.high, self.ceiling = (np.full(shape, np.nan) for _ in range(4))
         b_count = max((len(rs[0].get("replicates") or []) for rs in cells.values()), default=0)
