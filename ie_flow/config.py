@@ -44,7 +44,8 @@ class CorpusSpec(_Section):
     samples: int = Field(4096, ge=1)
     seed: int = 0
     text_field: str = "text"
-    # JSONL field / Parquet column holding each document's label (a per-sequence target for `probe`)
+    # JSONL field / Parquet column holding each document's label (a per-sequence target for `probe`;
+    # "label" when a target measure reads a corpus file and none is named)
     label_field: str | None = None
     # which N-token window of each sentence a text corpus contributes
     window: Literal["first", "last"] = "first"
@@ -263,16 +264,26 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _control_measures_the_target(tree: dict[str, Any]) -> None:
-    """A control of a target measure's job is measured with that measure (and its settings) unless the
-    job names the control's estimator: the smoothed default measures no target."""
+DEFAULT_LABEL_FIELD = "label"
+
+
+def _target_defaults(tree: dict[str, Any]) -> None:
+    """What a target measure's job means when it does not say: a corpus file's labels are its `label`
+    field, and the control is measured with the same measure (and settings) unless the job names the
+    control's estimator (the smoothed default measures no target)."""
+    from ie_flow.corpora import ICL_CORPORA
+    from ie_flow.corpora.builtin import BUILTIN_TEXT_CORPORA
     from ie_flow.estimators import ESTIMATORS
 
-    estimate, control = tree.get("estimate") or {}, tree.get("control")
+    estimate = tree.get("estimate") or {}
     method = estimate.get("method") if isinstance(estimate, dict) else None
-    if not isinstance(control, dict) or "estimator" in control or method not in ESTIMATORS:
+    if method not in ESTIMATORS or not ESTIMATORS[method].measures_target:
         return
-    if ESTIMATORS[method].measures_target:
+    corpus = tree.setdefault("corpus", {})
+    if isinstance(corpus, dict) and corpus.get("name") not in (None, *ICL_CORPORA, *BUILTIN_TEXT_CORPORA):
+        corpus.setdefault("label_field", DEFAULT_LABEL_FIELD)
+    control = tree.get("control")
+    if isinstance(control, dict) and "estimator" not in control:
         control["estimator"] = method
         control.setdefault("settings", dict(estimate.get("settings") or {}))
 
@@ -294,7 +305,7 @@ def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = 
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
-    _control_measures_the_target(tree)
+    _target_defaults(tree)
     try:
         return JobSpec.model_validate(tree)
     except ValidationError as e:

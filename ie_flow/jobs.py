@@ -154,7 +154,8 @@ def check_target_corpus(job: JobSpec) -> None:
     names = ", ".join(sorted({m.name for m in measures}))
     if c.name not in LABELLED_CORPORA and not c.label_field:
         raise IEFlowError(f"estimator {names} measures information about a per-sequence label, and corpus {c.name} "
-                          "has none: use icl-coherence, or a JSONL/Parquet corpus with --label-field")
+                          "has none: use icl-coherence, or a JSONL/Parquet corpus with a `label` field "
+                          "(or --label-field)")
     if job.extract.layers is not None and 0 not in job.extract.layers:
         raise IEFlowError(f"estimator {names} needs block 0 among --layers: its micro term is measured on the "
                           "embeddings (boundary 0)")

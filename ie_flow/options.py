@@ -99,7 +99,8 @@ def _job_options() -> dict[str, tuple[Any, str]]:
         "seed": (_opt("Corpus seed (sampling of sequences).", CORPUS, Optional[int]), "corpus.seed"),
         "text_field": (_opt("Text field / column of JSONL and Parquet corpora.", CORPUS), "corpus.text_field"),
         "label_field": (_opt("Field / column of JSONL and Parquet corpora holding each document's label: the "
-                             "per-sequence target the probe estimator measures.", CORPUS), "corpus.label_field"),
+                             "per-sequence target the probe estimator measures (default label).", CORPUS),
+                        "corpus.label_field"),
         "estimator": (_opt(f"MI estimator: {', '.join(estimators)} (default infonce).", ESTIMATION,
                            choices=estimators), "estimate.method"),
         "seeds": (_opt("Estimator seeds, comma separated, e.g. 0,1,2.", ESTIMATION), "estimate.seeds"),

@@ -97,7 +97,8 @@ def read_documents(uri: str, text_field: str = "text", endpoint_url: str | None 
             yield from _parquet_documents(fs, path, name, text_field, label_field)
             continue
         if label_field is not None and not path.endswith((".jsonl", ".json")):
-            raise IEFlowError(f"{name} is plain text: --label-field needs a JSONL or Parquet corpus")
+            raise IEFlowError(f"{name} is plain text: a per-sequence label (--label-field) needs a JSONL or "
+                              "Parquet corpus")
         jsonl = path.endswith((".jsonl", ".json"))
         with fs.open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):

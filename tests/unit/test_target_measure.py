@@ -177,3 +177,15 @@ def test_corpus_command_prints_the_exact_ceilings(ie_flow, tiny_llama):
     assert res.code == 0, res.err
     assert "exact I(s; prefix_t) per position (bits): [0.0, 0.0, 0.494, 0.494, 0.811, 0.811, 1.0, 1.0]" in res.out
     assert "exact I(s; x_t), token alone per position (bits): [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]" in res.out
+
+
+def test_a_target_job_reads_the_label_field_and_measures_its_control_alike():
+    from ie_flow.config import load_job
+
+    job = load_job(None, {"estimate.method": "probe", "corpus.name": "docs.jsonl", "control.kind": "shuffled"})
+    assert job.corpus.label_field == "label" and job.control.estimator == "probe"
+    named = load_job(None, {"estimate.method": "probe", "corpus.name": "docs.jsonl", "corpus.label_field": "topic"})
+    assert named.corpus.label_field == "topic"
+    builtin = load_job(None, {"estimate.method": "probe", "corpus.name": "icl-coherence", "control.kind": "random"})
+    assert builtin.corpus.label_field is None and builtin.control.estimator == "probe"
+    assert load_job(None, {"corpus.name": "docs.jsonl", "control.kind": "shuffled"}).control.estimator == "smoothed"
