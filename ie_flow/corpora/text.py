@@ -76,7 +76,7 @@ def _parquet_documents(fs: Any, path: str, name: str, text_field: str, label_fie
                 if label_field is None:
                     yield from (t for t in texts if t)
                     continue
-                for i, (t, label) in enumerate(zip(texts, batch.column(1).to_pylist())):
+                for t, label in zip(texts, batch.column(1).to_pylist()):
                     if t and label is None:
                         raise IEFlowError(f"{name}: a row has no {label_field!r} label (null); every "
                                           "document needs one")
