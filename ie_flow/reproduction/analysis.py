@@ -158,8 +158,8 @@ def every_window_distinct(m: Measured) -> bool:
     report rows (InfoNCE) sits at its ceiling at any n. ICL corpora have a finite support: they can
     repeat windows, and a large enough n resolves them."""
     man = m.record.manifest
-    kind = man.dataset.settings.get("kind")
-    return kind not in ("icl", "coherence") and man.prefix_entropy_bits[-1] >= math.log2(man.samples) - 1e-9
+    synthetic = str(man.dataset.settings.get("kind", "")).startswith("icl")  # icl, icl-coherence
+    return not synthetic and man.prefix_entropy_bits[-1] >= math.log2(man.samples) - 1e-9
 
 
 def set_by_corpus(ms: list[Measured]) -> bool:

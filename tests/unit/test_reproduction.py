@@ -145,14 +145,16 @@ def _profile(ie: list[float], half: float = 0.1, saturated: bool = False) -> Eme
 
 
 def _measured(key: str, em: Emergence, estimator: str = "smoothed", experiment: str = "icl", samples: int = 512,
-              text: bool = False, **tags) -> Measured:
+              text: bool = False, kind: str = "", last_bits: float | None = None, **tags) -> Measured:
+    """A measurement of `em`; `text`: a text corpus whose windows are all distinct (last position's
+    prefix entropy log2 n) unless `last_bits` says otherwise."""
     from types import SimpleNamespace
 
     from ie_flow.store import ReproductionEntry
 
-    entropy = [math.log2(samples)] * 4 if text else [4.0, 4.0, 7.9, 7.9]  # text: every window distinct
-    manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=entropy,
-                               dataset=SimpleNamespace(settings={"kind": "text" if text else "icl"}))
+    last = last_bits if last_bits is not None else math.log2(samples) if text else 7.9
+    manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=[4.0, 4.0, 7.9, last],
+                               dataset=SimpleNamespace(settings={"kind": kind or ("text" if text else "icl")}))
     entry = ReproductionEntry(experiment=experiment, cell=key, estimator=estimator, tags=tags, results_uri="x")
     return Measured(key, entry, SimpleNamespace(manifest=manifest, mlflow_run_id=None), {"β=0.4": em})
 
@@ -186,6 +188,11 @@ def test_each_label_on_synthetic_profiles():
             for i in range(2)]
     assert set_by_corpus(text) and not set_by_corpus([_measured("i", base, "infonce")])
     assert not set_by_corpus([_measured("s", base, "smoothed", "natural-text", 8192, text=True)])
+    # a text corpus with a repeated window, or a synthetic corpus whose n draws happen to be distinct
+    # (its support is finite: a larger n repeats them), is not set by the corpus
+    assert not set_by_corpus([_measured("r", base, "infonce", "natural-text", 8192, text=True, last_bits=12.99)])
+    for kind in ("icl", "icl-coherence"):
+        assert not set_by_corpus([_measured("c", base, "infonce", samples=512, last_bits=9.0, kind=kind)])
     design = Finding("infonce", Value(0.0, 0.0, 0.0), saturated=1.0, by_design=set_by_corpus(text))
     assert decide([design])[0] == "untestable by design"
     assert decide([Finding("smoothed", up.effect, saturated=0.75)])[0] == "not testable here (saturated)"
