@@ -92,7 +92,7 @@ def _job_options() -> dict[str, tuple[Any, str]]:
     micro, dtypes = literal_values(ExtractSpec, "micro"), literal_values(ExtractSpec, "storage_dtype")
     return {
         "model": (_opt("Model: alias (smollm2-135m), HF hub id, folder, .gguf file; random:NAME for a random-weight control.", MODEL), "model.name"),
-        "corpus": (_opt("icl-countries (default), icl-animals, icl-colours, icl-mixed, icl-coherence (labelled), a built-in text corpus, or a text/JSONL/Parquet path or s3:// URI.", CORPUS), "corpus.name"),
+        "corpus": (_opt("icl-countries (default), icl-animals, icl-colours, icl-mixed (all 48 names), icl-mixed-matched (16 names over the three categories: the one-category corpora's K and prefix entropy), icl-coherence (labelled), a built-in text corpus, or a text/JSONL/Parquet path or s3:// URI.", CORPUS), "corpus.name"),
         "shots": (_opt("ICL shots (names per sequence, 1-5).", CORPUS, Optional[int]), "corpus.shots"),
         "tokens": (_opt("Window length N in tokens (text corpora).", CORPUS, Optional[int]), "corpus.tokens"),
         "samples": (_opt("Number of sequences.", CORPUS, Optional[int]), "corpus.samples"),

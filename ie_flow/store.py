@@ -400,6 +400,12 @@ class StorageRoot:
     def save_reproduction(self, index: ReproductionIndex) -> None:
         self.storage.write_json("reproduction/index.json", index.model_dump(mode="json"))
 
+    def relative(self, uri: str) -> str | None:
+        """`uri` as a path under this root ("results/MODEL/..."), None when it is not under it: what a
+        report records, so it stays true when the root is copied or mounted elsewhere."""
+        root = self.storage.url().rstrip("/") + "/"
+        return uri[len(root):] if uri.startswith(root) else None
+
     def generated_corpus_uri(self, name: str) -> str:
         return self.storage.url("reproduction", "generated", f"{name}.jsonl")
 

@@ -4,7 +4,8 @@ interval, differences between cells, and the verdict rule (one rule for every cl
 A difference between two cells measured on different samples gets the half-widths of their 95%
 intervals added in quadrature (independent samples). A comparison by an estimator with variants
 uses one variant for every cell in it (the first valid in all of them, as for a model and its
-control: the smoothed measure's smallest β)."""
+control: the smoothed measure's smallest β), and one set of layers: those valid in every cell
+(`common_layers`), so no cell's mean leaves out a layer the others keep."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow.emergence import Emergence, emergence_by_variant
+from ie_flow.emergence import Emergence, bootstrap_interval, emergence_by_variant
 from ie_flow.results import ResultsRecord, read_record, variant_order
 from ie_flow.store import ReproductionEntry, ReproductionIndex, results_folder
 
-VERDICTS = ("reproduced", "reproduced with the paper's estimator only", "not testable here (saturated)",
-            "explained by the corpus", "not reproduced")
+# strongest to weakest: a claim in two parts gets the weaker part's verdict
+VERDICTS = ("reproduced", "reproduced with the paper's estimator only", "explained by the corpus",
+            "not testable here (saturated)", "not testable here (one size per family)",
+            "not testable here (no measurement)", "untestable by design", "no effect", "contradicted")
 SATURATED_SHARE = 0.5  # a claim is not testable by an estimator when at least this share of its layers saturate
-
+BY_DESIGN = "untestable by design"
 
 @dataclass
 class Measured:
@@ -96,11 +99,33 @@ def mean_of(values: list[Value]) -> Value:
     return Value(m, m - h, m + h)
 
 
-def ie_mean(em: Emergence) -> Value:
-    s = em.summary
-    if not math.isfinite(s.ie_mean):
+def ie_mean(em: Emergence, layers: list[int] | None = None) -> Value:
+    """IE mean over `layers` (default: the cell's own valid layers) with its bootstrap interval, as
+    the summary computes it. A layer in `layers` that is invalid here makes the value NaN: a
+    comparison passes the layers valid in all its cells (`common_layers`)."""
+    if layers is None:
+        s = em.summary
+        if not math.isfinite(s.ie_mean):
+            return Value(math.nan, math.nan, math.nan)
+        return Value(s.ie_mean, s.ie_mean_ci_low, s.ie_mean_ci_high)
+    at = {l.layer: i for i, l in enumerate(em.layers)}
+    idx = [at[l] for l in layers if l in at]
+    ie = np.array([em.layers[i].ie for i in idx])
+    if not idx or len(idx) < len(layers) or not np.isfinite(ie).all():
         return Value(math.nan, math.nan, math.nan)
-    return Value(s.ie_mean, s.ie_mean_ci_low, s.ie_mean_ci_high)
+    mean = float(ie.mean())
+    low, high = bootstrap_interval(mean, em.ie_replicates[:, idx].mean(axis=1), em.ie_per_seed[:, idx].mean(axis=1))
+    return Value(mean, low, high)
+
+
+def common_layers(ems: list[Emergence], curves: bool = False) -> list[int]:
+    """The layers valid in every one of `ems` (finite IE; with `curves`, a finite E(t) at every
+    position): the one set a comparison averages over."""
+    if not ems:
+        return []
+    sets = [{l.layer for i, l in enumerate(em.layers)
+             if (np.isfinite(em.token_curves[i]).all() if curves else l.valid and math.isfinite(l.ie))} for em in ems]
+    return sorted(set.intersection(*sets))
 
 
 def saturated_share(ems: list[Emergence]) -> float:
@@ -127,20 +152,51 @@ def common_variant(measured: list[Measured]) -> tuple[str, bool]:
     return max(variants, key=lambda v: (valid[v], -variants.index(v))), False
 
 
+def every_window_distinct(m: Measured) -> bool:
+    """A text corpus whose windows are all distinct (the last position's plug-in prefix entropy is
+    log2 n): a deterministic model's exact MI there is log2 n, so a bound capped at log2 of its
+    report rows (InfoNCE) sits at its ceiling at any n. ICL corpora have a finite support: they can
+    repeat windows, and a large enough n resolves them."""
+    man = m.record.manifest
+    synthetic = str(man.dataset.settings.get("kind", "")).startswith("icl")  # icl, icl-coherence
+    return not synthetic and man.prefix_entropy_bits[-1] >= math.log2(man.samples) - 1e-9
+
+
+def set_by_corpus(ms: list[Measured]) -> bool:
+    """An estimator's measurements that cannot test a difference whatever n: InfoNCE on corpora
+    whose windows are all distinct (its value is log2 of the windows, not the model's)."""
+    return bool(ms) and all(m.estimator == "infonce" and every_window_distinct(m) for m in ms)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One estimator's test of a claim: the effect in the paper's direction (positive = as the
-    paper says), the same effect on the control where there is one, and the saturated share."""
+    paper says), the same effect on the control where there is one, the saturated share, and what it
+    was read at: the variant (the smoothed measure's β) and n per cell. `by_design`: the estimator's
+    value is set by the corpus (`set_by_corpus`), so it cannot test the claim at any n."""
 
     estimator: str
     effect: Value
     control: Value | None = None
     saturated: float = 0.0
     part: str = ""  # which part of a two-part claim it tests
+    variant: str = ""
+    n: str = "-"  # sequences per cell ("512", or "512-640" where cells differ)
+    by_design: bool = False
 
     @property
     def supports(self) -> bool:
         return self.effect.excludes_zero() and self.effect.value > 0
+
+    @property
+    def contradicts(self) -> bool:
+        """The effect is beyond its interval in the direction opposite to the paper's."""
+        return self.effect.excludes_zero() and self.effect.value < 0
+
+    @property
+    def testable(self) -> bool:
+        return (self.estimator != "mine-paper" and math.isfinite(self.effect.value) and not self.by_design
+                and self.saturated < SATURATED_SHARE)
 
     @property
     def control_explains(self) -> bool:
@@ -149,22 +205,49 @@ class Finding:
         c = self.control
         return c is not None and c.excludes_zero() and c.value > 0 and c.value >= 0.5 * self.effect.value
 
+    @property
+    def read_at(self) -> str:
+        """What the number is: measure, variant and n ("smoothed at β=0.2, n = 512")."""
+        variant = f" at {self.variant}" if self.variant else ""
+        return f"{self.estimator}{variant}, n = {self.n}"
 
-def verdict(findings: list[Finding]) -> str:
-    """The one rule: ours (infonce, smoothed) decides; a control that shows the same effect makes it the
-    corpus's; an estimator whose layers mostly saturate cannot test it; mine-paper is reported apart."""
-    measured = [f for f in findings if f.estimator != "mine-paper" and math.isfinite(f.effect.value)]
-    testable = [f for f in measured if f.saturated < SATURATED_SHARE]
+
+def decide(findings: list[Finding]) -> tuple[str, list[Finding]]:
+    """The one rule, and the findings the verdict rests on. Ours (infonce, smoothed) decides where it
+    can test the claim: an effect beyond its interval in the paper's direction is *reproduced*, unless
+    the control shows it too (*explained by the corpus*); one beyond its interval the other way is
+    *contradicted*; an interval that covers 0 is *no effect*. Where none can test it: mine-paper's
+    support is reported apart; an estimator whose value the corpus sets is *untestable by design*; one
+    whose layers mostly saturate or are invalid at this n is *not testable here (saturated)*."""
+    # measured: a value, or layers that could not give one (no layer valid in every cell leaves NaN)
+    measured = [f for f in findings if f.estimator != "mine-paper"
+                and (math.isfinite(f.effect.value) or f.saturated > 0 or f.by_design)]
+    testable = [f for f in measured if f.testable]
     support = [f for f in testable if f.supports]
     if support and all(f.control_explains for f in support):
-        return "explained by the corpus"
+        return "explained by the corpus", support
     if support:
-        return "reproduced"
-    if any(f.supports for f in findings if f.estimator == "mine-paper"):
-        return "reproduced with the paper's estimator only"
-    if measured and not testable:
-        return "not testable here (saturated)"
-    return "not reproduced"  # also when nothing was measured: the report lists failed cells
+        return "reproduced", support
+    paper = [f for f in findings if f.estimator == "mine-paper" and f.supports]
+    if paper:
+        return "reproduced with the paper's estimator only", paper
+    if testable:
+        against = [f for f in testable if f.contradicts]
+        return ("contradicted", against) if against else ("no effect", testable)
+    if not measured:
+        return "not testable here (no measurement)", []  # the report lists the failed cells
+    if all(f.by_design for f in measured):
+        return BY_DESIGN, measured
+    return "not testable here (saturated)", [f for f in measured if not f.by_design]
+
+
+def verdict(findings: list[Finding]) -> str:
+    return decide(findings)[0]
+
+
+def basis(findings: list[Finding]) -> str:
+    """The measures a verdict rests on, each with its variant and n."""
+    return "; ".join(f.read_at for f in findings)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -175,12 +258,20 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def token_rise(em: Emergence) -> Value:
-    """How much E(t) (mean over valid layers) rises from the second position to the last, with the
+def _rows(em: Emergence, layers: list[int] | None) -> np.ndarray:
+    """Which layers (rows of the token curves) a statistic uses: `layers` (those valid in every cell
+    of a comparison), or the cell's own layers whose curve is finite."""
+    if layers is None:
+        return np.isfinite(em.token_curves).all(axis=1)
+    return np.array([l.layer in layers for l in em.layers], dtype=bool)
+
+
+def token_rise(em: Emergence, layers: list[int] | None = None) -> Value:
+    """How much E(t) (mean over the layers) rises from the second position to the last, with the
     interval of the last position's E."""
     curves, ci = em.token_curves, em.token_ci
-    ok = np.isfinite(curves).all(axis=1)
-    if not ok.any() or curves.shape[1] < 3:
+    ok = _rows(em, layers)
+    if not ok.any() or curves.shape[1] < 3 or not np.isfinite(curves[ok]).all():
         return Value(math.nan, math.nan, math.nan)
     mean = curves[ok].mean(axis=0)
     rise = float(mean[-1] - mean[1])
@@ -188,8 +279,8 @@ def token_rise(em: Emergence) -> Value:
     return Value(rise, rise - half, rise + half)
 
 
-def mean_curve(em: Emergence) -> np.ndarray:
-    ok = np.isfinite(em.token_curves).all(axis=1)
+def mean_curve(em: Emergence, layers: list[int] | None = None) -> np.ndarray:
+    ok = _rows(em, layers)
     return em.token_curves[ok].mean(axis=0) if ok.any() else np.full(em.token_curves.shape[1], np.nan)
 
 
@@ -198,12 +289,12 @@ def by_tags(measured: dict[str, Measured], experiment: str, estimator: str, **ta
             and all(m.entry.tags.get(k) == v for k, v in tags.items())]
 
 
-def spread(em: Emergence) -> Value:
-    """The spread of IE over layers (standard deviation of the valid IE_l), with the bootstrap
-    interval of the same statistic over the replicates, centred on the estimate."""
+def spread(em: Emergence, layers: list[int] | None = None) -> Value:
+    """The spread of IE over layers (standard deviation of IE_l over `layers`, default the valid
+    ones), with the bootstrap interval of the same statistic over the replicates, centred on the estimate."""
     ie = np.array([l.ie for l in em.layers])
-    ok = np.isfinite(ie)
-    if ok.sum() < 2:
+    ok = np.isfinite(ie) if layers is None else np.array([l.layer in layers for l in em.layers], dtype=bool)
+    if ok.sum() < 2 or not np.isfinite(ie[ok]).all():
         return Value(math.nan, math.nan, math.nan)
     point = float(ie[ok].std(ddof=1))
     reps = em.ie_replicates[:, ok]
@@ -211,3 +302,15 @@ def spread(em: Emergence) -> Value:
         return Value(point, point, point)
     p_lo, mid, p_hi = np.percentile(reps.std(axis=1, ddof=1), [2.5, 50, 97.5])
     return Value(point, point - (mid - p_lo), point + (p_hi - mid))
+
+
+def slope(xs: list[float], values: list[Value]) -> Value:
+    """Least-squares slope of `values` against `xs`, its half-width from the independent cells'
+    half-widths (slope = sum w_i v_i, w_i = (x_i - mean x) / sum (x - mean x)^2)."""
+    x = np.asarray(xs, dtype=float)
+    if len(x) < 3 or not all(math.isfinite(v.value) for v in values):
+        return Value(math.nan, math.nan, math.nan)
+    w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    b = float(w @ np.array([v.value for v in values]))
+    h = math.sqrt(float((w**2 @ np.array([v.half**2 for v in values]))))
+    return Value(b, b - h, b + h)

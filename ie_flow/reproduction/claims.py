@@ -1,5 +1,8 @@
 """The paper's four claims, each tested on the reproduction's measurements: a table, the findings
-per estimator (analysis.Finding) and a figure. `document.py` turns them into the report."""
+per estimator (analysis.Finding) and a figure. `document.py` turns them into the report.
+
+Every comparison by one estimator reads all its cells at one variant and over one set of layers:
+those valid in every cell it compares (analysis.common_layers)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,17 @@ from typing import Any
 import numpy as np
 
 from ie_flow.reproduction.analysis import (
-    Finding, Measured, Value, by_tags, common_variant, ie_mean, mean_curve, mean_of, saturated_share, spread, token_rise,
-    verdict, VERDICTS,
+    Finding, Measured, Value, basis, by_tags, common_layers, common_variant, decide, ie_mean, mean_curve, mean_of,
+    saturated_share, set_by_corpus, slope, spread, token_rise, VERDICTS,
 )
 
 ESTIMATORS = ("infonce", "smoothed")
 ICL = ("icl-countries", "icl-animals", "icl-colours")
-MIXED = "icl-mixed"
+# the mix claim 1 compares with: its 16 names span the three categories, its prefix entropy is the
+# one-category corpora's at every position (icl-mixed's 48 names would differ before any model runs)
+MIXED = "icl-mixed-matched"
+SIZES_FOR_A_TREND = 3  # sizes of one family a size trend needs
+ONE_SIZE = "not testable here (one size per family)"
 
 
 @dataclass
@@ -28,12 +35,26 @@ class ClaimResult:
     figure: Path | None
     variants: dict[str, str] = field(default_factory=dict)  # estimator -> the variant used and whether it is valid
     parts: dict[str, str] = field(default_factory=dict)  # a claim in two parts: the verdict of each
+    # a verdict the data's design sets before any finding (claim 4 offline), with its reason
+    fixed: tuple[str, str] | None = None
 
     @property
     def verdict(self) -> str:
+        if self.fixed:
+            return self.fixed[0]
         if self.parts:  # the weaker part decides (VERDICTS runs from strongest to weakest)
             return max(self.parts.values(), key=VERDICTS.index)
-        return verdict(self.findings)
+        return decide(self.findings)[0]
+
+    @property
+    def basis(self) -> str:
+        """What the verdict rests on: the measures, variants and n (or the fixed verdict's reason)."""
+        if self.fixed:
+            return self.fixed[1]
+        if self.parts:
+            return "; ".join(f"{part}: {basis(decide([f for f in self.findings if f.part == part])[1]) or '-'}"
+                             for part in dict.fromkeys(f.part for f in self.findings))
+        return basis(decide(self.findings)[1]) or "-"
 
 
 def _one_variant(ms: list[Measured]) -> tuple[str, str]:
@@ -52,80 +73,98 @@ def _with_controls(measured: dict[str, Measured], exp: str, est: str) -> list[Me
 
 
 def _each_estimator(measured: dict[str, Measured], exp: str, variants: dict[str, str]):
-    """Per estimator: its measurements of `exp` (controls included) and the one variant they are
-    read at, noted in `variants`."""
+    """Per estimator: its measurements of `exp` (controls included), the one variant they are read
+    at (noted in `variants`) and the layers valid in all of them."""
     for est in ESTIMATORS:
         every = _with_controls(measured, exp, est)
         variant, variants[est] = _one_variant(every)
-        yield est, every, variant
+        yield est, every, variant, common_layers([m.at(variant) for m in every])
+
+
+def _own(every: list[Measured]) -> list[Measured]:
+    """The model's own measurements (not its controls')."""
+    return [m for m in every if ":" not in m.entry.estimator]
 
 
 def _model_sat(every: list[Measured], variant: str) -> float:
     """The saturated share of the model's own measurements (not its controls')."""
-    return _sat([m for m in every if ":" not in m.entry.estimator], variant)
+    return _sat(_own(every), variant)
 
 
 def _n(ms: list[Measured]) -> str:
-    return str(ms[0].samples) if ms else "-"
+    sizes = sorted({m.samples for m in ms})
+    return "-" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
-def _ie(ms: list[Measured], variant: str) -> Value:
-    return mean_of([ie_mean(m.at(variant)) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
+def _ie(ms: list[Measured], variant: str, layers: list[int] | None = None) -> Value:
+    return mean_of([ie_mean(m.at(variant), layers) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
 
 
 def _sat(ms: list[Measured], variant: str = "") -> float:
     return saturated_share([m.at(variant) for m in ms])
 
 
+def _corpus(m: Measured) -> str:
+    """A corpus as the table names it: a built-in by name, a file by its file name (a local path is
+    the machine's, not the result's; the corpus digest in "What we ran" identifies it)."""
+    name = str(m.entry.tags.get("corpus.name"))
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def _layer_flags(em: Any) -> str:
     return f"{sum(l.saturated for l in em.layers)} / {sum(not l.valid for l in em.layers)} of {len(em.layers)}"
 
 
+def _finding(est: str, effect: Value, control: Value | None, every: list[Measured], variant: str,
+             part: str = "") -> Finding:
+    own = _own(every)
+    return Finding(est, effect, control, _sat(own, variant), part, variant, _n(own), set_by_corpus(own))
+
+
 def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
-    """1a: one category (clear-cut) above the mix; 1b: the spread of IE over layers grows with shots."""
+    """1a: one category (clear-cut) above the K-matched mix; 1b: the spread of IE over layers grows with shots."""
     exp, rows, clear, grow, variants = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
                                               "saturated / invalid layers"]], [], [], {}
     curves: dict[str, list[tuple[int, Value]]] = {}
-    for est in ESTIMATORS:
-        every = by_tags(measured, exp, est)
-        variant, variants[est] = _one_variant(every)
-        shots = sorted({m.entry.tags["corpus.shots"] for m in every})
+    for est, every, variant, keep in _each_estimator(measured, exp, variants):
+        shots = sorted({m.entry.tags["corpus.shots"] for m in _own(every)})
         per_k = []
         for k in shots:
             cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, "corpus.shots": k}) for c in (*ICL, MIXED)}
             for c, ms in cell.items():
                 for m in ms:
                     em = m.at(variant)
-                    rows.append([c, str(k), est, str(m.samples), str(ie_mean(em)), str(spread(em)),
+                    rows.append([c, str(k), est, str(m.samples), str(ie_mean(em, keep)), str(spread(em, keep)),
                                  _layer_flags(em)])
-                    curves.setdefault(f"{c} ({est})", []).append((k, spread(em)))
-            per_k.append(mean_of([_ie(cell[c], variant) for c in ICL]) - _ie(cell[MIXED], variant))
-        ctrl = _clear_cut_control(measured, variant) if est == "smoothed" else None
-        clear.append(Finding(est, mean_of(per_k), ctrl, _sat(every, variant), "clear-cut"))
-        grow.append(Finding(est, _spread_growth(measured, exp, est, variant), None, _sat(every, variant), "spread"))
+                    curves.setdefault(f"{c} ({est})", []).append((k, spread(em, keep)))
+            per_k.append(mean_of([_ie(cell[c], variant, keep) for c in ICL]) - _ie(cell[MIXED], variant, keep))
+        ctrl = _clear_cut_control(measured, variant, keep) if est == "smoothed" else None
+        clear.append(_finding(est, mean_of(per_k), ctrl, every, variant, "clear-cut"))
+        grow.append(_finding(est, _spread_growth(measured, exp, est, variant, keep), None, every, variant, "spread"))
     mine = {c: by_tags(measured, exp, "mine-paper", **{"corpus.name": c}) for c in ("icl-countries", MIXED)}
     if all(mine.values()):
-        clear.append(Finding("mine-paper", _ie(mine["icl-countries"], "") - _ie(mine[MIXED], ""), None,
-                             _sat(mine["icl-countries"] + mine[MIXED]), "clear-cut"))
+        both = mine["icl-countries"] + mine[MIXED]
+        clear.append(Finding("mine-paper", _ie(mine["icl-countries"], "") - _ie(mine[MIXED], ""), None, _sat(both),
+                             "clear-cut", n=_n(both)))
     result = ClaimResult(exp, clear + grow, rows, _plot_spread(curves, figures / "icl-spread.png"), variants)
-    result.parts = {"clear-cut": verdict(clear), "spread grows with shots": verdict(grow)}
+    result.parts = {"clear-cut": decide(clear)[0], "spread grows with shots": decide(grow)[0]}
     return result
 
 
-def _clear_cut_control(measured: dict[str, Measured], variant: str) -> Value | None:
+def _clear_cut_control(measured: dict[str, Measured], variant: str, keep: list[int]) -> Value | None:
     ctrl = {c: by_tags(measured, "icl", "smoothed:control-random", **{"corpus.name": c}) for c in (*ICL, MIXED)}
     if not all(ctrl.values()):
         return None
-    return mean_of([_ie(ctrl[c], variant) for c in ICL]) - _ie(ctrl[MIXED], variant)
+    return mean_of([_ie(ctrl[c], variant, keep) for c in ICL]) - _ie(ctrl[MIXED], variant, keep)
 
 
-def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: str) -> Value:
+def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: str, keep: list[int]) -> Value:
     """Spread at the most shots minus at the fewest, averaged over the four corpora."""
     out = []
     for c in (*ICL, MIXED):
         ms = sorted(by_tags(measured, exp, est, **{"corpus.name": c}), key=lambda m: m.entry.tags["corpus.shots"])
         if len(ms) >= 2:
-            out.append(spread(ms[-1].at(variant)) - spread(ms[0].at(variant)))
+            out.append(spread(ms[-1].at(variant), keep) - spread(ms[0].at(variant), keep))
     return mean_of(out)
 
 
@@ -139,18 +178,19 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
         every = by_tags(measured, exp, est) + by_tags(measured, "icl", est, **{"corpus.name": "icl-countries",
                                                                                 "corpus.shots": 4})
         variant, variants[est] = _one_variant(every)
+        keep = common_layers([m.at(variant) for m in every], curves=True)
         real, shuffled = [], []
         for m in sorted(every, key=lambda m: m.key):
             tags = m.entry.tags
             em, order = m.at(variant), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
-            curve = mean_curve(em)
-            rows.append([str(tags.get("corpus.name")), str(m.record.manifest.tokens), order, est, str(m.samples),
-                         " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em))])
-            curves[f"{tags.get('corpus.name')} {m.record.manifest.tokens} tok, {order} ({est})"] = curve
+            curve = mean_curve(em, keep)
+            rows.append([_corpus(m), str(m.record.manifest.tokens), order, est, str(m.samples),
+                         " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em, keep))])
+            curves[f"{_corpus(m)} {m.record.manifest.tokens} tok, {order} ({est})"] = curve
             if m.entry.experiment == exp and m.record.manifest.tokens == 8:
-                (shuffled if order == "shuffled" else real).append(token_rise(em))
-        findings.append(Finding(est, mean_of(real), mean_of(shuffled) if shuffled else None,
-                                _sat([m for m in every if m.entry.experiment == exp], variant)))
+                (shuffled if order == "shuffled" else real).append(token_rise(em, keep))
+        text = [m for m in every if m.entry.experiment == exp]
+        findings.append(_finding(est, mean_of(real), mean_of(shuffled) if shuffled else None, text, variant))
     return ClaimResult(exp, findings, rows, _plot_curves(curves, figures / "natural-text-curves.png"), variants)
 
 
@@ -160,42 +200,70 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     exp = "human-vs-model"
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
     findings, variants, bars = [], {}, {}
-    for est, every, variant in _each_estimator(measured, exp, variants):
+    for est, every, variant, keep in _each_estimator(measured, exp, variants):
         effects, controls = [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
             ctrl = {w: by_tags(measured, exp, f"{est}:control-random", generator=gen, writer=w) for w in ("model", "human")}
             for w in ("model", "human"):
-                value = _ie(side[w], variant)
-                c = _ie(ctrl[w], variant) if ctrl[w] else None
+                value = _ie(side[w], variant, keep)
+                c = _ie(ctrl[w], variant, keep) if ctrl[w] else None
                 rows.append([gen, w, est, _n(side[w]), str(value), str(c) if c else "-"])
                 bars[f"{gen}\n{w} ({est})"] = value
-            effects.append(_ie(side["model"], variant) - _ie(side["human"], variant))
+            effects.append(_ie(side["model"], variant, keep) - _ie(side["human"], variant, keep))
             if all(ctrl.values()):
-                controls.append(_ie(ctrl["model"], variant) - _ie(ctrl["human"], variant))
-        findings.append(Finding(est, mean_of(effects), mean_of(controls) if controls else None,
-                                _model_sat(every, variant)))
+                controls.append(_ie(ctrl["model"], variant, keep) - _ie(ctrl["human"], variant, keep))
+        findings.append(_finding(est, mean_of(effects), mean_of(controls) if controls else None, every, variant))
     return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), variants)
 
 
+def _family(m: Measured) -> str:
+    return str(m.entry.tags.get("family") or m.entry.tags.get("model"))
+
+
 def model_size(measured: dict[str, Measured], figures: Path) -> ClaimResult:
-    """4: the larger model's IE minus the smaller's, beside the same for their random-weight copies."""
+    """4: IE against model size within one family (the least-squares slope of IE on log2 of the
+    parameter count, in bits per doubling), beside the same slope for the random-weight copies. A
+    trend needs SIZES_FOR_A_TREND sizes of one family; with fewer, the claim is not testable here
+    and the table shows what was measured. Each model is read over the layers valid in all of its
+    own cells (models of different depth share no layer index)."""
     exp = "model-size"
-    rows = [["model", "estimator", "n", "IE (bits)", "random-weight control IE", "trained - random"]]
+    rows = [["family", "model", "parameters (M)", "estimator", "n", "IE (bits)", "random-weight control IE",
+             "trained - random"]]
     findings, variants, profiles = [], {}, {}
-    for est, every, variant in _each_estimator(measured, exp, variants):
-        ie, ctrl = {}, {}
-        for model in ("smollm2-135m", "gemma3-270m"):
+    sizes: dict[str, set[str]] = {}
+    for est, every, variant, _ in _each_estimator(measured, exp, variants):
+        families: dict[str, list[tuple[float, Value, Value | None]]] = {}
+        first = {m.entry.tags["model"]: m for m in every}
+        for model in sorted(first, key=lambda x: (_family(first[x]), float(first[x].entry.tags.get("params_m", 0)))):
             side = by_tags(measured, exp, est, model=model)
             c = by_tags(measured, exp, f"{est}:control-random", model=model)
-            ie[model], ctrl[model] = _ie(side, variant), (_ie(c, variant) if c else None)
-            rows.append([model, est, _n(side), str(ie[model]),
-                         str(ctrl[model]) if c else "-", str(ie[model] - ctrl[model]) if c else "-"])
+            keep = common_layers([m.at(variant) for m in side + c])
+            ie, ctrl = _ie(side, variant, keep), (_ie(c, variant, keep) if c else None)
+            family, params = _family((side or c)[0]), float((side or c)[0].entry.tags.get("params_m", math.nan))
+            sizes.setdefault(family, set()).add(model)
+            families.setdefault(family, []).append((params, ie, ctrl))
+            rows.append([family, model, f"{params:g}", est, _n(side), str(ie), str(ctrl) if c else "-",
+                         str(ie - ctrl) if c else "-"])
             for m in side + c:
                 profiles[f"{model}{' random' if ':' in m.entry.estimator else ''} ({est})"] = m.at(variant)
-        control = ctrl["gemma3-270m"] - ctrl["smollm2-135m"] if all(ctrl.values()) else None
-        findings.append(Finding(est, ie["gemma3-270m"] - ie["smollm2-135m"], control, _model_sat(every, variant)))
-    return ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), variants)
+        for family, points in sorted(families.items()):
+            if len(points) < SIZES_FOR_A_TREND:
+                continue
+            x = [math.log2(p) for p, _, _ in points]
+            control = slope(x, [c for _, _, c in points]) if all(c is not None for _, _, c in points) else None
+            own = [m for m in _own(every) if _family(m) == family]
+            findings.append(_finding(est, slope(x, [v for _, v, _ in points]), control, own, variant, family))
+    result = ClaimResult(exp, findings, rows, _plot_depth(profiles, figures / "model-size.png"), variants)
+    if sizes and max(len(v) for v in sizes.values()) < SIZES_FOR_A_TREND:
+        have = ", ".join(f"{f}: {len(v)}" for f, v in sorted(sizes.items()))
+        result.fixed = (ONE_SIZE, f"a size trend needs {SIZES_FOR_A_TREND} sizes of one family; measured here "
+                                  f"{have} (sizes per family). The hub workflow workflows/paper-hub/4-model-size.yaml "
+                                  "measures a series of one family where the model hub is reachable")
+    elif len({f.part for f in findings}) > 1:  # several families: each a part, the weaker decides
+        result.parts = {part: decide([f for f in findings if f.part == part])[0]
+                        for part in dict.fromkeys(f.part for f in findings)}
+    return result
 
 
 # --- figures -----------------------------------------------------------------------------------------

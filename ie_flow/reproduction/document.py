@@ -11,11 +11,14 @@ from typing import Any
 from ie_flow import __version__
 from ie_flow.reproduction import claims
 from ie_flow.reproduction.analysis import SATURATED_SHARE, Finding, Measured, load_measurements
+from ie_flow.reproduction.claims import ClaimResult
 from ie_flow.reproduction.experiments import Experiment
-from ie_flow.store import ReproductionIndex
+from ie_flow.store import ReproductionIndex, StorageRoot
 
 CLAIM_TESTS = {
-    "icl": ("IE mean over layers of the three one-category corpora minus the mixed corpus, averaged over "
+    "icl": ("IE mean over layers of the three one-category corpora minus the K-matched mixed corpus "
+            "(icl-mixed-matched: 16 names spread over the three categories, so its prefixes have the one-category "
+            "corpora's entropy at every position, which icl-mixed's 48 names do not), averaged over "
             "shots (clear-cut); and the spread of IE over layers at 5 shots minus at 1 shot, averaged over "
             "the four corpora (spread grows). Control (smoothed, 4 shots): the same clear-cut difference on "
             "the random-weight copy."),
@@ -23,8 +26,10 @@ CLAIM_TESTS = {
                      "the 8-token cells of both corpora. Control: the same rise on the shuffled-token windows."),
     "human-vs-model": ("IE mean over layers on model-written minus human-written windows, averaged over the "
                        "two generators. Control (smoothed): the same difference measured by the random-weight copy."),
-    "model-size": ("IE mean over layers of Gemma-3-270M minus SmolLM2-135M on the same windows. Control "
-                   "(smoothed): the same difference between their random-weight copies."),
+    "model-size": ("Within one family of at least 3 sizes: the least-squares slope of IE mean over layers "
+                   "against log2 of the parameter count (bits per doubling), each model over the layers valid in "
+                   "all its cells. Control (smoothed): the same slope for their random-weight copies. With fewer "
+                   "sizes per family the table shows what was measured and the claim is not testable."),
 }
 CLAIM_FUNCTIONS = {"icl": claims.icl, "natural-text": claims.natural_text,
                    "human-vs-model": claims.human_vs_model, "model-size": claims.model_size}
@@ -43,64 +48,84 @@ def _finding_line(f: Finding) -> str:
         control += " (no interval: one seed, the paper's protocol has no resampling)"
     sat = f"; {f.saturated:.0%} of layers saturated or invalid" if f.saturated else ""
     part = f"{f.part}, " if f.part else ""
-    return f"- {part}`{f.estimator}`: effect {f.effect} bits{control}{sat}."
+    return f"- {part}{f.read_at}: effect {f.effect} bits{control}{sat}."
 
 
-def _why(result: claims.ClaimResult) -> str:
+def _why(result: ClaimResult) -> str:
     """One paragraph from the findings: which estimator decided and how."""
+    if result.fixed:
+        return f"*{result.fixed[0]}*: {result.fixed[1]}."
     parts = []
     for f in result.findings:
-        who = f"{f.part}, {f.estimator}" if f.part else f.estimator
-        if not math.isfinite(f.effect.value):
+        who = f"{f.part}, {f.read_at}" if f.part else f.read_at
+        if not math.isfinite(f.effect.value) and not f.by_design:
             parts.append(f"{who}: no measurement (see the failed cells at the top).")
         elif f.estimator == "mine-paper":
             parts.append(f"The paper's estimator (mine-paper, 300 steps: what this machine affords, not the "
                          f"paper's 10,000) gives {f.effect} bits.")
+        elif f.by_design:
+            parts.append(f"{who}: untestable by design: every window of this text is distinct, so a deterministic "
+                         "model's exact MI is log2 of the windows and InfoNCE's bound sits at its ceiling (log2 of "
+                         "its report rows) at any n; its value is set by the corpus, not the model.")
         elif f.saturated >= SATURATED_SHARE:
             parts.append(f"{who}: {f.saturated:.0%} of the layers are at the estimator's ceiling or invalid, so "
-                         "it cannot test the claim here (the sample is too small for it).")
+                         "it cannot test the claim at this n (a larger sample can).")
         elif f.supports and f.control_explains:
             parts.append(f"{who}: the effect ({f.effect}) is there, but the control shows it too "
                          f"({f.control}): it does not need what the control removes.")
         elif f.supports:
             ctrl = f" and the control does not show it ({f.control})" if f.control is not None else ""
             parts.append(f"{who}: the effect is in the paper's direction beyond its interval ({f.effect}){ctrl}.")
-        elif f.effect.high < 0:
-            parts.append(f"{who}: the effect is opposite to the paper's direction, beyond its interval ({f.effect}).")
+        elif f.contradicts:
+            parts.append(f"{who}: contradicted: the effect is opposite to the paper's direction, beyond its "
+                         f"interval ({f.effect}).")
         else:
-            parts.append(f"{who}: the interval of the effect ({f.effect}) includes 0.")
+            parts.append(f"{who}: no effect: the interval of the effect ({f.effect}) includes 0.")
     if result.parts:
-        parts.append("Verdicts of the two parts: " + "; ".join(f"{k}: *{v}*" for k, v in result.parts.items()) +
+        parts.append("Verdicts of the parts: " + "; ".join(f"{k}: *{v}*" for k, v in result.parts.items()) +
                      "; the claim gets the weaker.")
     return " ".join(parts)
 
 
-def _ran(experiment: Experiment, measured: list[Measured]) -> list[str]:
+def _ran(experiment: Experiment, measured: list[Measured], root: StorageRoot) -> list[str]:
     path = experiment.path.resolve()
-    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    out = [f"Command: `{experiment.command}` (file `{shown}`).", "", "| cell | measurement | model | corpus digest | n | MLflow run |", "|---|---|---|---|---|---|"]
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path.name
+    out = [f"Command: `{experiment.command}` (file `{shown}`).", "",
+           "| cell | measurement | model | corpus digest | n | MLflow run |", "|---|---|---|---|---|---|"]
     for m in sorted(measured, key=lambda m: m.key):
-        out.append(f"| {m.entry.cell} | {m.entry.estimator} | {m.record.model_name} | {m.digest} | {m.samples} | "
-                   f"{m.run_id} |")
+        out.append(f"| {m.entry.cell} | {m.entry.estimator} | {_model(m.record.model_name, root)} | {m.digest} | "
+                   f"{m.samples} | {m.run_id} |")
     return out
 
 
-def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figures: Path, out: Path) -> list[str]:
+def _model(name: str, root: StorageRoot) -> str:
+    """A model as the report names it: an alias or hub id as is, a local folder by its name only
+    (its absolute path is the machine's, not the result's)."""
+    if os.path.isabs(name.removeprefix("random:")):
+        rel = root.relative(name.removeprefix("random:"))
+        return ("random:" if name.startswith("random:") else "") + (rel or Path(name).name)
+    return name
+
+
+def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figures: Path, out: Path,
+             root: StorageRoot) -> tuple[list[str], ClaimResult]:
     mine = [m for m in measured.values() if m.entry.experiment == experiment.name]
     result = CLAIM_FUNCTIONS[experiment.name](measured, figures)
     lines = [f"## Claim {n}: {experiment.name}", "", f"**The paper:** {experiment.claim}", "",
-             f"**Verdict: {result.verdict}.**", "", "### What we ran", ""] + _ran(experiment, mine)
+             f"**Verdict: {result.verdict}.** Read at: {result.basis}.", "", "### What we ran", ""]
+    lines += _ran(experiment, mine, root)
     lines += ["", "### Numbers", "", f"Test: {CLAIM_TESTS[experiment.name]}", ""]
     variants = [f"{k}: {v}" for k, v in result.variants.items() if v]
     if variants:
-        lines += [f"One variant of each estimator for every cell of this claim ({'; '.join(variants)}).", ""]
+        lines += [f"One variant of each estimator for every cell of this claim ({'; '.join(variants)}), and one "
+                  "set of layers: those valid in every cell compared.", ""]
     lines += _table(result.rows) + ["", "Intervals are 95%. A saturated layer's estimate is at its ceiling "
                                     "(log2 of the report rows): the number is a floor, not a measurement.", ""]
     if result.figure is not None:
         lines += [f"![{experiment.name}]({os.path.relpath(result.figure, out.parent)})", ""]
     lines += ["### Findings and controls", ""] + [_finding_line(f) for f in result.findings]
     lines += ["", "### Why", "", _why(result), ""]
-    return lines
+    return lines, result
 
 
 def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[str]:
@@ -122,12 +147,35 @@ def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[s
     return lines
 
 
-def _trace(measured: dict[str, Measured]) -> list[str]:
-    lines = ["## Where every number comes from", "", "| measurement | results folder | MLflow run |", "|---|---|---|"]
+def _results_path(uri: str, root: StorageRoot) -> str:
+    """A results folder as the report names it: relative to the reproduction's storage root."""
+    folder = uri.rsplit("/", 1)[0]
+    rel = root.relative(folder)
+    return f"{rel}/" if rel is not None else (folder if "://" in folder else f"(outside the root) {Path(folder).name}")
+
+
+def _trace(measured: dict[str, Measured], root: StorageRoot) -> list[str]:
+    lines = ["## Where every number comes from", "",
+             "Results folders relative to the reproduction's storage root (`--storage`), and MLflow runs.", "",
+             "| measurement | results folder | MLflow run |", "|---|---|---|"]
     for key in sorted(measured):
         m = measured[key]
-        lines.append(f"| {key} | `{m.entry.results_uri.rsplit('/', 1)[0]}` | {m.run_id} |")
+        lines.append(f"| {key} | `{_results_path(m.entry.results_uri, root)}` | {m.run_id} |")
     return lines + [""]
+
+
+def _where(uri: str | None) -> str:
+    """A storage or tracking URI as the report shows it: a remote one as is; a local path (this
+    machine's, often temporary) relative to the working directory when under it, else not at all."""
+    if not uri:
+        return "-"
+    path = uri.removeprefix("file://").removeprefix("sqlite:///")
+    if uri.startswith(("s3://", "http://", "https://")) or not os.path.isabs(path):
+        return f"`{uri}`"
+    here = Path(path).resolve()
+    if here.is_relative_to(Path.cwd()):
+        return f"`{uri[: len(uri) - len(path)]}{here.relative_to(Path.cwd())}`"
+    return "(a local path of the machine that ran it)"
 
 
 GPU_SECTION = """## What a GPU cluster would add
@@ -140,7 +188,7 @@ by its hub id, e.g. `ie-flow submit workflows/gpt2.yaml --model google/gemma-2b 
 300,000 sequences of 8 tokens are 2,400,000 rows per boundary, 3.69 GB per boundary in float16 for
 GPT-2 (d = 768) and 9.83 GB for a d = 2048 model; stage 2 holds one layer's two boundaries in GPU
 memory (14.7 GB in float32 for d = 768, all 8 positions). What it would add here: the paper's model
-sizes (claim 4 with more than two points), n large enough that InfoNCE's ceiling (log2 of the report
+sizes (claim 4 with a size series of one family: `workflows/paper-hub/4-model-size.yaml`), n large enough that InfoNCE's ceiling (log2 of the report
 rows) no longer caps IE, and the smoothed measure at n = 65,536 or more, where more β are valid."""
 
 
@@ -151,25 +199,27 @@ def write_report(experiments: list[Experiment], index: ReproductionIndex, setup:
     current = {f"{e.name}/{c.name}" for e in experiments for c in e.cells}  # cells since removed are left out
     measured = {k: m for k, m in load_measurements(index, setup.endpoint_url).items()
                 if f"{m.entry.experiment}/{m.entry.cell}" in current}
+    root = StorageRoot(setup.storage, setup.endpoint_url)
     lines = ["# Reproduction of the paper's claims", "",
              f"Generated by `ie-flow reproduce` (ie-flow {__version__}) from the results listed at the end; "
              "do not edit by hand. Rerun `make reproduce` (or `ie-flow reproduce --report-only` to rewrite "
              "it from stored results).", "",
-             f"Results under `{setup.storage}`; MLflow parent run `{index.parent_run_id or '-'}` "
-             f"(tracking `{index.tracking_uri or '-'}`), one child run per cell.", "",
-             "| claim | verdict |", "|---|---|"]
+             f"Results under the storage root given as `--storage` {_where(setup.storage)}; the paths below are "
+             f"relative to it. MLflow parent run `{index.parent_run_id or '-'}` (tracking "
+             f"{_where(index.tracking_uri)}), one child run per cell.", "",
+             "| claim | verdict | read at |", "|---|---|---|"]
     sections: list[str] = []
     for n, e in enumerate(experiments, 1):
         if e.name not in CLAIM_FUNCTIONS:
             continue
-        section = _section(n, e, measured, figures, out)
-        lines.append(f"| {n}. {e.claim} | {section[4].strip('*.').removeprefix('Verdict: ')} |")
+        section, result = _section(n, e, measured, figures, out, root)
+        lines.append(f"| {n}. {e.claim} | {result.verdict} | {result.basis} |")
         sections += section
     lines.append("")
     if index.failed:
         lines += ["**Cells that failed** (rerun `make reproduce` to retry them):", ""]
         lines += [f"- {k}: {v}" for k, v in sorted(index.failed.items())] + [""]
-    lines += sections + _runtimes(experiments, index) + _trace(measured) + [GPU_SECTION, ""]
+    lines += sections + _runtimes(experiments, index) + _trace(measured, root) + [GPU_SECTION, ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     return out

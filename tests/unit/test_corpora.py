@@ -56,6 +56,30 @@ def test_mixed_uses_all_categories(tok):
     assert len(np.unique(c.input_ids[:, 0::2])) > 40
 
 
+def test_matched_mix_has_the_one_category_prefix_entropy_and_mixes(tok):
+    """icl-mixed-matched: sequences that mix categories from a pool of K = 16 names, so the plug-in
+    entropy of its prefixes is the one-category corpora's at every position (the mix of all 48 is not)."""
+    for shots in range(1, 6):
+        matched = build_corpus(CorpusSpec(name="icl-mixed-matched", shots=shots, samples=4096, seed=3), tok)
+        h = matched.prefix_entropy_bits()
+        for one in ("icl-countries", "icl-animals", "icl-colours"):
+            h_one = build_corpus(CorpusSpec(name=one, shots=shots, samples=4096, seed=3), tok).prefix_entropy_bits()
+            assert np.abs(np.subtract(h, h_one)).max() <= 0.01, (shots, one, h, h_one)
+        assert abs(h[0] - 4) < 0.01  # log2 16 (plug-in, 4,096 draws)
+        every = build_corpus(CorpusSpec(name="icl-mixed", shots=shots, samples=4096, seed=3), tok)
+        assert every.prefix_entropy_bits()[0] > 5.5  # log2 48 = 5.58: why icl-mixed is not the comparison
+    assert matched.settings["K"] == 16 and len(np.unique(matched.input_ids[:, 0::2])) == 16
+    cats = matched.settings["name_categories"]
+    assert sorted(cats.count(c) for c in set(cats)) == [5, 5, 6]
+    # its sequences mix categories: at 2 shots all but (6*5 + 5*4 + 5*4) / (16*15) = 29.2% do
+    two = build_corpus(CorpusSpec(name="icl-mixed-matched", shots=2, samples=4096, seed=3), tok)
+    category = {tok(n, add_special_tokens=False).input_ids[0]: c for n, c in zip(two.settings["names"], cats)}
+    mixed = np.mean([len({category[t] for t in row}) > 1 for row in two.input_ids[:, 0::2]])
+    assert abs(mixed - (1 - 70 / 240)) < 0.03, mixed
+    five = matched.input_ids[:, 0::2]  # 5 shots: all one category in (6*5*4*3*2 + 2*5*4*3*2*1) / 524,160
+    assert np.mean([len({category[t] for t in row}) == 1 for row in five]) < 0.005
+
+
 def test_unknown_builtin_suggests(tok):
     with pytest.raises(IEFlowError, match="did you mean 'icl-colours'"):
         build_corpus(CorpusSpec(name="icl-colors"), tok)

@@ -5,6 +5,7 @@ resumes without redoing a cell, and the bad inputs."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -12,7 +13,11 @@ import numpy as np
 import pytest
 
 from ie_flow.cli import run_cli
-from ie_flow.reproduction.analysis import Finding, Value, verdict
+from ie_flow.emergence import Emergence, LayerEmergence
+from ie_flow.reproduction import claims
+from ie_flow.reproduction.analysis import (
+    VERDICTS, Finding, Measured, Value, common_layers, decide, ie_mean, set_by_corpus, verdict,
+)
 from ie_flow.reproduction.experiments import load_experiments
 from ie_flow.report import load_results
 from ie_flow.store import StorageRoot, results_folder
@@ -25,8 +30,9 @@ def _write_experiments(folder: Path, model: Path) -> Path:
     job = {"model": {"name": str(model)}, "corpus": {"samples": 640},
            "estimate": {"method": "infonce", "seeds": [0], "settings": {"max_steps": 40, "bootstrap": 50}}}
     icl = {"experiment": "icl", "claim": "One category above the mix; spread grows with shots.", "job": job,
-           "also": ["smoothed"], "matrix": {"corpus.name": ["icl-countries", "icl-mixed"], "corpus.shots": [1, 2]},
-           "cells": [{"name": "icl-mixed-shots3-random", "set": {"corpus.name": "icl-mixed", "corpus.shots": 3,
+           "also": ["smoothed"], "matrix": {"corpus.name": ["icl-countries", "icl-mixed-matched"], "corpus.shots": [1, 2]},
+           "cells": [{"name": "icl-mixed-matched-shots3-random", "set": {"corpus.name": "icl-mixed-matched",
+                                                                         "corpus.shots": 3,
                                                                  "control.kind": "random"}}]}
     text = folder / "words.txt"
     words = np.array(["the", "a", "cat", "sat", "on", "mat", "is", "and", "France", "red", "dog", "Spain"])
@@ -65,7 +71,7 @@ def test_every_cell_is_a_child_of_one_parent_run(reproduced, tiny_llama):
     # each cell's runs are children of the parent; a control's two measurements are children of its cell's run
     main_runs = {e.mlflow_run_id for e in index.entries.values() if e.mlflow_run_id}
     assert main_runs == {c.info.run_id for c in children} and len(main_runs) == 4 * 2 + 1 + 2
-    control_cell = index.entries["icl/icl-mixed-shots3-random/infonce"].mlflow_run_id
+    control_cell = index.entries["icl/icl-mixed-matched-shots3-random/infonce"].mlflow_run_id
     grandchildren = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{control_cell}'")
     assert sorted(r.data.tags["model"] for r in grandchildren) == sorted([str(tiny_llama), f"random:{tiny_llama}"])
 
@@ -78,12 +84,17 @@ def test_report_numbers_come_from_the_stored_results(reproduced):
     s = load_results(results_folder(entry.results_uri)).record.summary
     shown = f"{s.ie_mean:+.3f} [{s.ie_mean_ci_low:+.3f}, {s.ie_mean_ci_high:+.3f}]"
     assert f"| icl-countries | 2 | infonce | 640 | {shown} |" in report
-    for key, e in index.entries.items():  # every measurement traced to its folder (and run, where it has one)
-        assert f"| {key} | `{e.results_uri.rsplit('/', 1)[0]}` |" in report
+    for key, e in index.entries.items():  # every measurement traced to its folder under the root, and its run
+        folder = e.results_uri.rsplit("/", 1)[0].removeprefix(str(tmp / "data") + "/")
+        run = load_results(results_folder(e.results_uri)).record.mlflow_run_id or e.mlflow_run_id or "-"
+        assert folder.startswith("results/") and f"| {key} | `{folder}/` | {run} |" in report
+    assert str(tmp) not in report  # no absolute temporary path: the report outlives this machine's folders
     assert report.count("**Verdict: ") == 2
-    verdicts = re.findall(r"\*\*Verdict: (.+?)\.\*\*", report)
-    assert all(v in ("reproduced", "reproduced with the paper's estimator only", "not testable here (saturated)",
-                     "explained by the corpus", "not reproduced") for v in verdicts)
+    verdicts = re.findall(r"\*\*Verdict: (.+?)\.\*\* Read at: (.+?)\.\n", report)
+    assert len(verdicts) == 2 and all(v in VERDICTS for v, _ in verdicts)
+    # each verdict names its measure(s), variant and n (or, for a verdict without one, why)
+    assert all(re.search(r"(infonce|smoothed at \S+|mine-paper), n = 640", basis) for _, basis in verdicts
+               if not basis.startswith("-")), verdicts
     assert (tmp / "docs" / "reproduction" / "icl-spread.png").stat().st_size > 5000
     assert "![natural-text](reproduction/natural-text-curves.png)" in report
 
@@ -103,12 +114,122 @@ def test_the_verdict_rule():
     assert verdict([Finding("infonce", up)]) == "reproduced"
     assert verdict([Finding("infonce", up, control=Value(0.4, 0.1, 0.7))]) == "explained by the corpus"
     assert verdict([Finding("infonce", up, control=Value(0.1, 0.0, 0.2))]) == "reproduced"  # control too small
-    assert verdict([Finding("infonce", up, saturated=0.9), Finding("smoothed", flat)]) == "not reproduced"
+    assert verdict([Finding("infonce", up, saturated=0.9), Finding("smoothed", flat)]) == "no effect"
     assert verdict([Finding("infonce", up, saturated=0.9)]) == "not testable here (saturated)"
+    assert verdict([Finding("infonce", up, by_design=True)]) == "untestable by design"
+    # one saturated at this n, one set by the corpus: a larger n could still test it
+    assert verdict([Finding("infonce", up, by_design=True), Finding("smoothed", flat, saturated=0.6)]) == \
+        "not testable here (saturated)"
     assert verdict([Finding("infonce", down), Finding("mine-paper", up)]) == "reproduced with the paper's estimator only"
+    assert verdict([Finding("infonce", down), Finding("smoothed", flat)]) == "contradicted"
     nothing = Value(float("nan"), float("nan"), float("nan"))
-    assert verdict([Finding("infonce", nothing), Finding("smoothed", nothing)]) == "not reproduced"
+    assert verdict([Finding("infonce", nothing), Finding("smoothed", nothing)]) == "not testable here (no measurement)"
+    label, rests_on = decide([Finding("infonce", flat, n="512"), Finding("smoothed", up, variant="β=0.4", n="512")])
+    assert label == "reproduced" and [f.read_at for f in rests_on] == ["smoothed at β=0.4, n = 512"]
     assert str(Value(0.5, 0.2, 0.8) - Value(0.25, 0.15, 0.35)) == "+0.250 [-0.066, +0.566]"
+
+
+# --- the labels on synthetic per-layer profiles --------------------------------------------------------
+Z = np.linspace(-1, 1, 201)  # replicate offsets: percentiles 2.5 / 50 / 97.5 are -0.95, 0, +0.95
+
+
+def _profile(ie: list[float], half: float = 0.1, saturated: bool = False) -> Emergence:
+    """An IE profile over layers 0..L-1 with IE_l = ie[l] (NaN: invalid layer) whose replicates move
+    every layer together by half * Z: a mean over any set of layers has the interval mean -/+ 0.95 half."""
+    L, N = len(ie), 4
+    layers = [LayerEmergence(l, v, 0.0, v - half, v + half, v, 0.0, 10.0, saturated, 0, valid=bool(np.isfinite(v)))
+              for l, v in enumerate(ie)]
+    zeros = np.zeros((L, N))
+    return Emergence(layers, zeros, zeros, zeros, np.zeros((2, L, N)), np.full((L, N), saturated), zeros.astype(bool),
+                     zeros + 10, np.array([ie]), np.array(ie)[None, :] + half * Z[:, None], [0], "mean")
+
+
+def _measured(key: str, em: Emergence, estimator: str = "smoothed", experiment: str = "icl", samples: int = 512,
+              text: bool = False, kind: str = "", last_bits: float | None = None, **tags) -> Measured:
+    """A measurement of `em`; `text`: a text corpus whose windows are all distinct (last position's
+    prefix entropy log2 n) unless `last_bits` says otherwise."""
+    from types import SimpleNamespace
+
+    from ie_flow.store import ReproductionEntry
+
+    last = last_bits if last_bits is not None else math.log2(samples) if text else 7.9
+    manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=[4.0, 4.0, 7.9, last],
+                               dataset=SimpleNamespace(settings={"kind": kind or ("text" if text else "icl")}))
+    entry = ReproductionEntry(experiment=experiment, cell=key, estimator=estimator, tags=tags, results_uri="x")
+    return Measured(key, entry, SimpleNamespace(manifest=manifest, mlflow_run_id=None), {"β=0.4": em})
+
+
+def _effect(a: Emergence, b: Emergence, estimator: str = "smoothed") -> Finding:
+    keep = common_layers([a, b])
+    return Finding(estimator, ie_mean(a, keep) - ie_mean(b, keep), variant="β=0.4", n="512")
+
+
+def test_cells_are_compared_on_the_layers_valid_in_all_of_them():
+    one = _profile([1.0, 2.0, 3.0, float("nan")])
+    mix = _profile([0.5, 1.5, float("nan"), 9.0])
+    assert common_layers([one, mix]) == [0, 1]
+    # on its own the mix would average 0.5, 1.5 and 9.0 (3.667): the comparison uses layers 0 and 1 only
+    assert mix.summary.ie_mean == pytest.approx(11 / 3)
+    d = _effect(one, mix).effect
+    assert d.value == pytest.approx(0.5) and d.half == pytest.approx(0.095 * math.sqrt(2))
+    assert math.isnan(ie_mean(mix, [0, 2]).value)  # a layer invalid in a cell is never silently dropped
+
+
+def test_each_label_on_synthetic_profiles():
+    base = _profile([1.0, 1.2, 1.4, 1.6])  # IE mean 1.3
+    higher, lower, same = (_profile([v + s for v in (1.0, 1.2, 1.4, 1.6)]) for s in (0.4, -0.4, 0.05))
+    up, down, flat = _effect(higher, base), _effect(lower, base), _effect(same, base)
+    assert (up.effect.value, down.effect.value, flat.effect.value) == pytest.approx((0.4, -0.4, 0.05))
+    assert flat.effect.low == pytest.approx(0.05 - 0.095 * math.sqrt(2))  # -0.084: the interval covers 0
+    assert decide([up])[0] == "reproduced" and up.read_at == "smoothed at β=0.4, n = 512"
+    assert decide([down])[0] == "contradicted" and decide([flat])[0] == "no effect"
+    # InfoNCE on text whose windows are all distinct: the corpus sets its value at any n
+    text = [_measured(f"t{i}", _profile([13.0] * 4, saturated=True), "infonce", "natural-text", 8192, text=True)
+            for i in range(2)]
+    assert set_by_corpus(text) and not set_by_corpus([_measured("i", base, "infonce")])
+    assert not set_by_corpus([_measured("s", base, "smoothed", "natural-text", 8192, text=True)])
+    # a text corpus with a repeated window, or a synthetic corpus whose n draws happen to be distinct
+    # (its support is finite: a larger n repeats them), is not set by the corpus
+    assert not set_by_corpus([_measured("r", base, "infonce", "natural-text", 8192, text=True, last_bits=12.99)])
+    for kind in ("icl", "icl-coherence"):
+        assert not set_by_corpus([_measured("c", base, "infonce", samples=512, last_bits=9.0, kind=kind)])
+    design = Finding("infonce", Value(0.0, 0.0, 0.0), saturated=1.0, by_design=set_by_corpus(text))
+    assert decide([design])[0] == "untestable by design"
+    assert decide([Finding("smoothed", up.effect, saturated=0.75)])[0] == "not testable here (saturated)"
+    # no layer valid in every cell: no value, and the reason is the invalid layers, not a missing cell
+    empty = _profile([float("nan"), 1.0])
+    assert common_layers([empty, _profile([1.0, float("nan")])]) == []
+    nan = Finding("smoothed", ie_mean(empty, []) - ie_mean(base, []), saturated=0.5)
+    assert math.isnan(nan.effect.value) and decide([nan])[0] == "not testable here (saturated)"
+
+
+def test_claim_4_needs_three_sizes_of_one_family(tmp_path):
+    def cells(models: dict[str, tuple[str, int, float]]) -> dict[str, Measured]:
+        out = {}
+        for model, (family, params, ie) in models.items():
+            for est in ("infonce", "smoothed"):
+                em = _profile([ie, ie + 0.2, ie + 0.4])
+                out[f"{model}/{est}"] = _measured(model, em, est, "model-size", 512, model=model, family=family,
+                                                  params_m=params)
+        return out
+
+    offline = claims.model_size(cells({"smollm2-135m": ("smollm2", 135, 1.0), "gemma3-270m": ("gemma3", 270, 1.5)}),
+                                tmp_path)
+    assert offline.verdict == "not testable here (one size per family)" and not offline.findings
+    assert "needs 3 sizes of one family; measured here gemma3: 1, smollm2: 1" in offline.basis
+    assert [r[:3] for r in offline.rows[1:3]] == [["gemma3", "gemma3-270m", "270"], ["smollm2", "smollm2-135m", "135"]]
+    # a series of one family (IE mean 1.2, 1.7, 2.2 at 70M, 140M, 280M: +0.5 bit per doubling)
+    series = claims.model_size(cells({"p-70m": ("pythia", 70, 1.0), "p-140m": ("pythia", 140, 1.5),
+                                      "p-280m": ("pythia", 280, 2.0)}), tmp_path)
+    assert [f.effect.value for f in series.findings] == pytest.approx([0.5, 0.5])
+    assert series.verdict == "reproduced" and series.findings[0].part == "pythia"
+
+
+def test_a_profile_is_never_read_at_another_variant():
+    m = _measured("c", _profile([1.0, 2.0]))
+    assert m.at("β=0.4").summary.ie_mean == pytest.approx(1.5)
+    with pytest.raises(KeyError, match="no variant 'β=0.2'"):
+        m.at("β=0.2")
 
 
 def test_unknown_experiment_is_one_line(reproduced, ie_flow):
@@ -134,6 +255,19 @@ def test_the_paper_workflows_load():
             assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if "mine-paper" in c.name else [0, 1, 2])
     icl = experiments[0]
     assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
+    # claim 1 compares the one-category corpora with the mix matched to them in K, never the 48-name mix
+    assert {c.tags["corpus.name"] for c in icl.cells} == {"icl-countries", "icl-animals", "icl-colours",
+                                                          "icl-mixed-matched"}
+    # claim 4 offline: one size per family; the hub series: five sizes of one family, the same report code
+    assert {c.tags["family"] for c in experiments[3].cells} == {"smollm2", "gemma3"}
+    from ie_flow.reproduction.experiments import default_folder
+
+    (hub,) = load_experiments(folder=default_folder().parent / "paper-hub")
+    assert hub.name == "model-size" and hub.command.startswith("ie-flow reproduce model-size --workflows")
+    assert {c.tags["family"] for c in hub.cells} == {"pythia"} and len(hub.cells) >= claims.SIZES_FOR_A_TREND
+    for c in hub.cells:
+        job = cell_job(hub, c, Setup("/tmp/x"), index)
+        assert job.model.name == f"EleutherAI/{c.tags['model']}" and job.control.kind == "random"
 
 
 def test_a_failed_generation_is_recorded_and_its_cells_say_why(tiny_llama, tmp_path, monkeypatch, capsys):
