@@ -899,7 +899,7 @@ class SmoothedMI(Estimator):
         gauss = None
         if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by replicate
             gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, bool(s["standardise"]), sample_blocks(layout),
-                                       weights.cpu().numpy(), layout.block_counts)
+                                       weights.cpu().numpy(), layout.block_counts, dev)
         return figs, radii, layout, gauss
 
     def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, gauss: tuple | None,
