@@ -136,14 +136,19 @@ def gauss_cost(args: argparse.Namespace) -> None:
     for standardise in (False, True):
         t0 = time.perf_counter()
         SmoothedMI(queries=args.queries, bootstrap=200, gauss=False, standardise=standardise).estimate_grid(
-            xs, ys, betas=BETAS)
+            xs, ys, betas=BETAS, device=args.device)
         profile = time.perf_counter() - t0
         sides, sx, sy, _ = dedup_sides(xs, ys)
         rng = layout_rng(args.n, 0)
         layout = _layout(args.n, 64, rng)
         weights = rng.multinomial(layout.blocks, np.full(layout.blocks, 1.0 / layout.blocks), size=200)
         t0 = time.perf_counter()
-        gaussian_reference(sides, sx, sy, BETAS, standardise, sample_blocks(layout), weights, layout.block_counts)
+        gaussian_reference(sides, sx, sy, BETAS, standardise, sample_blocks(layout), weights, layout.block_counts,
+                           args.device)
+        if args.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
         gauss = time.perf_counter() - t0
         print(f"{'standardised' if standardise else 'raw'}: smoothed profile without the reference {profile:.1f}s; "
               f"Gaussian reference with 200 replicates {gauss:.1f}s = {gauss / profile:.2f} x the profile "

@@ -171,13 +171,22 @@ def _what_differs(results: list[Result]) -> list[str]:
     return notes
 
 
+def _layer_figure(layer: Any, name: str) -> float:
+    """A layer's field (reference_ie, excess_ie) or its macro cell's diagnostic; NaN where it has neither."""
+    if layer is None:
+        return float("nan")
+    return float(getattr(layer, name)) if hasattr(layer, name) else layer.diagnostics.get(name, float("nan"))
+
+
 def format_compare(results: list[Result]) -> str:
     """Several runs side by side: IE per layer with its 95% interval, mean (with its interval) and
     max, each estimator's diagnostics; `*` marks saturated layers, and a note says when the runs
     differ in estimator, variant or corpus."""
     lines = [f"{i + 1}: {r.label}  ({r.record.estimator}{', ' + r.emergence.variant if r.emergence.variant else ''})"
              for i, r in enumerate(results)]
-    names = [_diagnostic_names(r.emergence) for r in results]
+    # the IE of the Gaussian reference (smoothed) is shown with the diagnostics, per run that has one
+    names = [(["reference_ie", "excess_ie"] if r.emergence.has_reference else []) + _diagnostic_names(r.emergence)
+             for r in results]
     layers = sorted({l.layer for r in results for l in r.emergence.layers})
     lines.append("layer  " + " ".join(f"{'IE ' + str(i + 1):>9}  {'95% interval':>17}" for i in range(len(results)))
                  + "".join(f"  {f'{n} {i + 1}':>{_width(n) + 2}}" for i, ns in enumerate(names) for n in ns))
@@ -188,7 +197,7 @@ def format_compare(results: list[Result]) -> str:
             l = match[0] if match else None
             cells.append(f"{l.ie:>9.3f}{'*' if l.saturated else ' '}[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]" if l
                          else f"{'-':>9}  {'':>17}")
-            diags += [f"  {l.diagnostics.get(n, float('nan')) if l else float('nan'):>{_width(n) + 2}.3f}" for n in ns]
+            diags += [f"  {_layer_figure(l, n):>{_width(n) + 2}.3f}" for n in ns]
         lines.append(f"{layer:>5}  " + " ".join(cells) + "".join(diags))
     cells = []
     for r in results:

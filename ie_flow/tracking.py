@@ -271,7 +271,10 @@ def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
 
     now = int(time.time() * 1000)
     keys = {"model_ie": "control_model_ie", "control_ie": "control_ie", "diff": "control_diff",
-            "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high"}
+            "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high",
+            # its Gaussian-reference part and the excess (smoothed), each with its paired interval
+            **{f"{part}{end}": f"control_diff_{part}{end}" for part in ("reference", "excess")
+               for end in ("_diff", "_ci_low", "_ci_high")}}
     metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
                for k, name in keys.items() if math.isfinite(getattr(row, k))]
     if control.target:  # a target measure: its values per boundary (step = boundary) and the emergence layer

@@ -54,7 +54,7 @@ class _Blocks:
         return out
 
 
-def _blocks(sample_block: np.ndarray, blocks: int) -> _Blocks:
+def _blocks(sample_block: np.ndarray, blocks: int, device: Any) -> _Blocks:
     import torch
 
     order = np.argsort(sample_block, kind="stable")
@@ -63,7 +63,7 @@ def _blocks(sample_block: np.ndarray, blocks: int) -> _Blocks:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     for k in range(blocks):
         index[k, : counts[k]] = order[starts[k]: starts[k] + counts[k]]
-    return _Blocks(torch.as_tensor(index), torch.as_tensor(counts, dtype=torch.float64))
+    return _Blocks(torch.as_tensor(index, device=device), torch.as_tensor(counts, dtype=torch.float64, device=device))
 
 
 @dataclass
@@ -82,7 +82,7 @@ class _Frame:
 def _frame(a: np.ndarray, standardise: bool, blocks: _Blocks) -> _Frame:
     import torch
 
-    t = torch.as_tensor(np.asarray(a, dtype=np.float64))
+    t = torch.as_tensor(np.asarray(a)).to(blocks.counts.device).double()
     n, d = t.shape
     t = t - t.mean(0)
     var = t.square().mean(0)
@@ -95,7 +95,7 @@ def _frame(a: np.ndarray, standardise: bool, blocks: _Blocks) -> _Frame:
         tr = float(var.sum())
         kept = int(tr > 0.0)
         u = t / math.sqrt(tr) if kept else t
-        scale = torch.ones(d, dtype=torch.float64)
+        scale = torch.ones(d, dtype=torch.float64, device=t.device)
     rows = blocks.stack(u.float())
     moments = torch.bmm(rows.transpose(1, 2), rows)
     return _Frame(rows, moments, moments.sum(0).double() / n, scale, standardise, kept == 0)
@@ -106,7 +106,7 @@ def _factor(frame: _Frame, resolution: float) -> tuple:
     import torch
 
     if resolution not in frame.per_resolution:
-        eye = torch.eye(frame.cov.shape[0], dtype=frame.cov.dtype)
+        eye = torch.eye(frame.cov.shape[0], dtype=frame.cov.dtype, device=frame.cov.device)
         chol = torch.linalg.cholesky(frame.cov + resolution**2 * eye)
         inv = torch.linalg.solve_triangular(chol, eye, upper=False)
         inv32 = inv.float()
@@ -130,9 +130,10 @@ def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, resolution: float,
     _, ld_y, ly_inv, ay_inv = _factor(fy, resolution)
     dy = fy.cov.shape[0]
     k = lx_inv @ cross_cov  # Lx⁻¹ Σ̃xy
-    lc = torch.linalg.cholesky(fy.cov + resolution**2 * torch.eye(dy, dtype=k.dtype) - k.T @ k)  # Schur complement
+    eye = torch.eye(dy, dtype=k.dtype, device=k.device)
+    lc = torch.linalg.cholesky(fy.cov + resolution**2 * eye - k.T @ k)  # Schur complement
     g = 0.5 * float(ld_y - 2.0 * lc.diagonal().log().sum())
-    lc_inv = torch.linalg.solve_triangular(lc, torch.eye(dy, dtype=lc.dtype), upper=False)
+    lc_inv = torch.linalg.solve_triangular(lc, eye, upper=False)
     # Γ = (A⁻¹ ⊕ Ay⁻¹) − S⁻¹ by blocks, with P = A⁻¹ Σ̃xy Lc⁻ᵀ: Γxx = −PPᵀ, Γxy = P Lc⁻¹,
     # Γyy = Ay⁻¹ − Sc⁻¹; per block Σ_i wᵢᵀΓwᵢ = ⟨Γ, block moments⟩ (float32: an interval's spread)
     lc_inv32 = lc_inv.float()
@@ -151,17 +152,17 @@ def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, resolution: float,
 
 def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np.ndarray, resolutions: Sequence[float],
                        standardise: bool, sample_block: np.ndarray, weights: np.ndarray,
-                       counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       counts: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """G^β of every cell and β (bits, (cells, resolutions)) and its block-bootstrap replicates
     ((cells, resolutions, B)); ``sample_block`` (n,) is each sample's bootstrap block, ``weights`` (B, blocks)
-    the resamples' multiplicities and ``counts`` (blocks,) the samples per block."""
+    the resamples' multiplicities and ``counts`` (blocks,) the samples per block; on ``device``."""
     import torch
 
     P, nb, B = len(sx), len(resolutions), weights.shape[0]
     value = np.zeros((P, nb))
     reps = np.zeros((P, nb, B))
-    blocks = _blocks(np.asarray(sample_block), len(counts))
-    w = torch.as_tensor(weights, dtype=torch.float64)
+    blocks = _blocks(np.asarray(sample_block), len(counts), device)
+    w = torch.as_tensor(weights, dtype=torch.float64, device=device)
     total = w @ blocks.counts
     last_use = {int(s): p for p, pair in enumerate(zip(sx, sy)) for s in pair}
     frames: dict[int, _Frame] = {}
@@ -176,7 +177,7 @@ def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np
                 cross_cov = cross.sum(0).double() / float(blocks.counts.sum())
                 for b, resolution in enumerate(resolutions):
                     value[p, b], psi = _cell(fx, fy, cross, cross_cov, float(resolution), blocks)
-                    reps[p, b] = value[p, b] + ((w @ psi) / total).numpy()
+                    reps[p, b] = value[p, b] + ((w @ psi) / total).cpu().numpy()
                 del cross
             for i in (int(sx[p]), int(sy[p])):
                 if last_use[i] == p:

@@ -118,3 +118,15 @@ def SmoothedMIForTest():  # noqa: N802
     from ie_flow.estimators.smoothed import SmoothedMI
 
     return SmoothedMI(queries=100, bootstrap=40, blocks=8)
+
+
+def test_fewer_samples_than_dimensions_still_give_the_closed_form() -> None:
+    # n = 40 < d = 64: the sample covariances are singular, Σ + σ²I is not
+    r = np.random.default_rng(3)
+    x = r.standard_normal((40, 64)).astype(np.float32)
+    y = (x @ r.standard_normal((64, 64)) + r.standard_normal((40, 64))).astype(np.float32)
+    blocks = np.arange(40) % 4
+    w = r.multinomial(4, np.full(4, 0.25), size=10)
+    value, reps = gaussian_reference([x, y], np.array([0]), np.array([1]), [0.6], False, blocks, w, np.bincount(blocks))
+    assert value[0, 0] == pytest.approx(exact_g(x, y, 0.6, np.ones(40), False), abs=1e-5)
+    assert np.isfinite(reps).all()

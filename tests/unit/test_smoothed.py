@@ -329,3 +329,20 @@ def test_common_random_numbers_narrow_the_interval_of_a_paired_difference() -> N
         diff = np.array(a.replicate_bits) - np.array(b.replicate_bits)
         width[how] = float(np.subtract(*np.percentile(diff, [97.5, 2.5])))
     assert width["crn"] < 0.5 * width["independent"], width
+
+
+def test_a_headline_beta_fixed_in_advance_is_shown_whatever_the_validity_and_never_replaced() -> None:
+    from types import SimpleNamespace
+
+    def profile(valid_at: dict[str, list[bool]]) -> dict:
+        return {v: SimpleNamespace(layers=[SimpleNamespace(valid=ok) for ok in flags]) for v, flags in valid_at.items()}
+
+    model = profile({"β = 0.4": [True, False], "β = 0.6": [True, True], "β = 0.8": [True, True]})
+    control = profile({"β = 0.4": [True, True], "β = 0.6": [True, True], "β = 0.8": [True, True]})
+    assert SmoothedMI().choose_headline(model, control) == ("β = 0.6", True)  # the smallest valid everywhere
+    assert SmoothedMI(headline_beta=0.8).choose_headline(model, control) == ("β = 0.8", True)
+    assert SmoothedMI(headline_beta=0.4).choose_headline(model, control) == ("β = 0.4", False)  # flagged, kept
+    with pytest.raises(ValueError, match="no 'β = 0.8'"):
+        SmoothedMI(headline_beta=0.8).choose_headline(model, profile({"β = 0.4": [True, True]}))
+    with pytest.raises(ValueError, match="not in the beta grid"):
+        SmoothedMI(headline_beta=0.5)
