@@ -86,7 +86,7 @@ def test_unknown_estimator_suggests_close_match(xy) -> None:
 
 
 def test_registry_names_and_lazy_classes() -> None:
-    assert set(ESTIMATORS) == {"infonce", "dv", "mine", "smile", "nwj", "gaussian", "mine-paper", "smoothed"}
+    assert set(ESTIMATORS) == {"infonce", "dv", "mine", "smile", "nwj", "gaussian", "mine-paper", "smoothed", "probe"}
     assert "infonce" in ESTIMATORS and "nope" not in ESTIMATORS
     # each name resolves to a class of that name, found from its module's REGISTRY literal
     assert all(ESTIMATORS[name].name == name for name in ESTIMATORS)
