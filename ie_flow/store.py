@@ -261,14 +261,14 @@ class DatasetFolder:
         """target.parquet (sample_id, label, group); returns what the manifest records of it."""
         import pyarrow as pa
 
+        from ie_flow.estimators.probe import label_entropy_bits
+
         n = len(labels)
         groups = np.arange(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
         table = pa.table({"sample_id": np.arange(n, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64),
                           "group": groups})
         digest, size = self.storage.write_parquet(TARGET, table)
-        p = np.bincount(np.asarray(labels, dtype=np.int64)) / n
-        entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
-        return TargetInfo(label_names=label_names, entropy_bits=entropy, ceilings_bits=ceilings_bits,
+        return TargetInfo(label_names=label_names, entropy_bits=label_entropy_bits(labels), ceilings_bits=ceilings_bits,
                           token_ceilings_bits=token_ceilings_bits, file=FileInfo(sha256=digest, bytes=size, rows=n))
 
     def read_target(self, manifest: Manifest) -> Target:

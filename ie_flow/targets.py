@@ -77,21 +77,19 @@ def compare_targets(model_table: Any, control_table: Any, variant: str | None = 
     if m.boundaries != c.boundaries or m.positions != c.positions:
         raise ValueError("the model's and the control's target tables cover different boundaries or positions")
     b = min(len(m.replicates), len(c.replicates))
+    diff = m.bits - c.bits
+    paired = np.array([[_paired(diff[i, j], m.replicates[:b, i, j] - c.replicates[:b, i, j])
+                        for j in range(diff.shape[1])] for i in range(diff.shape[0])])  # (boundaries, positions, 2)
     rows = []
     for i, boundary in enumerate(m.boundaries):
-        diff = m.bits[i, -1] - c.bits[i, -1]
         gain = m.bits[i, -1] - m.bits[i - 1, -1] if i else math.nan
         gain_ci = _paired(gain, m.replicates[:, i, -1] - m.replicates[:, i - 1, -1]) if i else (math.nan, math.nan)
         rows.append(TargetBoundary(
             boundary=boundary, model=m.bits[i, -1], model_low=m.low[i, -1], model_high=m.high[i, -1],
-            control=c.bits[i, -1], control_low=c.low[i, -1], control_high=c.high[i, -1], diff=diff,
-            diff_low=_paired(diff, m.replicates[:b, i, -1] - c.replicates[:b, i, -1])[0],
-            diff_high=_paired(diff, m.replicates[:b, i, -1] - c.replicates[:b, i, -1])[1],
+            control=c.bits[i, -1], control_low=c.low[i, -1], control_high=c.high[i, -1], diff=diff[i, -1],
+            diff_low=paired[i, -1, 0], diff_high=paired[i, -1, 1],
             gain=gain, gain_low=gain_ci[0], gain_high=gain_ci[1], ceiling=m.ceiling[i, -1]))
     point, shares = emergence_boundary(m, c)
-    diff = m.bits - c.bits
-    paired = np.array([[_paired(diff[i, j], m.replicates[:b, i, j] - c.replicates[:b, i, j])
-                        for j in range(diff.shape[1])] for i in range(diff.shape[0])])  # (B, T, 2)
     return TargetRecord(position=m.positions[-1], boundaries=rows, emergence_boundary=point, emergence_shares=shares,
                         positions=m.positions, model_grid=m.bits.tolist(), control_grid=c.bits.tolist(),
                         diff_low_grid=paired[..., 0].tolist(), diff_high_grid=paired[..., 1].tolist(),

@@ -86,11 +86,12 @@ class Corpus:
             "prefix_entropy_bits": [round(b, 3) for b in self.prefix_entropy_bits()],
         }
         if self.labels is not None:
+            from ie_flow.estimators.probe import label_entropy_bits
+
             counts = np.bincount(self.labels)
-            p = counts[counts > 0] / counts.sum()
             names = self.label_names or [str(i) for i in range(len(counts))]
             info["target"] = {"classes": {names[i]: int(c) for i, c in enumerate(counts)},
-                              "entropy_bits": round(float(-(p * np.log2(p)).sum()), 4),
+                              "entropy_bits": round(label_entropy_bits(self.labels), 4),
                               "groups": int(np.unique(self.groups).size) if self.groups is not None else self.num_samples,
                               "exact_prefix_bits": self.target_ceilings, "exact_token_bits": self.token_ceilings}
         if tokenizer is not None:
