@@ -86,8 +86,7 @@ class Emergence:
             return Summary(ie_mean=math.nan, ie_mean_ci_low=math.nan, ie_mean_ci_high=math.nan, ie_max=math.nan,
                            ie_argmax_layer=-1, ie_std_layers=math.nan, ie_std_seeds=math.nan, saturated_layers=0,
                            invalid_layers=len(ie))
-        mean = float(ie[ok].mean())
-        low, high = bootstrap_interval(mean, self.ie_replicates[:, ok].mean(axis=1), self.ie_per_seed[:, ok].mean(axis=1))
+        mean, low, high = self.mean_ie(ok)
         return Summary(
             ie_mean=mean, ie_mean_ci_low=low, ie_mean_ci_high=high, ie_max=float(ie[ok].max()),
             ie_argmax_layer=int(self.layers[int(np.flatnonzero(ok)[ie[ok].argmax()])].layer),
@@ -96,6 +95,13 @@ class Emergence:
             ie_std_seeds=float(self.ie_per_seed[:, ok].mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
             saturated_layers=int(sum(l.saturated for l in self.layers)), invalid_layers=int((~ok).sum()),
         )
+
+    def mean_ie(self, columns: Any) -> tuple[float, float, float]:
+        """IE's mean over the layers `columns` selects (a mask or indices) with its 95% interval: the
+        replicates' and the seeds' means over the same layers."""
+        mean = float(np.array([l.ie for l in self.layers])[columns].mean())
+        return (mean, *bootstrap_interval(mean, self.ie_replicates[:, columns].mean(axis=1),
+                                          self.ie_per_seed[:, columns].mean(axis=1)))
 
     def layer_rows(self) -> list[LayerRecord]:
         return [LayerRecord(**asdict(l), saturated=l.saturated) for l in self.layers]
@@ -128,13 +134,14 @@ class _Grids:
     rows: list[dict[str, Any]]
 
     def field(self, level: str, name: str) -> np.ndarray:
+        """(seeds, layers, positions) of a column, or of a declared diagnostic of that name; NaN where a row
+        lacks it."""
         out = np.full((len(self.seeds), len(self.layers), self.positions), np.nan)
         li = {l: i for i, l in enumerate(self.layers)}
         si = {s: i for i, s in enumerate(self.seeds)}
         for r in self.rows:
             if r["level"] == level:
-                value = r.get(name)
-                out[si[r["seed"]], li[r["layer"]], r["position"]] = np.nan if value is None else float(value)
+                out[si[r["seed"]], li[r["layer"]], r["position"]] = _value(r, name)
         return out
 
     def replicates(self, level: str, column: str = "replicates", value: str = "bits") -> np.ndarray:
@@ -148,15 +155,6 @@ class _Grids:
         li = {l: i for i, l in enumerate(self.layers)}
         for (layer, pos), (reps, bits) in found.items():
             out[:, li[layer], pos] = np.asarray(reps, dtype=float) if len(reps) == b else bits
-        return out
-
-    def diagnostic(self, level: str, name: str) -> np.ndarray:
-        """(seeds, layers, positions) of one declared diagnostic, NaN where a row lacks it."""
-        out = np.full((len(self.seeds), len(self.layers), self.positions), np.nan)
-        li, si = {l: i for i, l in enumerate(self.layers)}, {s: i for i, s in enumerate(self.seeds)}
-        for r in self.rows:
-            if r["level"] == level:
-                out[si[r["seed"]], li[r["layer"]], r["position"]] = _value(r, name)
         return out
 
     def headline_diagnostics(self) -> dict[int, dict[str, float]]:
@@ -251,7 +249,7 @@ def _reference_ie(g: _Grids, reduce: Any, layer_invalid: np.ndarray, ie_seed: np
                   ) -> dict[str, np.ndarray] | None:
     """IE of the cells' reference part and the excess over it, per layer, with intervals from the
     same resamples (the excess replicate by replicate); None when the table has no reference."""
-    macro, micro = g.diagnostic("macro", REFERENCE_DIAGNOSTIC), g.diagnostic("micro", REFERENCE_DIAGNOSTIC)
+    macro, micro = g.field("macro", REFERENCE_DIAGNOSTIC), g.field("micro", REFERENCE_DIAGNOSTIC)
     if np.isnan(macro[:, :, -1]).all():
         return None
     ref_seed = macro[:, :, -1] - reduce(micro, axis=2)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow.emergence import Emergence, bootstrap_interval, emergence_by_variant
+from ie_flow.emergence import Emergence, emergence_by_variant
 from ie_flow.results import ResultsRecord, read_record, variant_order
 from ie_flow.store import ReproductionEntry, ReproductionIndex, results_folder
 
@@ -113,9 +113,7 @@ def ie_mean(em: Emergence, layers: list[int] | None = None) -> Value:
     ie = np.array([em.layers[i].ie for i in idx])
     if not idx or len(idx) < len(layers) or not np.isfinite(ie).all():
         return Value(math.nan, math.nan, math.nan)
-    mean = float(ie.mean())
-    low, high = bootstrap_interval(mean, em.ie_replicates[:, idx].mean(axis=1), em.ie_per_seed[:, idx].mean(axis=1))
-    return Value(mean, low, high)
+    return Value(*em.mean_ie(idx))
 
 
 def common_layers(ems: list[Emergence], curves: bool = False) -> list[int]:

@@ -108,7 +108,7 @@ def read_cell_stacks(folder: DatasetFolder, manifest: Manifest, cells: list[tupl
                      variant: str, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
     """(P, n, d) x and y stacks of `cells` ((layer, stored column) pairs) as the estimator takes
     them: boundaries l and l + 1, straight from the Parquet shards; float16 stays float16 where it can."""
-    xs = read_boundary_stacks(folder, manifest, [(l, t) for l, t in cells], spec, variant, itemsize)
+    xs = read_boundary_stacks(folder, manifest, cells, spec, variant, itemsize)
     ys = read_boundary_stacks(folder, manifest, [(l + 1, t) for l, t in cells], spec, variant, itemsize)
     return xs, ys
 
