@@ -162,6 +162,7 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Table and plots of a finished job."""
+    from ie_flow.emergence import emergence_by_variant
     from ie_flow.plots import write_plots
     from ie_flow.report import format_table, json_summary, load_result
 
@@ -178,7 +179,8 @@ def report(
         result.record.mlflow_run_id, result.record.tracking_uri = run_id, job.tracking.uri
         result.record.mlflow_pending_run_id = None
         result.results.write_summary(result.record)
-    plots = write_plots(result.emergence, result.label, out, result.record.control) if out else []
+    plots = write_plots(result.emergence, result.label, out, result.record.control,  # IE at every variant
+                        emergence_by_variant(result.table, result.record.micro_reduce)) if out else []
     if as_json:
         typer.echo(json.dumps(json_summary(result)))
         return
@@ -197,7 +199,7 @@ def compare(
 ) -> None:
     """Several models or corpora side by side: IE per layer table and one plot."""
     from ie_flow.plots import plot_compare
-    from ie_flow.report import format_compare, json_summary, load_result
+    from ie_flow.report import common_means, format_compare, json_summary, load_result
 
     if len(targets) < 2:
         raise IEFlowError("compare needs at least two runs or results folders")
@@ -205,7 +207,9 @@ def compare(
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_compare({f"{i + 1}: {r.label}": r.emergence for i, r in enumerate(results)}, out)
     if as_json:
-        typer.echo(json.dumps({"plot": str(out), "runs": [json_summary(r) for r in results]}))
+        keep, means = common_means(results)  # the comparison: the layers valid in every run
+        typer.echo(json.dumps({"plot": str(out), "common_layers": keep, "runs": [
+            {**json_summary(r), "ie_mean_common": m[0]} for r, m in zip(results, means)]}))
         return
     typer.echo(format_compare(results))
     typer.echo(f"plot: {out}")

@@ -288,6 +288,34 @@ def _target_defaults(tree: dict[str, Any]) -> None:
         control.setdefault("settings", dict(estimate.get("settings") or {}))
 
 
+def family_settings(method: str, settings: dict[str, Any], corpus: str) -> dict[str, Any]:
+    """`settings` of estimator `method` with what it fixes in advance for the corpus's family
+    (Estimator.family_settings: the smoothed measure's headline β)."""
+    from ie_flow.corpora import corpus_family
+    from ie_flow.estimators import ESTIMATORS
+
+    return ESTIMATORS[method].family_settings(settings, corpus_family(corpus))
+
+
+def fill_family_defaults(tree: dict[str, Any]) -> None:
+    """The per-family settings of the estimators a job runs (its own, and its control's when it has
+    one) written into its tree before validation, so the resolved job, the results key and the
+    records show them; settings the job names win."""
+    from ie_flow.estimators import ESTIMATORS
+
+    corpus = tree.get("corpus")
+    name = corpus.get("name") if isinstance(corpus, dict) else None
+    for section, spec, key in (("estimate", EstimateSpec, "method"), ("control", ControlSpec, "estimator")):
+        node = tree.get(section)
+        if not isinstance(node, dict) or (section == "control" and node.get("kind", "none") == "none"):
+            continue
+        method, settings = node.get(key, spec.model_fields[key].default), node.get("settings") or {}
+        if method in ESTIMATORS and isinstance(settings, dict):
+            filled = family_settings(method, settings, str(name or CorpusSpec.model_fields["name"].default))
+            if filled != settings:
+                node["settings"] = filled
+
+
 def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Build a JobSpec from defaults, an optional YAML file, then dotted CLI overrides (None = unset)."""
     tree: dict[str, Any] = {}
@@ -306,6 +334,7 @@ def load_job(path: str | Path | None = None, overrides: dict[str, Any] | None = 
         if value is not None:
             _set_dotted(tree, dotted, value)
     _target_defaults(tree)
+    fill_family_defaults(tree)
     try:
         return JobSpec.model_validate(tree)
     except ValidationError as e:

@@ -1,8 +1,9 @@
 """The control in the same run (docs/METHOD.md section 7): the same job on a copy that should carry
 no meaning (`random`: the model with random seeded weights; `shuffled`: the tokens of each window
 permuted), measured with the resolution-aware estimator on both, and model minus control per layer
-with a bootstrap interval. Both sides use the same variant of the estimator (its headline choice over
-both, e.g. the smoothed measure's smallest β valid in every layer of both) and the same bootstrap
+with a bootstrap interval, on the layers valid in both (a layer invalid in either has no difference).
+Both sides use the same variant of the estimator (its headline over both: the smoothed measure's β fixed
+for the corpus family, kept where layers are invalid at it) and the same bootstrap
 resamples (same n and seed), so the difference is bootstrapped replicate by replicate; stage 2 names
 each cell's sides alike in both, so the smoothed measure draws the same query ids and noise for both
 (common random numbers). Where the estimator splits a value into a reference part and an excess (the
@@ -113,7 +114,7 @@ def format_comparison(control: ControlRecord, main: Emergence | None = None, mai
     ControlComparison's record, so `ie-flow report` prints it from summary.json too)."""
     est, kind = control.estimator, control.kind
     variant = f", {control.variant}" if control.variant else ""
-    variant += "" if control.variant_valid else f" (no variant of {est} is valid in every layer: read with care)"
+    variant += "" if control.variant_valid else " (not valid in every layer: a layer invalid in either is not compared)"
     split = any(math.isfinite(d.reference_diff) for d in control.layers)
     head = f"{'layer':>5}  " + (f"{main_label + ' IE':>13}  " if main else "") + \
         f"{est + ' IE':>12}  {kind + ' ctrl':>12}  {'difference':>10}  {'95% interval':>17}" + \
@@ -143,9 +144,10 @@ def summary_sentence(control: ControlRecord) -> str:
         return f"No layer has a valid {est} IE for both the model and its {kind} control: nothing to compare."
     apart = [d for d in diffs if d.apart]
     higher = sum(d.diff > 0 for d in apart)
-    text = (f"In {len(apart)} of {len(rows)} layers (marked *) the model's {est} IE differs from its {kind} control "
-            f"beyond the 95% interval ({higher} higher, {len(apart) - higher} lower); mean difference "
-            f"{np.mean([d.diff for d in diffs]):+.3f} bits.")
+    of_all = "" if len(diffs) == len(rows) else f"of {len(rows)}; "
+    text = (f"In {len(apart)} of the {len(diffs)} layers valid in both ({of_all}marked *) the model's {est} IE "
+            f"differs from its {kind} control beyond the 95% interval ({higher} higher, {len(apart) - higher} "
+            f"lower); mean difference {np.mean([d.diff for d in diffs]):+.3f} bits.")
     split = [d for d in diffs if math.isfinite(d.reference_diff)]
     if split:
         ref_apart = sum(d.reference_ci_low > 0 or d.reference_ci_high < 0 for d in split)

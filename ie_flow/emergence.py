@@ -291,6 +291,16 @@ def emergence_by_variant(table: Any, micro_reduce: str = "mean") -> dict[str, Em
     return {variant: information_emergence(table, micro_reduce, variant) for variant in split_by_variant(table)}
 
 
+def common_layers(ems: list[Emergence], curves: bool = False) -> list[int]:
+    """The layers valid in every one of `ems` (finite IE; with `curves`, a finite E(t) at every
+    position): the one set a comparison of them averages over."""
+    if not ems:
+        return []
+    sets = [{l.layer for i, l in enumerate(em.layers)
+             if (np.isfinite(em.token_curves[i]).all() if curves else l.valid and math.isfinite(l.ie))} for em in ems]
+    return sorted(set.intersection(*sets))
+
+
 def headline(estimator: Any, micro_reduce: str, *tables: Any) -> tuple[str, bool, list[Emergence]]:
     """The estimator's headline variant of its tables (a model's, and its control's measured alike),
     whether every layer of each is valid there, and the Emergence of each table at it."""

@@ -481,9 +481,9 @@ def finish(job: JobSpec, folder: DatasetFolder, manifest: Manifest, estimated: E
     from ie_flow.provenance import code_version
 
     variant, variant_valid, (em,) = headline(job.estimate.estimator(), job.estimate.micro_reduce, estimated.table)
-    if not variant_valid:
-        log.warning("warning: no variant of %s is valid in every layer; the headline shows %s, marked invalid",
-                    job.estimate.method, variant)
+    if not variant_valid:  # the headline stays at its variant: the invalid layers are flagged, never read at another
+        log.warning("warning: %s at its headline %s is invalid in %d of %d layers: marked, left out of the model IE",
+                    job.estimate.method, variant, sum(not l.valid for l in em.layers), len(em.layers))
     record = results_record(
         job=job, job_yaml=job.to_yaml(), manifest_uri=folder.manifest_uri,
         manifest=manifest.model_copy(update={"shards": []}), results_uri=estimated.results.mi_uri, seconds=seconds,

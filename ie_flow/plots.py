@@ -25,12 +25,18 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_ie_per_layer(em: Any, path: Path, title: str) -> Path:
+def plot_ie_per_layer(em: Any, path: Path, title: str, variants: dict[str, Any] | None = None) -> Path:
+    """IE per layer at the headline `em` with its interval; with `variants` (variant -> Emergence: the
+    smoothed measure's β grid) every other variant too, thinner, so the whole grid is in view."""
     plt = _pyplot()
     layers = [l.layer for l in em.layers]
     ie = np.array([l.ie for l in em.layers])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(layers, ie, marker="o", label="IE")
+    others = {v: p for v, p in (variants or {}).items() if v != em.variant}
+    for v, other in others.items():  # a layer invalid at a variant is a gap in its line
+        ax.plot([l.layer for l in other.layers], [l.ie for l in other.layers], lw=0.9, alpha=0.7, marker=".", label=v)
+    ax.plot(layers, ie, marker="o", lw=2.2 if others else 1.5,
+            label=f"IE at {em.variant} (headline)" if others else "IE")
     ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.25,
                     label=f"95% interval (bootstrap over sequences; {len(em.seeds)} seed(s))")
     if em.has_reference:  # the smoothed measure: how much of IE the covariances alone give
@@ -140,11 +146,13 @@ def plot_target(target: Any, kind: str, path: Path, title: str) -> Path:
     return _save(plt, fig, path)
 
 
-def write_plots(em: Any, label: str, out: Path, control: Any = None) -> list[Path]:
-    """The three plots of one result (IE per layer, the M_l(t) heatmap, E_l(t) curves) into `out`,
-    and with a target measure's control comparison (results.ControlRecord), its U_l(t) plot."""
+def write_plots(em: Any, label: str, out: Path, control: Any = None, variants: dict[str, Any] | None = None
+                ) -> list[Path]:
+    """The three plots of one result (IE per layer, at every variant in `variants`; the M_l(t) heatmap;
+    E_l(t) curves) into `out`, and with a target measure's control comparison (results.ControlRecord),
+    its U_l(t) plot."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}"),
+    paths = [plot_ie_per_layer(em, out / "ie_per_layer.png", f"IE per layer: {label}", variants),
              plot_mi_heatmap(em, out / "mi_heatmap.png", f"M_l(t): {label}"),
              plot_token_curves(em, out / "token_curves.png", f"E_l(t): {label}")]
     if control is not None and control.target is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ie_flow.emergence import information_emergence, lower_bound_cells
+from ie_flow.emergence import common_layers, information_emergence, lower_bound_cells
 from ie_flow.results import Result, ResultsRecord, read_record
 from ie_flow.store import ResultsFolder, StorageRoot, results_folder
 
@@ -178,10 +178,19 @@ def _layer_figure(layer: Any, name: str) -> float:
     return float(getattr(layer, name)) if hasattr(layer, name) else layer.diagnostics.get(name, float("nan"))
 
 
+def common_means(results: list[Result]) -> tuple[list[int], list[tuple[float, float, float]]]:
+    """The layers valid in every run, and each run's IE mean over them with its interval (NaN: none)."""
+    keep = common_layers([r.emergence for r in results])
+    nan = (float("nan"),) * 3
+    return keep, [r.emergence.mean_ie([i for i, l in enumerate(r.emergence.layers) if l.layer in keep]) if keep
+                  else nan for r in results]
+
+
 def format_compare(results: list[Result]) -> str:
-    """Several runs side by side: IE per layer with its 95% interval, mean (with its interval) and
-    max, each estimator's diagnostics; `*` marks saturated layers, and a note says when the runs
-    differ in estimator, variant or corpus."""
+    """Several runs side by side: IE per layer with its 95% interval, mean (with its interval) over
+    each run's valid layers and over the layers valid in every run (the comparison), and max, each
+    estimator's diagnostics; `*` marks saturated layers, and a note says when the runs differ in
+    estimator, variant or corpus."""
     lines = [f"{i + 1}: {r.label}  ({r.record.estimator}{', ' + r.emergence.variant if r.emergence.variant else ''})"
              for i, r in enumerate(results)]
     # the IE of the Gaussian reference (smoothed) is shown with the diagnostics, per run that has one
@@ -204,7 +213,11 @@ def format_compare(results: list[Result]) -> str:
         s = r.emergence.summary
         cells.append(f"{s.ie_mean:>9.3f} [{s.ie_mean_ci_low:>7.3f}, {s.ie_mean_ci_high:>7.3f}]")
     lines.append(f"{'mean':<6} " + " ".join(cells))
+    keep, means = common_means(results)
+    lines.append(f"{'common':<6} " + " ".join(f"{m:>9.3f} [{lo:>7.3f}, {hi:>7.3f}]" for m, lo, hi in means))
     lines.append(f"{'max':<6} " + " ".join(f"{r.emergence.summary.ie_max:>9.3f}  {'':>17}" for r in results))
+    lines.append(f"mean: over each run's valid layers; common: over the {len(keep)} layers valid in every run"
+                 + (f" ({', '.join(map(str, keep))})" if keep else ": none, nothing to compare"))
     if any(l.saturated for r in results for l in r.emergence.layers):
         lines.append("* layer with saturated estimates: its IE is a difference of lower bounds")
     return "\n".join(lines + _what_differs(results))

@@ -303,13 +303,14 @@ def _log_artifacts(record: Any, table: Any, em: Any) -> None:
     import mlflow
     import pyarrow.parquet as pq
 
+    from ie_flow.emergence import emergence_by_variant
     from ie_flow.plots import write_plots
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         table.to_pandas().to_csv(d / "mi.csv", index=False)
         pq.write_table(table, d / "mi.parquet")
-        write_plots(em, _title(record), d, record.control)
+        write_plots(em, _title(record), d, record.control, emergence_by_variant(table, record.micro_reduce))
         if record.control:
             from ie_flow.plots import plot_control
 

@@ -21,6 +21,13 @@ ICL_CORPORA = ("icl-countries", "icl-animals", "icl-colours", "icl-mixed", "icl-
 LABELLED_CORPORA = ("icl-coherence",)
 
 
+def corpus_family(name: str) -> str:
+    """"icl" for the synthetic in-context corpora, "text" for every other corpus (the built-in text
+    corpora, a file or URI, generated text): what an estimator may fix in advance per family
+    (Estimator.family_settings)."""
+    return "icl" if name in ICL_CORPORA else "text"
+
+
 @dataclass
 class Corpus:
     """N-token windows ready for a model: row i is sample_id i."""

@@ -304,10 +304,11 @@ class Estimator:
 
     The measurement contract (what the pipeline asks of every estimator, and nothing else): its
     ``variants`` (several values per cell, e.g. one per resolution), the ``diagnostics`` it
-    reports per cell, ``check`` (enough samples?), ``estimate_cells`` and ``choose_headline``
-    (which variant a job's headline shows); a target measure (``measures_target``) implements
-    ``estimate_target_cells`` and ``check_target`` instead of ``estimate_cells``. Stage 2, emergence, tracking, report, plots, the
-    control and the reproduction make the same calls for every estimator."""
+    reports per cell, ``check`` (enough samples?), ``estimate_cells``, ``family_settings`` (what it fixes
+    in advance per corpus family) and ``choose_headline`` (which variant a job's headline shows); a
+    target measure (``measures_target``) implements ``estimate_target_cells`` and ``check_target``
+    instead of ``estimate_cells``. Stage 2, emergence, tracking, report, plots, the control and the
+    reproduction make the same calls for every estimator."""
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
@@ -369,6 +370,13 @@ class Estimator:
     def check_target(self, labels: np.ndarray, groups: np.ndarray | None, seeds: Sequence[int] = (0,)) -> str | None:
         """Why these labels cannot be measured (constant, a class too small for the splits), or None."""
         return None
+
+    @classmethod
+    def family_settings(cls, settings: dict[str, Any], family: str) -> dict[str, Any]:
+        """The settings a job on a corpus of `family` (corpora.corpus_family) runs this estimator with:
+        `settings` and what it fixes in advance per family (the smoothed measure: its headline variant),
+        filled into the job before validation so that the resolved job and the results key show it."""
+        return dict(settings)
 
     def choose_headline(self, *profiles: Mapping[str, Any]) -> tuple[str, bool]:
         """The variant a job's headline shows, and whether every layer is valid there. `profiles`

@@ -121,6 +121,10 @@ REFERENCE_DIAGNOSTICS = tuple(f"{name}_{part}" for name in ("lower", "upper", "g
 # 2 (raw) / 1 (standardised) of 5 layers at the last position; β <= 0.3 invalid at the last
 # position in every layer.  0.4 is the resolution frontier at this n (more samples make it valid).
 DEFAULT_BETAS = (0.4, 0.6, 0.8)
+# The headline β of a job, fixed in advance per corpus family (corpora.corpus_family), the same in
+# every run and cell of it: the β valid in every cell at the sizes benchmarks/RESULTS.md measured
+# (in-context corpora from n = 4,096 at β = 0.6; prose only at β = 0.8, from n = 16,384).
+HEADLINE_BETA_BY_FAMILY = {"icl": 0.6, "text": 0.8}
 # Headline: leave-one-out (measurements in the module docstring).
 HEADLINE_VARIANT = "loo"
 # Validity thresholds (bits): a cell is invalid when a figure exceeds max(LIMIT, FRACTION * value).
@@ -746,7 +750,7 @@ def upgrade_legacy_row(row: dict[str, Any]) -> dict[str, Any]:
 
 class SmoothedMI(Estimator):
     """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring).
-    Its variants are the β of the grid; the headline is the smallest β valid in every cell."""
+    Its variants are the β of the grid; a job's headline is its corpus family's β, fixed in advance."""
 
     name = "smoothed"
     takes_side_keys = True  # stage 2 names each cell's sides: a model and its control share their noise
@@ -765,8 +769,9 @@ class SmoothedMI(Estimator):
         "cell_batch": 16,  # sides / cells whose kernels and figures are formed at once (one op each)
         "threads": None,  # CPU threads for this call (None: leave torch's setting)
         "gauss": True,  # the Gaussian reference G^β and the excess M^β - G^β (gaussian_reference.py)
-        # the β a job's headline shows, fixed in advance (a β of the grid); None: the smallest β valid in
-        # every layer of every profile, else the one with the most such layers, flagged
+        # the β a job's headline shows, fixed in advance (a β of the grid; a job without one gets its corpus
+        # family's, HEADLINE_BETA_BY_FAMILY); None: the smallest β valid in every layer of every profile,
+        # else the one with the most such layers, flagged
         "headline_beta": None,
     }
 
@@ -792,6 +797,19 @@ class SmoothedMI(Estimator):
         per_column = 4 * query_count(s["queries"], n) * len(self.grid()) * (2 * pairs + 2 * int(s["cell_batch"]))
         kernels = int(s["chunk"]) * per_column if s["chunk"] else _CPU_KERNEL_BYTES  # as _chunk_budget sizes them
         return super().memory_plan(pairs, n, dx, dy, itemsize, eval_fraction) + pairs * n * (dx + dy) * 4 + kernels
+
+    @classmethod
+    def family_settings(cls, settings: dict[str, Any], family: str) -> dict[str, Any]:
+        """``headline_beta`` of the corpus family (HEADLINE_BETA_BY_FAMILY) unless the settings fix one."""
+        if settings.get("headline_beta") is not None:
+            return dict(settings)
+        beta = HEADLINE_BETA_BY_FAMILY[family]
+        grid = settings.get("betas") or DEFAULT_BETAS
+        usable = isinstance(grid, (list, tuple)) and all(isinstance(b, numbers.Real) and b > 0 for b in grid)
+        if usable and beta not in [float(b) for b in grid]:  # (__init__ names what is wrong with another grid)
+            # the family's β joins a grid named without it, rather than refusing a job that never named a headline
+            return {**settings, "betas": sorted({*map(float, grid), beta}), "headline_beta": beta}
+        return {**settings, "headline_beta": beta}
 
     def grid(self) -> list[float]:
         return [float(b) for b in (self.settings["betas"] or DEFAULT_BETAS)]

@@ -3,8 +3,8 @@ interval, differences between cells, and the verdict rule (one rule for every cl
 
 A difference between two cells measured on different samples gets the half-widths of their 95%
 intervals added in quadrature (independent samples). A comparison by an estimator with variants
-uses one variant for every cell in it (the first valid in all of them, as for a model and its
-control: the smoothed measure's smallest β), and one set of layers: those valid in every cell
+uses one variant for every cell in it (the headline its cells' jobs fixed in advance: the smoothed
+measure's β of their corpus family), and one set of layers: those valid in every cell
 (`common_layers`), so no cell's mean leaves out a layer the others keep."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ie_flow.emergence import Emergence, emergence_by_variant
+from ie_flow.emergence import Emergence, common_layers, emergence_by_variant
 from ie_flow.results import ResultsRecord, read_record, variant_order
 from ie_flow.store import ReproductionEntry, ReproductionIndex, results_folder
 
@@ -116,16 +116,6 @@ def ie_mean(em: Emergence, layers: list[int] | None = None) -> Value:
     return Value(*em.mean_ie(idx))
 
 
-def common_layers(ems: list[Emergence], curves: bool = False) -> list[int]:
-    """The layers valid in every one of `ems` (finite IE; with `curves`, a finite E(t) at every
-    position): the one set a comparison averages over."""
-    if not ems:
-        return []
-    sets = [{l.layer for i, l in enumerate(em.layers)
-             if (np.isfinite(em.token_curves[i]).all() if curves else l.valid and math.isfinite(l.ie))} for em in ems]
-    return sorted(set.intersection(*sets))
-
-
 def saturated_share(ems: list[Emergence]) -> float:
     """Share of layers the estimator cannot resolve at this n: at its ceiling (InfoNCE) or invalid
     (the smoothed measure's β too fine for the sample)."""
@@ -133,15 +123,25 @@ def saturated_share(ems: list[Emergence]) -> float:
     return sum(l.saturated or not l.valid for l in layers) / max(len(layers), 1)
 
 
+def headlines(measured: list[Measured]) -> list[str]:
+    """The headline variants the cells recorded (fixed in advance per corpus family), in variant order."""
+    return sorted({m.record.variant for m in measured}, key=variant_order)
+
+
 def common_variant(measured: list[Measured]) -> tuple[str, bool]:
-    """The one variant a claim's numbers by one estimator use, and whether it is valid everywhere:
-    the first (in variant order) valid in every layer of every cell; else the one with the most valid
-    (cell, layer) pairs in all (a claim spans many cells: counting layers valid in *every* cell would
-    rank variants by one layer). "" for an estimator without variants."""
+    """The one variant a claim's numbers by one estimator use, and whether it is valid everywhere: the
+    headline its cells recorded. Cells of several corpus families (other headlines) are read at one of
+    theirs: the first valid in every layer of every cell, else the one with the most valid (cell, layer)
+    pairs in all (counting layers valid in *every* cell would rank variants by one layer); never at a
+    variant none of them recorded. "" for an estimator without variants."""
     profiles = [m.profiles for m in measured]
     if not profiles or set(profiles[0]) == {""}:
         return "", True
-    variants = sorted(set.intersection(*(set(p) for p in profiles)), key=variant_order)
+    variants = headlines(measured)
+    missing = [(m.key, v) for m in measured for v in variants if v not in m.profiles]
+    if missing:
+        raise KeyError(f"{missing[0][0]} has no variant {missing[0][1]!r}, the headline of another cell it is "
+                       "compared with")
     valid = {v: sum(l.valid for p in profiles for l in p[v].layers) for v in variants}
     total = sum(len(p[variants[0]].layers) for p in profiles)
     everywhere = [v for v in variants if valid[v] == total]

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ie_flow.reproduction.analysis import (
-    Finding, Measured, Value, basis, by_tags, common_layers, common_variant, decide, ie_mean, mean_curve, mean_of,
-    saturated_share, set_by_corpus, slope, spread, token_rise, VERDICTS,
+    Finding, Measured, Value, basis, by_tags, common_layers, common_variant, decide, headlines, ie_mean, mean_curve,
+    mean_of, saturated_share, set_by_corpus, slope, spread, token_rise, VERDICTS,
 )
 
 ESTIMATORS = ("infonce", "smoothed")
@@ -63,8 +63,10 @@ def _one_variant(ms: list[Measured]) -> tuple[str, str]:
     variant, valid = common_variant(ms)
     if not variant:
         return "", ""
-    return variant, variant + ("" if valid else
-                               " (none is valid in every cell: the one with the most valid layers over all cells)")
+    recorded = headlines(ms)
+    several = f" (cells of several corpus families, at {', '.join(recorded)}: all read at one)" \
+        if len(recorded) > 1 else ""
+    return variant, variant + several + ("" if valid else " (not valid in every layer of every cell)")
 
 
 def _with_controls(measured: dict[str, Measured], exp: str, est: str) -> list[Measured]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ie_flow import IEFlowError, first_line
-from ie_flow.config import DEFAULT_TRACKING, JobSpec
+from ie_flow.config import DEFAULT_TRACKING, JobSpec, family_settings, fill_family_defaults
 from ie_flow.reproduction.experiments import GENERATED_PREFIX, Cell, Experiment
 from ie_flow.store import ReproductionEntry, ReproductionIndex, StorageRoot, dataset_folder
 
@@ -46,6 +46,7 @@ def cell_job(experiment: Experiment, cell: Cell, setup: Setup, index: Reproducti
             raise IEFlowError(f"the generated corpus {name.removeprefix(GENERATED_PREFIX)!r} is missing: its "
                               "generation failed (see above)")
         corpus["name"] = generated["uri"]
+    fill_family_defaults(tree)
     return JobSpec.model_validate(setup.apply(tree, index.parent_run_id))
 
 
@@ -107,7 +108,9 @@ def _measure(job: JobSpec, cell: Cell, t0: float) -> list[ReproductionEntry]:
     for method in cell.also:
         if method in measured:
             continue
-        sub = job.model_copy(update={"estimate": job.estimate.model_copy(update={"method": method, "settings": {}})})
+        settings = family_settings(method, {}, job.corpus.name)  # as a job naming it would run it
+        estimate = job.estimate.model_copy(update={"method": method, "settings": settings})
+        sub = job.model_copy(update={"estimate": estimate})
         more = estimate_job(sub, folder)
         entries.append(entry(method, more.record.results_uri, more.record.mlflow_run_id, cell.tags))
     return entries

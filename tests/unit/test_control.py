@@ -40,6 +40,27 @@ def test_difference_is_bootstrapped_replicate_by_replicate():
     assert layers[1].diff == pytest.approx(0.0)
 
 
+def test_a_model_and_its_control_are_compared_on_the_layers_valid_in_both():
+    """At the fixed headline β, a layer invalid in the control has no difference; the sentence says
+    how many layers the comparison used, and its mean is over them only."""
+    from ie_flow.control import summary_sentence
+    from ie_flow.results import ControlLayer, ControlRecord
+
+    model = _rows("β = 0.6", [(1.0, 3.0), (1.0, 2.0), (1.0, 2.0)]) + _rows("β = 0.8", [(1.0, 1.5)] * 3)
+    control = _rows("β = 0.6", [(1.0, 1.5), (1.0, 2.0), (1.0, 9.0)]) + _rows("β = 0.8", [(1.0, 1.5)] * 3)
+    for r in control:
+        if r["layer"] == 2 and r["variant"] == "β = 0.6":
+            r["valid"], r["invalid_reason"] = False, "gap"
+    variant, valid, em, ec, layers = compare(EstimateSpec(method="smoothed", settings={"headline_beta": 0.6}),
+                                             model, control)
+    assert (variant, valid) == ("β = 0.6", False)  # kept, flagged: never moved to β = 0.8, valid everywhere
+    assert [d.diff for d in layers[:2]] == pytest.approx([0.75, 0.0]) and np.isnan(layers[2].diff)
+    record = ControlRecord(kind="random", estimator="smoothed", variant=variant, variant_valid=valid,
+                           layers=[ControlLayer(**vars(d)) for d in layers])
+    assert summary_sentence(record).startswith("In 1 of the 2 layers valid in both (of 3; marked *) the model's")
+    assert "mean difference +0.375 bits." in summary_sentence(record)
+
+
 def test_difference_splits_into_its_gaussian_part_and_the_excess_replicate_by_replicate():
     """Cells with a Gaussian reference (diagnostic gauss_bits, its replicates in reference_replicates):
     IE and the model-minus-control difference split into the reference's IE and the excess."""
@@ -98,9 +119,13 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     assert code == 0
     out = json.loads(buf.getvalue())
     control = out["control"]
-    assert control["kind"] == "random" and control["estimator"] == "smoothed" and control["variant"] in ("β = 0.4", "β = 0.6", "β = 0.8")
+    assert control["kind"] == "random" and control["estimator"] == "smoothed"
+    assert control["variant"] == "β = 0.6"  # the in-context family's headline β
     assert [d["layer"] for d in control["layers"]] == [0, 1]
-    for d in control["layers"]:
+    compared = [d for d in control["layers"] if d["diff"] is not None]
+    assert compared  # a layer invalid at the fixed β in either profile has no difference (null)
+    assert all(d["model_ie"] is None or d["control_ie"] is None for d in control["layers"] if d["diff"] is None)
+    for d in compared:
         assert d["diff"] == pytest.approx(d["model_ie"] - d["control_ie"])
         assert d["ci_low"] <= d["diff"] <= d["ci_high"]
         if d["diff"] == d["diff"]:  # split into the Gaussian reference's part and the excess
@@ -114,4 +139,4 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     children = client.search_runs([client.get_run(out["mlflow_run_id"]).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{out['mlflow_run_id']}'")
     assert sorted(c.data.tags["model"] for c in children) == [str(tiny_llama), f"random:{tiny_llama}"]
-    assert len(client.get_metric_history(out["mlflow_run_id"], "control_diff")) == 2
+    assert len(client.get_metric_history(out["mlflow_run_id"], "control_diff")) == len(compared)  # one a layer

@@ -136,6 +136,28 @@ def test_variant_profiles_and_the_estimators_headline():
     assert get_estimator("infonce").choose_headline(single) == ("", True)  # no variants: nothing to choose
 
 
+def test_a_fixed_headline_stays_where_another_variant_is_valid_in_more_layers():
+    """The headline β fixed in advance is the headline even where another β is valid in every layer
+    and it is not: its invalid layers stay flagged and out of the model's IE mean, never read at
+    another β (the rule without a fixed β would move to 0.8)."""
+    from ie_flow.emergence import headline
+
+    rows = []
+    for beta, last in ((0.6, (3.0, 5.0, 4.0)), (0.8, (2.0, 3.0, 2.5))):
+        for layer in (0, 1, 2):  # layer 1 invalid at β = 0.6 only
+            rows += _cell(layer, 0, 1.0, f"β = {beta:g}") + _cell(layer, 1, last[layer], f"β = {beta:g}",
+                                                                 valid=beta != 0.6 or layer != 1, reason="gap")
+    profiles = emergence_by_variant(rows)
+    assert get_estimator("smoothed").choose_headline(profiles) == ("β = 0.8", True)  # the moving rule
+    fixed = get_estimator("smoothed", headline_beta=0.6)
+    assert fixed.choose_headline(profiles) == ("β = 0.6", False)
+    variant, valid, (em,) = headline(fixed, "mean", rows)
+    assert (variant, valid, em.variant) == ("β = 0.6", False, "β = 0.6")
+    assert [l.valid for l in em.layers] == [True, False, True] and np.isnan(em.layers[1].ie)
+    # IE = (M(1) - M(0)) / 2 at layers 0 and 2 only: (1 + 1.5) / 2
+    assert em.summary.ie_mean == pytest.approx(1.25) and em.summary.invalid_layers == 1
+
+
 def test_a_table_written_before_variants_is_read_in_todays_shape():
     """MI tables of the previous release had the smoothed measure's β and diagnostics as columns
     (β NaN for other estimators): they are read with the same variants and values as today's."""

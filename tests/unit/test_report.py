@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ie_flow.config import load_job
 from ie_flow.emergence import information_emergence
 from ie_flow.report import format_compare, format_table, json_summary
@@ -49,6 +51,24 @@ def test_format_compare_shows_intervals_and_marks_saturated_layers():
     assert text[3].replace("[", " ").replace("]", " ").replace(",", " ").split() == \
         ["0", "1.000", "1.000", "1.000", "5.633*", "5.633", "5.633"]
     assert text[5].startswith("mean") and text[-1].startswith("* layer with saturated estimates")
+
+
+def test_format_compare_averages_over_the_layers_valid_in_every_run():
+    """Each run's own mean leaves out its invalid layers; the comparison's mean uses only the layers
+    valid in every run, and says how many."""
+    a, b = _result("m1", 3.0), _result("m2", 4.0)
+    b.table = [{**r, "valid": r["layer"] != 1, "invalid_reason": "gap"} for r in b.table]
+    b.emergence = information_emergence(b.table)
+    text = format_compare([a, b]).splitlines()
+
+    def row(name: str) -> list[float]:  # value, interval low, high per run
+        line = next(l for l in text if l.startswith(name))
+        return [float(v) for v in line.replace("[", " ").replace("]", " ").replace(",", " ").split()[1:]]
+
+    # IE per layer: a 1.0 and 4 - 7/3; b 4 - 7/3 and invalid
+    assert row("mean")[::3] == pytest.approx([(1 + 5 / 3) / 2, 5 / 3], abs=1e-3)  # printed to 3 decimals
+    assert row("common")[::3] == pytest.approx([1.0, 5 / 3], abs=1e-3)  # layer 0 alone
+    assert "common: over the 1 layers valid in every run (0)" in "\n".join(text)
 
 
 def test_format_compare_flags_results_that_are_not_the_same_quantity():

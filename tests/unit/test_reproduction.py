@@ -156,7 +156,7 @@ def _measured(key: str, em: Emergence, estimator: str = "smoothed", experiment: 
     manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=[4.0, 4.0, 7.9, last],
                                dataset=SimpleNamespace(settings={"kind": kind or ("text" if text else "icl")}))
     entry = ReproductionEntry(experiment=experiment, cell=key, estimator=estimator, tags=tags, results_uri="x")
-    return Measured(key, entry, SimpleNamespace(manifest=manifest, mlflow_run_id=None), {"β=0.4": em})
+    return Measured(key, entry, SimpleNamespace(manifest=manifest, mlflow_run_id=None, variant="β=0.4"), {"β=0.4": em})
 
 
 def _effect(a: Emergence, b: Emergence, estimator: str = "smoothed") -> Finding:
@@ -225,6 +225,26 @@ def test_claim_4_needs_three_sizes_of_one_family(tmp_path):
     assert series.verdict == "reproduced" and series.findings[0].part == "pythia"
 
 
+def test_a_claim_reads_its_cells_at_the_headline_they_recorded():
+    """The cells' headline, fixed in advance per corpus family, is what a claim reads, even where
+    another β is valid in more layers; cells of two families are read at one of their two headlines
+    (the first valid everywhere), never at a β neither recorded, and a cell lacking it is an error."""
+    from ie_flow.reproduction.analysis import common_variant
+
+    def cell(key: str, headline: str, ie: dict[str, list[float]]) -> Measured:
+        m = _measured(key, _profile([1.0]))
+        m.record.variant, m.profiles = headline, {v: _profile(x) for v, x in ie.items()}
+        return m
+
+    nan = float("nan")
+    icl = [cell(f"i{i}", "β=0.6", {"β=0.4": [1.0, 1.0], "β=0.6": [1.0, nan], "β=0.8": [1.0, 1.0]}) for i in (1, 2)]
+    assert common_variant(icl) == ("β=0.6", False)  # flagged, kept at the family's β
+    text = cell("t", "β=0.8", {"β=0.4": [1.0, 1.0], "β=0.6": [1.0, 1.0], "β=0.8": [1.0, 1.0]})
+    assert common_variant([*icl, text]) == ("β=0.8", True)  # 0.4 is valid everywhere, but no cell fixed it
+    with pytest.raises(KeyError, match="t has no variant 'β=0.6'"):
+        common_variant([icl[0], cell("t", "β=0.8", {"β=0.8": [1.0, 1.0]})])
+
+
 def test_a_profile_is_never_read_at_another_variant():
     m = _measured("c", _profile([1.0, 2.0]))
     assert m.at("β=0.4").summary.ie_mean == pytest.approx(1.5)
@@ -249,10 +269,15 @@ def test_the_paper_workflows_load():
 
     index = ReproductionIndex(generated={g["name"]: {"uri": f"/data/{g['name']}.jsonl"}
                                          for e in experiments for g in e.generate})
+    controls = set()
     for e in experiments:  # every cell is a valid job
         for c in e.cells:
             job = cell_job(e, c, Setup("/tmp/x"), index)
             assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if "mine-paper" in c.name else [0, 1, 2])
+            if job.control.kind != "none":  # its smoothed control at the corpus family's headline β
+                assert job.control.settings == {"headline_beta": 0.6 if job.corpus.name.startswith("icl-") else 0.8}
+                controls.add((e.name, job.control.settings["headline_beta"]))
+    assert {("icl", 0.6), ("human-vs-model", 0.8)} <= controls
     icl = experiments[0]
     assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
     # claim 1 compares the one-category corpora with the mix matched to them in K, never the 48-name mix

@@ -346,3 +346,39 @@ def test_a_headline_beta_fixed_in_advance_is_shown_whatever_the_validity_and_nev
         SmoothedMI(headline_beta=0.8).choose_headline(model, profile({"β = 0.4": [True, True]}))
     with pytest.raises(ValueError, match="not in the beta grid"):
         SmoothedMI(headline_beta=0.5)
+
+
+def test_the_headline_beta_is_fixed_per_corpus_family() -> None:
+    """Every corpus maps to a family; a job running the smoothed measure gets its family's headline β
+    (in-context 0.6, text 0.8) before validation, as its own estimator, a control's or a
+    reproduction's `also`; a β the job names wins, and a grid named without the family's β gets it."""
+    from ie_flow.config import family_settings, load_job
+    from ie_flow.corpora import ICL_CORPORA, corpus_family
+    from ie_flow.estimators.smoothed import HEADLINE_BETA_BY_FAMILY
+    from ie_flow.stages.estimate import run_name
+
+    assert HEADLINE_BETA_BY_FAMILY == {"icl": 0.6, "text": 0.8}
+    assert {corpus_family(c) for c in ICL_CORPORA} == {"icl"}
+    for name in ("python-docs", "fortunes", "data/windows.jsonl", "s3://bucket/docs.parquet", "generated:x"):
+        assert corpus_family(name) == "text", name
+    assert family_settings("smoothed", {}, "icl-animals") == {"headline_beta": 0.6}
+    assert family_settings("smoothed", {}, "generated:x") == {"headline_beta": 0.8}
+    assert family_settings("infonce", {"max_steps": 5}, "python-docs") == {"max_steps": 5}  # nothing to fix
+
+    icl = load_job(None, {"estimate.method": "smoothed"})  # the default corpus, icl-countries
+    assert icl.estimate.settings == {"headline_beta": 0.6} and icl.estimate.estimator().settings["headline_beta"] == 0.6
+    assert "headline_beta: 0.6" in icl.to_yaml()  # the resolved job shows it, and the results key hashes it
+    assert run_name(icl.estimate, "m", "c") != run_name(icl.estimate.model_copy(update={"settings": {}}), "m", "c")
+    text = load_job(None, {"estimate.method": "smoothed", "corpus.name": "python-docs", "control.kind": "shuffled"})
+    assert text.estimate.settings == text.control.settings == {"headline_beta": 0.8}
+    grid = load_job(None, {"estimate.method": "smoothed", "corpus.name": "corpus.jsonl",
+                           "estimate.settings": {"betas": [0.4, 0.6]}})
+    assert grid.estimate.settings == {"betas": [0.4, 0.6, 0.8], "headline_beta": 0.8}
+    assert grid.estimate.estimator().variants() == ("β = 0.4", "β = 0.6", "β = 0.8")
+    own = load_job(None, {"estimate.method": "smoothed", "corpus.name": "fortunes",
+                          "estimate.settings": {"headline_beta": 0.4, "betas": [0.4]}})
+    assert own.estimate.settings == {"headline_beta": 0.4, "betas": [0.4]}  # named: left alone
+    # the random control of an InfoNCE job is smoothed; a control that is off is not run, so not filled
+    random = load_job(None, {"control.kind": "random"})
+    assert random.estimate.settings == {} and random.control.settings == {"headline_beta": 0.6}
+    assert load_job(None, {}).control.settings == {}
