@@ -45,9 +45,11 @@ demo: install
 	$(BIN)/ie-flow run --control random
 
 # The paper's four experiments (workflows/paper/), then docs/REPRODUCTION.md generated from their results.
-# Resumable: a rerun keeps the finished cells (ie-flow-data/reproduction/index.json).
+# Resumable: a rerun keeps the finished cells (ie-flow-data/reproduction/index.json). SCALE=paper runs
+# them at the n each claim's measure needs (a GPU machine or a cluster; hours on two cores).
+SCALE ?= default
 reproduce: install system-deps gemma
-	$(BIN)/ie-flow reproduce
+	$(BIN)/ie-flow reproduce --scale $(SCALE)
 
 test: install system-deps
 	$(BIN)/python -m pytest tests -q --durations=20

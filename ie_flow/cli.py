@@ -226,13 +226,16 @@ def reproduce(
     workflows: Annotated[Optional[Path], typer.Option(help="Folder of experiment files (default workflows/paper).")] = None,
     out: Annotated[Path, typer.Option(help="The report to write (its figures go beside it).")] = Path("docs/REPRODUCTION.md"),
     report_only: Annotated[bool, typer.Option("--report-only", help="Write the report from what already ran.")] = False,
+    scale: Annotated[str, typer.Option(help="The experiment files' scale: default (this 2-core machine), or a "
+                                            "name under their `scales:` (paper: the n each claim's measure needs).")
+                     ] = "default",
 ) -> None:
     """The paper's experiments (workflows/paper/), then the generated reproduction report."""
     from ie_flow.reproduction.document import write_report
     from ie_flow.reproduction.experiments import load_experiments
     from ie_flow.reproduction.runner import Setup, reproduce as run_experiments
 
-    chosen = load_experiments(names, workflows)
+    chosen = load_experiments(names, workflows, scale)
     setup = Setup(job.storage.uri, job.storage.endpoint_url, job.tracking.uri if job.tracking.enabled else None,
                   experiment, job.runtime.ray_address, job.runtime.executor)
     if report_only:
@@ -241,7 +244,7 @@ def reproduce(
         index = StorageRoot(setup.storage, setup.endpoint_url).load_reproduction()
     else:
         index = run_experiments(chosen, setup)
-    written = write_report(load_experiments(None, workflows), index, setup, out)
+    written = write_report(load_experiments(None, workflows, scale), index, setup, out)
     typer.echo(f"report: {written}")
     if index.failed:  # each failure was logged with its error; the report lists them too
         typer.echo(f"error: {len(index.failed)} cell(s) failed ({', '.join(sorted(index.failed))}); rerun the same "

@@ -15,7 +15,7 @@ import numpy as np
 
 from ie_flow.reproduction.analysis import (
     Finding, Measured, Value, basis, by_tags, common_layers, common_variant, decide, headlines, ie_mean, mean_curve,
-    mean_of, saturated_share, set_by_corpus, slope, spread, token_rise, VERDICTS,
+    mean_of, saturated_share, set_by_corpus, slope, spread, token_rise, verdict_rank,
 )
 
 ESTIMATORS = ("infonce", "smoothed")
@@ -25,6 +25,17 @@ ICL = ("icl-countries", "icl-animals", "icl-colours")
 MIXED = "icl-mixed-matched"
 SIZES_FOR_A_TREND = 3  # sizes of one family a size trend needs
 ONE_SIZE = "not testable here (one size per family)"
+# n per cell each claim's measure needs, and why (docs/METHOD.md section 7: below it the smoothed
+# measure is invalid in layers at the β it reads, so a finding at a smaller n gives no verdict);
+# `ie-flow reproduce --scale paper` runs at least this where the corpus has it
+NEEDED_N = {
+    "icl": (4096, "on in-context lists the smoothed measure is valid in every layer at β = 0.6 from n = 4,096"),
+    "natural-text": (16384, "on prose only β = 0.8 is valid in every layer of a trained model and its random "
+                            "copy, and only from n = 16,384"),
+    "human-vs-model": (8192, "prose again, compared writer against writer: at n = 8,192 β = 0.8 is valid in 27 "
+                             "of 30 layers of the trained model and in all of its random copy"),
+    "model-size": (16384, "prose, as claim 2"),
+}
 
 
 @dataclass
@@ -43,7 +54,7 @@ class ClaimResult:
         if self.fixed:
             return self.fixed[0]
         if self.parts:  # the weaker part decides (VERDICTS runs from strongest to weakest)
-            return max(self.parts.values(), key=VERDICTS.index)
+            return max(self.parts.values(), key=verdict_rank)
         return decide(self.findings)[0]
 
     @property
@@ -118,30 +129,54 @@ def _layer_flags(em: Any) -> str:
 
 
 def _finding(est: str, effect: Value, control: Value | None, every: list[Measured], variant: str,
-             part: str = "") -> Finding:
+             part: str = "", net: bool = False, note: str = "") -> Finding:
     own = _own(every)
-    return Finding(est, effect, control, _sat(own, variant), part, variant, _n(own), set_by_corpus(own))
+    needs = NEEDED_N.get(own[0].entry.experiment, (0, ""))[0] if own else 0
+    return Finding(est, effect, control, _sat(own, variant), part, variant, _n(own), set_by_corpus(own), needs,
+                   net, note)
+
+
+def _listed(values: list[Any]) -> str:
+    return ", ".join(map(str, values))
 
 
 def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
-    """1a: one category (clear-cut) above the K-matched mix; 1b: the spread of IE over layers grows with shots."""
-    exp, rows, clear, grow, variants = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)", "spread over layers",
+    """1a: one category (clear-cut) above the K-matched mix, net of the same difference on the
+    random-weight copy at each shot count (a difference-in-differences); 1b: the spread of IE over
+    layers grows with shots."""
+    exp, rows, clear, grow, variants = "icl", [["corpus", "shots", "estimator", "n", "IE (bits)",
+                                              "random-weight copy IE", "spread over layers",
                                               "saturated / invalid layers"]], [], [], {}
     curves: dict[str, list[tuple[int, Value]]] = {}
     for est, every, variant, keep in _each_estimator(measured, exp, variants):
         shots = sorted({m.entry.tags["corpus.shots"] for m in _own(every)})
-        per_k = []
+        did, random, used = [], [], []
         for k in shots:
-            cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, "corpus.shots": k}) for c in (*ICL, MIXED)}
+            at = {"corpus.shots": k}
+            cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, **at}) for c in (*ICL, MIXED)}
+            ctrl = {c: by_tags(measured, exp, f"{est}:control-random", **{"corpus.name": c, **at})
+                    for c in (*ICL, MIXED)}
             for c, ms in cell.items():
                 for m in ms:
                     em = m.at(variant)
-                    rows.append([c, str(k), est, str(m.samples), str(ie_mean(em, keep)), str(spread(em, keep)),
+                    rows.append([c, str(k), est, str(m.samples), str(ie_mean(em, keep)),
+                                 str(_ie(ctrl[c], variant, keep)) if ctrl[c] else "-", str(spread(em, keep)),
                                  _layer_flags(em)])
                     curves.setdefault(f"{c} ({est})", []).append((k, spread(em, keep)))
-            per_k.append(mean_of([_ie(cell[c], variant, keep) for c in ICL]) - _ie(cell[MIXED], variant, keep))
-        ctrl = _clear_cut_control(measured, variant, keep) if est == "smoothed" else None
-        clear.append(_finding(est, mean_of(per_k), ctrl, every, variant, "clear-cut"))
+            trained = _clear_cut(cell, variant, keep)
+            copy = _clear_cut(ctrl, variant, keep) if all(ctrl.values()) else None
+            rows.append(["one category - mix", str(k), est, _n([m for ms in cell.values() for m in ms]), str(trained),
+                         str(copy) if copy else "- (no control: not in the difference-in-differences)", "", ""])
+            if copy is not None:  # a shot count without its control is left out, never mixed in raw
+                did.append(trained - copy)  # the two sides' intervals added in quadrature: conservative (paired)
+                random.append(copy)
+                used.append(k)
+        left = [k for k in shots if k not in used]
+        note = (f"trained minus random-weight copy at shots {_listed(used)}"
+                + (f"; shots {_listed(left)} have no control and are left out" if left else "") if used else
+                f"no shot count has its random-weight control measured by {est}: no difference-in-differences")
+        clear.append(_finding(est, mean_of(did), mean_of(random) if random else None, every, variant, "clear-cut",
+                              net=True, note=note))
         grow.append(_finding(est, _spread_growth(measured, exp, est, variant, keep), None, every, variant, "spread"))
     mine = {c: by_tags(measured, exp, "mine-paper", **{"corpus.name": c}) for c in ("icl-countries", MIXED)}
     if all(mine.values()):
@@ -153,11 +188,9 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     return result
 
 
-def _clear_cut_control(measured: dict[str, Measured], variant: str, keep: list[int]) -> Value | None:
-    ctrl = {c: by_tags(measured, "icl", "smoothed:control-random", **{"corpus.name": c}) for c in (*ICL, MIXED)}
-    if not all(ctrl.values()):
-        return None
-    return mean_of([_ie(ctrl[c], variant, keep) for c in ICL]) - _ie(ctrl[MIXED], variant, keep)
+def _clear_cut(cell: dict[str, list[Measured]], variant: str, keep: list[int]) -> Value:
+    """Mean IE of the one-category corpora minus the mix's."""
+    return mean_of([_ie(cell[c], variant, keep) for c in ICL]) - _ie(cell[MIXED], variant, keep)
 
 
 def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: str, keep: list[int]) -> Value:
@@ -171,7 +204,9 @@ def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: s
 
 
 def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
-    """E(t) rises from the second token to the last; the shuffled-token windows are the control."""
+    """E(t) rises from the second token to the last more on the as-written 8-token windows than on
+    the shuffled-token windows of the same corpus (the control): the effect is the difference,
+    paired by corpus, so a corpus without its shuffled cell gives none."""
     exp = "natural-text"
     rows = [["corpus", "tokens", "order", "estimator", "n", "E(t) at tokens 2 ... N (mean over layers)",
              "rise from token 2 to N"]]
@@ -181,7 +216,7 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                                                                                 "corpus.shots": 4})
         variant, variants[est] = _one_variant(every)
         keep = common_layers([m.at(variant) for m in every], curves=True)
-        real, shuffled = [], []
+        windows: dict[str, dict[str, list[Measured]]] = {}  # corpus -> order -> its 8-token cells
         for m in sorted(every, key=lambda m: m.key):
             tags = m.entry.tags
             em, order = m.at(variant), "shuffled" if tags.get("corpus.shuffle_tokens") else "as written"
@@ -190,10 +225,35 @@ def natural_text(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                          " ".join(f"{v:.2f}" for v in curve[1:]), str(token_rise(em, keep))])
             curves[f"{_corpus(m)} {m.record.manifest.tokens} tok, {order} ({est})"] = curve
             if m.entry.experiment == exp and m.record.manifest.tokens == 8:
-                (shuffled if order == "shuffled" else real).append(token_rise(em, keep))
+                windows.setdefault(_corpus(m), {}).setdefault(order, []).append(m)
         text = [m for m in every if m.entry.experiment == exp]
-        findings.append(_finding(est, mean_of(real), mean_of(shuffled) if shuffled else None, text, variant))
+        findings.append(_shuffled_paired(est, windows, variant, keep, text))
     return ClaimResult(exp, findings, rows, _plot_curves(curves, figures / "natural-text-curves.png"), variants)
+
+
+def _shuffled_paired(est: str, windows: dict[str, dict[str, list[Measured]]], variant: str, keep: list[int],
+                     text: list[Measured]) -> Finding:
+    """Rise as written minus rise shuffled, averaged over the corpora that have both; of those, only
+    the ones whose cells reach the n the measure needs where any does (python-docs has 1,396
+    windows at most: it would hold every scale below the need)."""
+    def rise(ms: list[Measured]) -> Value:
+        return mean_of([token_rise(m.at(variant), keep) for m in ms])
+
+    paired = [c for c in sorted(windows) if len(windows[c]) == 2]
+    unpaired = [c for c in sorted(windows) if c not in paired]
+    needs = NEEDED_N["natural-text"][0]
+    enough = [c for c in paired if min(m.samples for ms in windows[c].values() for m in ms) >= needs]
+    used = enough or paired
+    small = [c for c in paired if c not in used]
+    notes = [f"as written minus shuffled, paired by corpus: {_listed(used)}" if used else
+             f"no corpus has both its as-written and its shuffled 8-token windows measured by {est}: no effect "
+             "without the control"]
+    notes += [f"{_listed(small)} left out (n below the {needs:,} the measure needs)"] if small else []
+    notes += [f"{_listed(unpaired)} without its shuffled or as-written cell: no effect from it"] if unpaired else []
+    effect = mean_of([rise(windows[c]["as written"]) - rise(windows[c]["shuffled"]) for c in used])
+    control = mean_of([rise(windows[c]["shuffled"]) for c in used]) if used else None
+    cells = [m for c in used for ms in windows[c].values() for m in ms] or text
+    return _finding(est, effect, control, cells, variant, net=True, note="; ".join(notes))
 
 
 def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
@@ -203,19 +263,26 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
     findings, variants, bars = [], {}, {}
     for est, every, variant, keep in _each_estimator(measured, exp, variants):
-        effects, controls = [], []
+        effects, controls, one_writer = [], [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
             ctrl = {w: by_tags(measured, exp, f"{est}:control-random", generator=gen, writer=w) for w in ("model", "human")}
             for w in ("model", "human"):
+                if not side[w]:  # InfoNCE runs on one cell: no row for the writers it did not measure
+                    continue
                 value = _ie(side[w], variant, keep)
                 c = _ie(ctrl[w], variant, keep) if ctrl[w] else None
                 rows.append([gen, w, est, _n(side[w]), str(value), str(c) if c else "-"])
                 bars[f"{gen}\n{w} ({est})"] = value
+            if not all(side.values()):
+                one_writer.append(gen)
+                continue
             effects.append(_ie(side["model"], variant, keep) - _ie(side["human"], variant, keep))
             if all(ctrl.values()):
                 controls.append(_ie(ctrl["model"], variant, keep) - _ie(ctrl["human"], variant, keep))
-        findings.append(_finding(est, mean_of(effects), mean_of(controls) if controls else None, every, variant))
+        note = f"{_listed(one_writer)}: one writer measured by {est}, no difference" if one_writer else ""
+        findings.append(_finding(est, mean_of(effects), mean_of(controls) if controls else None, every, variant,
+                                 note=note))
     return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), variants)
 
 
@@ -297,7 +364,8 @@ def _plot_spread(curves: dict[str, list[tuple[int, Value]]], path: Path) -> Path
             ax.errorbar([p[0] for p in pts], [p[1].value for p in pts], capsize=3, marker="o",
                         yerr=[[p[1].value - p[1].low for p in pts], [p[1].high - p[1].value for p in pts]], label=label)
         ax.set(xlabel="shots", ylabel="spread of IE over layers (bits)", title=est)
-        ax.legend(fontsize=8)
+        if mine:  # an estimator measured on no cell of this claim leaves its panel empty
+            ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
@@ -311,7 +379,8 @@ def _plot_curves(curves: dict[str, np.ndarray], path: Path) -> Path | None:
         for label, curve in mine.items():
             ax.plot(range(len(curve)), curve, marker="o", ls="--" if "shuffled" in label else "-", label=label)
         ax.set(xlabel="token position t (0-based)", ylabel="E(t), mean over layers (bits)", title=est)
-        ax.legend(fontsize=7)
+        if mine:
+            ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
 

@@ -11,21 +11,25 @@ from typing import Any
 from ie_flow import __version__
 from ie_flow.reproduction import claims
 from ie_flow.reproduction.analysis import SATURATED_SHARE, Finding, Measured, load_measurements
-from ie_flow.reproduction.claims import ClaimResult
+from ie_flow.reproduction.claims import NEEDED_N, ClaimResult
 from ie_flow.reproduction.experiments import Experiment
 from ie_flow.store import ReproductionIndex, StorageRoot
 
 CLAIM_TESTS = {
     "icl": ("IE mean over layers of the three one-category corpora minus the K-matched mixed corpus "
             "(icl-mixed-matched: 16 names spread over the three categories, so its prefixes have the one-category "
-            "corpora's entropy at every position, which icl-mixed's 48 names do not), averaged over "
-            "shots (clear-cut); and the spread of IE over layers at 5 shots minus at 1 shot, averaged over "
-            "the four corpora (spread grows). Control (smoothed, 4 shots): the same clear-cut difference on "
-            "the random-weight copy."),
-    "natural-text": ("The rise of E(t) (mean over layers) from the second token to the last, averaged over "
-                     "the 8-token cells of both corpora. Control: the same rise on the shuffled-token windows."),
+            "corpora's entropy at every position, which icl-mixed's 48 names do not), trained model minus its "
+            "random-weight copy at each shot count (a difference-in-differences), averaged over the shot counts "
+            "whose control was measured (clear-cut; the control shown is the random copy's own difference, and "
+            "InfoNCE, with no random copy measured, gives none); and the spread of IE over layers at 5 shots "
+            "minus at 1 shot, averaged over the four corpora (spread grows)."),
+    "natural-text": ("The rise of E(t) (mean over layers) from the second token to the last on the as-written "
+                     "8-token windows minus the same rise on the shuffled-token windows of the same corpus (the "
+                     "control, shown on its own too), averaged over the corpora that have both and reach the n the "
+                     "measure needs where any does. InfoNCE runs on one cell: its value is set by the corpus."),
     "human-vs-model": ("IE mean over layers on model-written minus human-written windows, averaged over the "
-                       "two generators. Control (smoothed): the same difference measured by the random-weight copy."),
+                       "two generators. Control (smoothed): the same difference measured by the random-weight copy. "
+                       "InfoNCE runs on one cell: its value is set by the corpus."),
     "model-size": ("Within one family of at least 3 sizes: the least-squares slope of IE mean over layers "
                    "against log2 of the parameter count (bits per doubling), each model over the layers valid in "
                    "all its cells. Control (smoothed): the same slope for their random-weight copies. With fewer "
@@ -44,11 +48,15 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def _finding_line(f: Finding) -> str:
     control = f"; control {f.control}" if f.control is not None else "; no control for this estimator"
+    if f.net and f.control is not None:
+        control += " (already taken off the effect)"
     if math.isfinite(f.effect.value) and f.effect.half == 0:
         control += " (no interval: one seed, the paper's protocol has no resampling)"
     sat = f"; {f.saturated:.0%} of layers saturated or invalid" if f.saturated else ""
+    short = f"; n below the {f.needs:,} the measure needs" if f.below_need else ""
+    note = f" ({f.note})" if f.note else ""
     part = f"{f.part}, " if f.part else ""
-    return f"- {part}{f.read_at}: effect {f.effect} bits{control}{sat}."
+    return f"- {part}{f.read_at}: effect {f.effect} bits{note}{control}{sat}{short}."
 
 
 def _why(result: ClaimResult) -> str:
@@ -58,15 +66,21 @@ def _why(result: ClaimResult) -> str:
     parts = []
     for f in result.findings:
         who = f"{f.part}, {f.read_at}" if f.part else f.read_at
+        short = (f"n = {f.n} is below the {f.needs:,} per cell the measure needs "
+                 f"({NEEDED_N[result.experiment][1]})") if f.below_need else ""
         if not math.isfinite(f.effect.value) and not f.by_design:
-            parts.append(f"{who}: no measurement (see the failed cells at the top).")
+            reason = f.note or "no measurement (see the failed cells at the top)"
+            parts.append(f"{who}: no effect can be read: {reason}" + (f"; and {short}" if short else "") + ".")
         elif f.estimator == "mine-paper":
             parts.append(f"The paper's estimator (mine-paper, 300 steps: what this machine affords, not the "
                          f"paper's 10,000) gives {f.effect} bits.")
         elif f.by_design:
-            parts.append(f"{who}: untestable by design: every window of this text is distinct, so a deterministic "
-                         "model's exact MI is log2 of the windows and InfoNCE's bound sits at its ceiling (log2 of "
-                         "its report rows) at any n; its value is set by the corpus, not the model.")
+            parts.append(f"{who}: untestable by design: nearly every window of this text is distinct, so the "
+                         "windows carry more bits than InfoNCE's ceiling (log2 of its report rows) and a "
+                         "deterministic model's exact MI is above it at any n; its value is the ceiling, set by the "
+                         "corpus and n, not by the model.")
+        elif f.below_need:
+            parts.append(f"{who}: not testable here: {short}, whatever its value ({f.effect}).")
         elif f.saturated >= SATURATED_SHARE:
             parts.append(f"{who}: {f.saturated:.0%} of the layers are at the estimator's ceiling or invalid, so "
                          "it cannot test the claim at this n (a larger sample can).")
@@ -75,6 +89,8 @@ def _why(result: ClaimResult) -> str:
                          f"({f.control}): it does not need what the control removes.")
         elif f.supports:
             ctrl = f" and the control does not show it ({f.control})" if f.control is not None else ""
+            if f.net:
+                ctrl = f", beyond what the control shows ({f.control})" if f.control is not None else ""
             parts.append(f"{who}: the effect is in the paper's direction beyond its interval ({f.effect}){ctrl}.")
         elif f.contradicts:
             parts.append(f"{who}: contradicted: the effect is opposite to the paper's direction, beyond its "
@@ -112,7 +128,12 @@ def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figu
     mine = [m for m in measured.values() if m.entry.experiment == experiment.name]
     result = CLAIM_FUNCTIONS[experiment.name](measured, figures)
     lines = [f"## Claim {n}: {experiment.name}", "", f"**The paper:** {experiment.claim}", "",
-             f"**Verdict: {result.verdict}.** Read at: {result.basis}.", "", "### What we ran", ""]
+             f"**Verdict: {result.verdict}.** Read at: {result.basis}.", ""]
+    if experiment.name in NEEDED_N:
+        needs, why = NEEDED_N[experiment.name]
+        lines += [f"**n:** the measure needs {needs:,} per cell ({why}); this run (scale `{experiment.scale}`) "
+                  f"used n = {claims._n(mine)}.", ""]
+    lines += ["### What we ran", ""]
     lines += _ran(experiment, mine, root)
     lines += ["", "### Numbers", "", f"Test: {CLAIM_TESTS[experiment.name]}", ""]
     variants = [f"{k}: {v}" for k, v in result.variants.items() if v]
@@ -128,6 +149,17 @@ def _section(n: int, experiment: Experiment, measured: dict[str, Measured], figu
     return lines, result
 
 
+def _needs(experiments: list[Experiment], measured: dict[str, Measured]) -> list[str]:
+    """The n each claim's measure needs beside the n this run used."""
+    lines = ["| claim | n the measure needs | why | n this run used |", "|---|---|---|---|"]
+    for e in experiments:
+        if e.name in NEEDED_N:
+            needs, why = NEEDED_N[e.name]
+            used = claims._n([m for m in measured.values() if m.entry.experiment == e.name])
+            lines.append(f"| {e.name} | {needs:,} | {why} | {used} |")
+    return lines + [""]
+
+
 def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[str]:
     lines = ["## Run times", "", "Measured on the machine that ran the reproduction (wall seconds; a cell's "
              "time includes its extraction, every estimator and its control; a generation's, every run that "
@@ -136,9 +168,9 @@ def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[s
     total = 0.0
     for e in experiments:
         cells: dict[str, float] = {}
-        names = {c.name for c in e.cells}
+        digests = {c.name: c.digest(e.job) for c in e.cells}
         for entry in index.entries.values():
-            if entry.experiment == e.name and entry.cell in names:
+            if entry.experiment == e.name and digests.get(entry.cell) == entry.job_digest:
                 cells[entry.cell] = max(cells.get(entry.cell, 0.0), entry.seconds)
         gen = sum(index.generated.get(g["name"], {}).get("seconds", 0.0) for g in e.generate)
         total += sum(cells.values()) + gen
@@ -187,27 +219,34 @@ by its hub id, e.g. `ie-flow submit workflows/gpt2.yaml --model google/gemma-2b 
 --storage s3://BUCKET/runs --ray-address http://HEAD:8265`. Sizing, from `infra/README.md` (SIZING):
 300,000 sequences of 8 tokens are 2,400,000 rows per boundary, 3.69 GB per boundary in float16 for
 GPT-2 (d = 768) and 9.83 GB for a d = 2048 model; stage 2 holds one layer's two boundaries in GPU
-memory (14.7 GB in float32 for d = 768, all 8 positions). What it would add here: the paper's model
+memory (14.7 GB in float32 for d = 768, all 8 positions). `ie-flow reproduce --scale paper` runs the
+same experiments at the n each claim's measure needs (the table at the top) and writes the same report.
+What it would add here: the paper's model
 sizes (claim 4 with a size series of one family: `workflows/paper-hub/4-model-size.yaml`), n large enough that InfoNCE's ceiling (log2 of the report
 rows) no longer caps IE, and the smoothed measure at n = 65,536 or more, where more β are valid."""
 
 
 def write_report(experiments: list[Experiment], index: ReproductionIndex, setup: Any, out: Path) -> Path:
     """Write the report and its figures (in a folder named after it) from what the index holds."""
+    scale = experiments[0].scale if experiments else "default"
     figures = out.parent / out.stem.lower()
     figures.mkdir(parents=True, exist_ok=True)
-    current = {f"{e.name}/{c.name}" for e in experiments for c in e.cells}  # cells since removed are left out
-    measured = {k: m for k, m in load_measurements(index, setup.endpoint_url).items()
-                if f"{m.entry.experiment}/{m.entry.cell}" in current}
+    # cells since removed, or measured with other settings (another scale), are left out
+    current = {f"{e.name}/{c.name}": c.digest(e.job) for e in experiments for c in e.cells}
+    shown = index.model_copy(update={"entries": {k: e for k, e in index.entries.items()
+                                                 if current.get(f"{e.experiment}/{e.cell}") == e.job_digest}})
+    measured = load_measurements(shown, setup.endpoint_url)
     root = StorageRoot(setup.storage, setup.endpoint_url)
     lines = ["# Reproduction of the paper's claims", "",
              f"Generated by `ie-flow reproduce` (ie-flow {__version__}) from the results listed at the end; "
-             "do not edit by hand. Rerun `make reproduce` (or `ie-flow reproduce --report-only` to rewrite "
-             "it from stored results).", "",
+             f"do not edit by hand. Rerun `ie-flow reproduce --scale {scale}` (`make reproduce` at the default "
+             "scale; `--report-only` rewrites it from stored results).", "",
              f"Results under the storage root given as `--storage` {_where(setup.storage)}; the paths below are "
              f"relative to it. MLflow parent run `{index.parent_run_id or '-'}` (tracking "
              f"{_where(index.tracking_uri)}), one child run per cell.", "",
-             "| claim | verdict | read at |", "|---|---|---|"]
+             f"Scale: `{scale}` (`ie-flow reproduce --scale {scale}`; the experiment files' `scales`). A finding "
+             "read at an n below what its measure needs is *not testable here* whatever its value:", ""]
+    lines += _needs(experiments, measured) + ["| claim | verdict | read at |", "|---|---|---|"]
     sections: list[str] = []
     for n, e in enumerate(experiments, 1):
         if e.name not in CLAIM_FUNCTIONS:

@@ -8,9 +8,14 @@
     matrix: {corpus.name: [...], ...}            one cell per combination of these settings
     cells: [{name, set: {dotted: value}, tags}]  and/or cells listed one by one
     also: [smoothed]                             further estimators on each cell's activations
+    scales: {paper: {corpus.samples: 4096}}      dotted settings of every cell at a named scale
 
 A cell is a job: the base job with the cell's settings. `generated:NAME` as a corpus name is the
-file the experiment's generator NAME wrote."""
+file the experiment's generator NAME wrote. `ie-flow reproduce --scale NAME` applies the scale's
+dotted settings over every cell's own, and those named `generate.KEY` (generate.samples) to every
+generator; `default` is the file as written, and a scale a file does not name is an error. A scale
+that changes a generator writes its own file (NAME-SCALE), so the two scales' corpora never
+overwrite each other and the cells that read it rerun."""
 
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import yaml
 from ie_flow import IEFlowError
 
 GENERATED_PREFIX = "generated:"
-_KEYS = {"experiment", "claim", "job", "generate", "matrix", "cells", "also"}
+DEFAULT_SCALE = "default"
+_KEYS = {"experiment", "claim", "job", "generate", "matrix", "cells", "also", "scales"}
 
 
 def default_folder() -> Path:
@@ -68,6 +74,7 @@ class Experiment:
     job: dict[str, Any]
     cells: list[Cell]
     generate: list[dict[str, Any]] = field(default_factory=list)
+    scale: str = DEFAULT_SCALE
 
 
 def _matrix_cells(name: str, matrix: dict[str, list[Any]], also: tuple[str, ...]) -> list[Cell]:
@@ -88,7 +95,43 @@ def _listed_cell(name: str, raw: dict[str, Any], also: tuple[str, ...], where: P
     return Cell(name, str(raw["name"]), settings, tags, tuple(raw.get("also", also)))
 
 
-def load_experiment(path: Path) -> Experiment:
+def _scale_settings(raw: dict[str, Any], scale: str, where: Path) -> dict[str, Any]:
+    """The dotted settings of `scale` (none for the default: the file as written)."""
+    scales = raw.get("scales") or {}
+    if not isinstance(scales, dict) or not all(isinstance(v, dict) for v in scales.values()):
+        raise IEFlowError(f"{where}: 'scales' maps each scale name to dotted settings")
+    if scale != DEFAULT_SCALE and scale not in scales:
+        known = ", ".join(dict.fromkeys([DEFAULT_SCALE, *map(str, scales)]))
+        raise IEFlowError(f"{where}: unknown scale {scale!r}; known: {known}")
+    return dict(scales.get(scale) or {})
+
+
+def _at_scale(cells: list[Cell], generate: list[dict[str, Any]], settings: dict[str, Any], scale: str,
+              where: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
+    """Cells with the scale's settings over their own; generators with its `generate.` settings,
+    renamed NAME-SCALE (and every `generated:NAME` that reads them)."""
+    from dataclasses import fields
+
+    from ie_flow.corpora.generate import GenerationSettings
+
+    gen = {k.removeprefix("generate."): v for k, v in settings.items() if k.startswith("generate.")}
+    unknown = sorted(set(gen) - {f.name for f in fields(GenerationSettings)})
+    if unknown:
+        raise IEFlowError(f"{where}: scale {scale!r} sets unknown generator settings {unknown}")
+    job = {k: v for k, v in settings.items() if not k.startswith("generate.")}
+    renamed = {g["name"]: f"{g['name']}-{scale}" for g in generate} if gen else {}
+
+    def follow(d: dict[str, Any]) -> dict[str, Any]:
+        name = str(d.get("corpus.name", ""))
+        if name.startswith(GENERATED_PREFIX) and name.removeprefix(GENERATED_PREFIX) in renamed:
+            return {**d, "corpus.name": GENERATED_PREFIX + renamed[name.removeprefix(GENERATED_PREFIX)]}
+        return d
+
+    cells = [Cell(c.experiment, c.name, {**follow(c.settings), **job}, follow(c.tags), c.also) for c in cells]
+    return cells, [{**g, **gen, "name": renamed.get(g["name"], g["name"])} for g in generate]
+
+
+def load_experiment(path: Path, scale: str = DEFAULT_SCALE) -> Experiment:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -103,18 +146,20 @@ def load_experiment(path: Path) -> Experiment:
     cells += [_listed_cell(name, c, also, path) for c in raw.get("cells") or []]
     if len({c.name for c in cells}) != len(cells):
         raise IEFlowError(f"{path}: two cells share a name")
+    cells, generate = _at_scale(cells, list(raw.get("generate") or []), _scale_settings(raw, scale, path),
+                                scale, path)
     command = path.read_text().splitlines()[0].lstrip("# ").split("  ")[0].strip()  # line 1, before any note
-    return Experiment(name, str(raw["claim"]).strip(), command, path, raw.get("job") or {},
-                      cells, list(raw.get("generate") or []))
+    return Experiment(name, str(raw["claim"]).strip(), command, path, raw.get("job") or {}, cells, generate, scale)
 
 
-def load_experiments(names: list[str] | None = None, folder: Path | None = None) -> list[Experiment]:
-    """The experiments of `folder` (all, or those named, in the order named)."""
+def load_experiments(names: list[str] | None = None, folder: Path | None = None,
+                     scale: str = DEFAULT_SCALE) -> list[Experiment]:
+    """The experiments of `folder` at `scale` (all, or those named, in the order named)."""
     folder = folder or default_folder()
     files = sorted(folder.glob("*.yaml"))
     if not files:
         raise IEFlowError(f"no experiment files (*.yaml) in {folder}")
-    known = {e.name: e for e in map(load_experiment, files)}
+    known = {e.name: e for e in (load_experiment(f, scale) for f in files)}
     if not names:
         return sorted(known.values(), key=lambda e: e.path.name)
     missing = [n for n in names if n not in known]

@@ -101,7 +101,8 @@ def _measure(job: JobSpec, cell: Cell, t0: float) -> list[ReproductionEntry]:
     measured = {job.estimate.method}
     if outcome.comparison is not None:
         c = outcome.comparison
-        entries.append(entry(c.estimator, c.model_results, None, cell.tags))
+        if c.estimator not in measured:  # a job by the control's estimator has its entry already
+            entries.append(entry(c.estimator, c.model_results, None, cell.tags))
         entries.append(entry(f"{c.estimator}:control-{c.kind}", c.control_results, None, {**cell.tags, "control": c.kind}))
         measured.add(c.estimator)
     folder, _ = dataset_folder(outcome.record.manifest_uri, job.storage.endpoint_url)

@@ -15,10 +15,11 @@ import pytest
 from ie_flow.cli import run_cli
 from ie_flow.emergence import Emergence, LayerEmergence
 from ie_flow.reproduction import claims
+from ie_flow import IEFlowError
 from ie_flow.reproduction.analysis import (
-    VERDICTS, Finding, Measured, Value, common_layers, decide, ie_mean, set_by_corpus, verdict,
+    VERDICTS, Finding, Measured, Value, common_layers, decide, ie_mean, set_by_corpus, verdict, verdict_rank,
 )
-from ie_flow.reproduction.experiments import load_experiments
+from ie_flow.reproduction.experiments import load_experiment, load_experiments
 from ie_flow.report import load_results
 from ie_flow.store import StorageRoot, results_folder
 
@@ -91,9 +92,13 @@ def test_report_numbers_come_from_the_stored_results(reproduced):
     assert str(tmp) not in report  # no absolute temporary path: the report outlives this machine's folders
     assert report.count("**Verdict: ") == 2
     verdicts = re.findall(r"\*\*Verdict: (.+?)\.\*\* Read at: (.+?)\.\n", report)
-    assert len(verdicts) == 2 and all(v in VERDICTS for v, _ in verdicts)
+    assert len(verdicts) == 2 and all(verdict_rank(v) >= 0 for v, _ in verdicts)  # each a known label
+    # 640 sequences: below the n each claim's measure needs, said in the verdict and beside the numbers
+    assert verdicts[0][0] == "not testable here (n = 640; the measure needs 4,096)"
+    assert "Scale: `default`" in report and "| icl | 4,096 |" in report and "| natural-text | 16,384 |" in report
+    assert "**n:** the measure needs 4,096 per cell" in report and "used n = 640." in report
     # each verdict names its measure(s), variant and n (or, for a verdict without one, why)
-    assert all(re.search(r"(infonce|smoothed at \S+|mine-paper), n = 640", basis) for _, basis in verdicts
+    assert all(re.search(r"(infonce|smoothed at [^,]+|mine-paper), n = 640", basis) for _, basis in verdicts
                if not basis.startswith("-")), verdicts
     assert (tmp / "docs" / "reproduction" / "icl-spread.png").stat().st_size > 5000
     assert "![natural-text](reproduction/natural-text-curves.png)" in report
@@ -126,6 +131,8 @@ def test_the_verdict_rule():
     assert verdict([Finding("infonce", nothing), Finding("smoothed", nothing)]) == "not testable here (no measurement)"
     label, rests_on = decide([Finding("infonce", flat, n="512"), Finding("smoothed", up, variant="β=0.4", n="512")])
     assert label == "reproduced" and [f.read_at for f in rests_on] == ["smoothed at β=0.4, n = 512"]
+    # a control already taken off the effect (a difference-in-differences) cannot explain it
+    assert verdict([Finding("smoothed", up, control=Value(0.4, 0.1, 0.7), net=True)]) == "reproduced"
     assert str(Value(0.5, 0.2, 0.8) - Value(0.25, 0.15, 0.35)) == "+0.250 [-0.066, +0.566]"
 
 
@@ -133,15 +140,19 @@ def test_the_verdict_rule():
 Z = np.linspace(-1, 1, 201)  # replicate offsets: percentiles 2.5 / 50 / 97.5 are -0.95, 0, +0.95
 
 
-def _profile(ie: list[float], half: float = 0.1, saturated: bool = False) -> Emergence:
+def _profile(ie: list[float], half: float = 0.1, saturated: bool = False, ceiling: float = 10.0,
+             curve: list[float] | None = None) -> Emergence:
     """An IE profile over layers 0..L-1 with IE_l = ie[l] (NaN: invalid layer) whose replicates move
-    every layer together by half * Z: a mean over any set of layers has the interval mean -/+ 0.95 half."""
+    every layer together by half * Z: a mean over any set of layers has the interval mean -/+ 0.95 half.
+    `curve`: E(t) of every layer (4 positions), its interval -/+ 0.1."""
     L, N = len(ie), 4
-    layers = [LayerEmergence(l, v, 0.0, v - half, v + half, v, 0.0, 10.0, saturated, 0, valid=bool(np.isfinite(v)))
+    layers = [LayerEmergence(l, v, 0.0, v - half, v + half, v, 0.0, ceiling, saturated, 0, valid=bool(np.isfinite(v)))
               for l, v in enumerate(ie)]
     zeros = np.zeros((L, N))
-    return Emergence(layers, zeros, zeros, zeros, np.zeros((2, L, N)), np.full((L, N), saturated), zeros.astype(bool),
-                     zeros + 10, np.array([ie]), np.array(ie)[None, :] + half * Z[:, None], [0], "mean")
+    tokens = zeros if curve is None else np.tile(np.array(curve, dtype=float), (L, 1))
+    return Emergence(layers, zeros, zeros, tokens, np.stack([tokens - 0.1, tokens + 0.1]), np.full((L, N), saturated),
+                     zeros.astype(bool), zeros + ceiling, np.array([ie]), np.array(ie)[None, :] + half * Z[:, None],
+                     [0], "mean")
 
 
 def _measured(key: str, em: Emergence, estimator: str = "smoothed", experiment: str = "icl", samples: int = 512,
@@ -153,7 +164,7 @@ def _measured(key: str, em: Emergence, estimator: str = "smoothed", experiment: 
     from ie_flow.store import ReproductionEntry
 
     last = last_bits if last_bits is not None else math.log2(samples) if text else 7.9
-    manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=[4.0, 4.0, 7.9, last],
+    manifest = SimpleNamespace(samples=samples, prefix_entropy_bits=[4.0, 4.0, 7.9, last], tokens=8,
                                dataset=SimpleNamespace(settings={"kind": kind or ("text" if text else "icl")}))
     entry = ReproductionEntry(experiment=experiment, cell=key, estimator=estimator, tags=tags, results_uri="x")
     return Measured(key, entry, SimpleNamespace(manifest=manifest, mlflow_run_id=None, variant="β=0.4"), {"β=0.4": em})
@@ -188,9 +199,12 @@ def test_each_label_on_synthetic_profiles():
             for i in range(2)]
     assert set_by_corpus(text) and not set_by_corpus([_measured("i", base, "infonce")])
     assert not set_by_corpus([_measured("s", base, "smoothed", "natural-text", 8192, text=True)])
-    # a text corpus with a repeated window, or a synthetic corpus whose n draws happen to be distinct
-    # (its support is finite: a larger n repeats them), is not set by the corpus
-    assert not set_by_corpus([_measured("r", base, "infonce", "natural-text", 8192, text=True, last_bits=12.99)])
+    # prose with a few repeated windows (fortunes: 510 of 512 distinct, 8.99 bits) still carries more than
+    # InfoNCE's ceiling (10 bits here); a text whose windows repeat so much that their entropy is below
+    # the ceiling, or a synthetic corpus whose n draws happen to be distinct (its support is finite: a
+    # larger n repeats them), is not set by the corpus
+    assert set_by_corpus([_measured("f", base, "infonce", "natural-text", 8192, text=True, last_bits=12.99)])
+    assert not set_by_corpus([_measured("r", base, "infonce", "natural-text", 8192, text=True, last_bits=9.5)])
     for kind in ("icl", "icl-coherence"):
         assert not set_by_corpus([_measured("c", base, "infonce", samples=512, last_bits=9.0, kind=kind)])
     design = Finding("infonce", Value(0.0, 0.0, 0.0), saturated=1.0, by_design=set_by_corpus(text))
@@ -209,8 +223,8 @@ def test_claim_4_needs_three_sizes_of_one_family(tmp_path):
         for model, (family, params, ie) in models.items():
             for est in ("infonce", "smoothed"):
                 em = _profile([ie, ie + 0.2, ie + 0.4])
-                out[f"{model}/{est}"] = _measured(model, em, est, "model-size", 512, model=model, family=family,
-                                                  params_m=params)
+                out[f"{model}/{est}"] = _measured(model, em, est, "model-size", 16384, model=model, family=family,
+                                                  params_m=params)  # the n prose needs (the hub series')
         return out
 
     offline = claims.model_size(cells({"smollm2-135m": ("smollm2", 135, 1.0), "gemma3-270m": ("gemma3", 270, 1.5)}),
@@ -259,40 +273,63 @@ def test_unknown_experiment_is_one_line(reproduced, ie_flow):
     result.assert_one_error("unknown experiment 'iccl'; known: icl, natural-text")
 
 
-def test_the_paper_workflows_load():
-    experiments = load_experiments()
+@pytest.mark.parametrize("scale", ["default", "paper"])
+def test_the_paper_workflows_load(scale):
+    experiments = load_experiments(scale=scale)
     assert [e.name for e in experiments] == ["icl", "natural-text", "human-vs-model", "model-size"]
     for e in experiments:
-        assert e.command.startswith(f"ie-flow reproduce {e.name}")
+        assert e.command.startswith(f"ie-flow reproduce {e.name}") and e.scale == scale
     from ie_flow.reproduction.runner import Setup, cell_job
     from ie_flow.store import ReproductionIndex
 
     index = ReproductionIndex(generated={g["name"]: {"uri": f"/data/{g['name']}.jsonl"}
                                          for e in experiments for g in e.generate})
+    jobs = {e.name: {c.name: cell_job(e, c, Setup("/tmp/x"), index) for c in e.cells} for e in experiments}
     controls = set()
     for e in experiments:  # every cell is a valid job
-        for c in e.cells:
-            job = cell_job(e, c, Setup("/tmp/x"), index)
-            assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if "mine-paper" in c.name else [0, 1, 2])
+        for name, job in jobs[e.name].items():
+            one_seed = "mine-paper" in name or name.endswith("-infonce")
+            assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if one_seed else [0, 1, 2])
             if job.control.kind != "none":  # its smoothed control at the corpus family's headline β
-                assert job.control.settings == {"headline_beta": 0.6 if job.corpus.name.startswith("icl-") else 0.8}
+                assert job.control.settings.get("headline_beta") == (0.6 if job.corpus.name.startswith("icl-") else 0.8)
                 controls.add((e.name, job.control.settings["headline_beta"]))
     assert {("icl", 0.6), ("human-vs-model", 0.8)} <= controls
+    # the n of each scale: today's 512, or the n each claim's measure needs (claims.NEEDED_N)
+    paper = {"icl": 4096, "natural-text": 16384, "human-vs-model": 8192, "model-size": 16384}
+    for e in experiments:
+        assert {j.corpus.samples for j in jobs[e.name].values()} == {512 if scale == "default" else paper[e.name]}
+        assert paper[e.name] == claims.NEEDED_N[e.name][0]
     icl = experiments[0]
-    assert len(icl.cells) == 4 * 3 + 6 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
+    assert len(icl.cells) == 4 * 4 + 2 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
     # claim 1 compares the one-category corpora with the mix matched to them in K, never the 48-name mix
     assert {c.tags["corpus.name"] for c in icl.cells} == {"icl-countries", "icl-animals", "icl-colours",
                                                           "icl-mixed-matched"}
+    # every (corpus, shots) cell measures its random-weight control; the paper's estimator does not
+    assert {n: j.control.kind for n, j in jobs["icl"].items() if j.control.kind != "random"} == {
+        "icl-countries-shots4-mine-paper": "none", "icl-mixed-matched-shots4-mine-paper": "none"}
+    # prose: the smoothed measure on every cell, InfoNCE on one (its value is set by the corpus)
+    for e in experiments[1:3]:
+        methods = [j.estimate.method for j in jobs[e.name].values()]
+        assert methods.count("infonce") == 1 and set(methods) == {"smoothed", "infonce"}
+        assert all(not c.also for c in e.cells)
+    hvm = experiments[2]
+    suffix = "" if scale == "default" else "-paper"  # a scale that changes a generator writes its own file
+    assert [(g["name"], g["samples"]) for g in hvm.generate] == (
+        [("smollm2-continues-fortunes", 256), ("gemma3-continues-fortunes", 128)] if scale == "default" else
+        [("smollm2-continues-fortunes-paper", 4500), ("gemma3-continues-fortunes-paper", 4500)])
+    assert jobs["human-vs-model"]["gemma3-writer-human"].corpus.name == f"/data/gemma3-continues-fortunes{suffix}.jsonl"
+    assert [j.control.kind for j in jobs["human-vs-model"].values()] == ["random"] * 4 + ["none"]
     # claim 4 offline: one size per family; the hub series: five sizes of one family, the same report code
     assert {c.tags["family"] for c in experiments[3].cells} == {"smollm2", "gemma3"}
     from ie_flow.reproduction.experiments import default_folder
 
-    (hub,) = load_experiments(folder=default_folder().parent / "paper-hub")
+    (hub,) = load_experiments(folder=default_folder().parent / "paper-hub", scale=scale)
     assert hub.name == "model-size" and hub.command.startswith("ie-flow reproduce model-size --workflows")
     assert {c.tags["family"] for c in hub.cells} == {"pythia"} and len(hub.cells) >= claims.SIZES_FOR_A_TREND
     for c in hub.cells:
         job = cell_job(hub, c, Setup("/tmp/x"), index)
         assert job.model.name == f"EleutherAI/{c.tags['model']}" and job.control.kind == "random"
+        assert job.corpus.samples == 16384  # already the paper's n at the default scale
 
 
 def test_a_failed_generation_is_recorded_and_its_cells_say_why(tiny_llama, tmp_path, monkeypatch, capsys):
@@ -319,3 +356,160 @@ def test_a_failed_generation_is_recorded_and_its_cells_say_why(tiny_llama, tmp_p
                                                    "failed (see above)"}
     assert "2 cell(s) failed" in capsys.readouterr().err
     assert "- human-vs-model/generate g: IEFlowError" in (tmp_path / "R.md").read_text()
+
+
+# --- the designs of claims 1-3 on synthetic measurements ------------------------------------------------
+def test_claim_1_is_a_difference_in_differences_at_each_shot_count(tmp_path):
+    """Trained (one category - mix) minus random (one category - mix) per shot count, averaged over the
+    shot counts whose control was measured; the shown control is the random copy's own difference."""
+    trained = {1: (2.0, 2.2, 2.4, 1.6), 3: (3.0, 3.0, 3.0, 2.0), 5: (4.0, 4.0, 4.0, 1.0)}  # countries ... mix
+    random = {1: (1.0, 1.0, 1.3, 1.0), 3: (1.2, 1.2, 1.2, 1.0)}  # 5 shots: no control measured
+
+    def cells(samples: int) -> dict[str, Measured]:
+        out = {}
+        for est, values in (("smoothed", trained), ("smoothed:control-random", random)):
+            for k, ies in values.items():
+                for c, ie in zip((*claims.ICL, claims.MIXED), ies):
+                    tags = {"corpus.name": c, "corpus.shots": k}
+                    out[f"{c}-{k}/{est}"] = _measured(f"{c}-{k}", _profile([ie] * 3), est, "icl", samples, **tags)
+        return out
+
+    result = claims.icl(cells(4096), tmp_path)
+    infonce, smoothed = (f for f in result.findings if f.part == "clear-cut")
+    # shots 1: (2.2 - 1.6) - (1.1 - 1.0) = 0.5; shots 3: (3.0 - 2.0) - (1.2 - 1.0) = 0.8; 5 left out (3.0 raw)
+    assert smoothed.effect.value == pytest.approx(0.65) and smoothed.control.value == pytest.approx(0.15)
+    # each cell -/+ 0.095: a side's difference 0.095 * sqrt(4/3), trained - random sqrt(2) that, mean of two
+    assert smoothed.effect.half == pytest.approx(0.095 * 2 / math.sqrt(3))
+    assert smoothed.net and smoothed.note == "trained minus random-weight copy at shots 1, 3; shots 5 have no " \
+                                             "control and are left out"
+    assert result.parts["clear-cut"] == "reproduced" and decide([smoothed])[1] == [smoothed]
+    assert math.isnan(infonce.effect.value) and "no shot count has its random-weight control" in infonce.note
+    diffs = [r for r in result.rows[1:] if r[0] == "one category - mix" and r[2] == "smoothed"]
+    assert [(r[1], r[4].split()[0], r[5].split()[0]) for r in diffs] == [("1", "+0.600", "+0.100"),
+                                                                        ("3", "+1.000", "+0.200"), ("5", "+3.000", "-")]
+    assert result.rows[0][4:6] == ["IE (bits)", "random-weight copy IE"]
+    assert ["icl-colours", "1", "smoothed", "4096"] == result.rows[3][:4] and result.rows[3][5].startswith("+1.300")
+    # the same cells at 512 sequences: below what the measure needs, whatever the value
+    small = claims.icl(cells(512), tmp_path)
+    assert small.parts["clear-cut"] == "not testable here (n = 512; the measure needs 4,096)"
+
+
+def _text_cells(windows: dict[tuple[str, bool], tuple[list[float], int]], est: str = "smoothed") -> dict[str, Measured]:
+    """natural-text cells: (corpus, shuffled) -> (E(t) of every layer, n)."""
+    return {f"{c}-{s}/{est}": _measured(f"{c}-{s}", _profile([1.0] * 3, curve=curve), est, "natural-text", n,
+                                        text=True, **{"corpus.name": c, "corpus.shuffle_tokens": s})
+            for (c, s), (curve, n) in windows.items()}
+
+
+def test_claim_2_is_read_against_the_shuffled_windows_of_the_same_corpus(tmp_path):
+    windows = {("fortunes", False): ([0.0, 1.0, 1.5, 2.0], 16384), ("fortunes", True): ([0.0, 1.0, 1.2, 1.3], 16384),
+               ("python-docs", False): ([0.0, 0.5, 1.0, 1.5], 16384),
+               ("python-docs", True): ([0.0, 0.5, 0.6, 0.7], 16384)}
+    f = claims.natural_text(_text_cells(windows), tmp_path).findings[1]
+    # rises: fortunes 1.0 - 0.3, python-docs 1.0 - 0.2; the control is the shuffled rise itself
+    assert f.estimator == "smoothed" and f.effect.value == pytest.approx(0.75)
+    assert f.control.value == pytest.approx(0.25)
+    assert f.effect.half == pytest.approx(0.1 * math.sqrt(2))  # four rises of -/+ 0.1 sqrt(2), mean of two differences
+    assert f.net and f.n == "16384" and f.note == "as written minus shuffled, paired by corpus: fortunes, python-docs"
+    assert decide([f])[0] == "reproduced"
+    # python-docs has 1,396 windows: left out where another corpus reaches the n the measure needs
+    small = {**windows, ("python-docs", False): ([0.0, 0.5, 1.0, 1.5], 1396),
+             ("python-docs", True): ([0.0, 0.5, 0.6, 0.7], 1396)}
+    f = claims.natural_text(_text_cells(small), tmp_path).findings[1]
+    assert f.effect.value == pytest.approx(0.7) and f.n == "16384" and f.note == (
+        "as written minus shuffled, paired by corpus: fortunes; python-docs left out (n below the 16,384 the "
+        "measure needs)")
+    # a corpus without its shuffled cell gives no effect, never its raw rise (1.0)
+    alone = claims.natural_text(_text_cells({("fortunes", False): ([0.0, 1.0, 1.5, 2.0], 16384)}), tmp_path)
+    f = alone.findings[1]
+    assert math.isnan(f.effect.value) and f.control is None and "no corpus has both" in f.note
+    assert "fortunes without its shuffled or as-written cell" in f.note
+    assert alone.verdict == "not testable here (no measurement)"
+
+
+def test_n_below_what_the_measure_needs_gives_no_verdict():
+    up = Value(0.5, 0.2, 0.8)
+    short = "not testable here (n = 512; the measure needs 4,096)"
+    assert verdict([Finding("smoothed", up, n="512", needs=4096)]) == short
+    assert verdict([Finding("smoothed", up, n="4096", needs=4096)]) == "reproduced"
+    # the smallest n of its cells decides; a value set by the corpus is so at any n
+    assert Finding("smoothed", up, n="1396-16384", needs=16384).below_need
+    assert verdict([Finding("infonce", up, n="512", needs=16384, by_design=True)]) == "untestable by design"
+    assert verdict([Finding("infonce", up, n="512", needs=16384, by_design=True),
+                    Finding("smoothed", up, n="512", needs=16384)]) == short.replace("4,096", "16,384")
+    # one estimator at the n it needs decides; below it, even saturation is not the reason given
+    assert verdict([Finding("smoothed", up, n="512", needs=4096), Finding("infonce", Value(0.1, -0.2, 0.4))]) == \
+        "no effect"
+    assert verdict([Finding("smoothed", up, n="512", needs=4096, saturated=0.9)]) == short
+    # between saturated and one size per family: a claim in two parts gets the weaker
+    result = claims.ClaimResult("icl", [], [], None, parts={"a": "reproduced", "b": short})
+    assert result.verdict == short
+    assert verdict_rank("not testable here (saturated)") < verdict_rank(result.verdict) < verdict_rank(
+        "not testable here (one size per family)")
+
+
+def test_infonce_measured_once_is_untestable_by_design(tmp_path):
+    # one cell at n = 512: 510 distinct windows (8.99 bits) above InfoNCE's ceiling, log2 of 128 report rows
+    once = _measured("fortunes-8tok-infonce", _profile([7.0] * 3, saturated=True, ceiling=7.0, curve=[0, 7, 7, 7]),
+                     "infonce", "natural-text", 512, text=True, last_bits=8.99,
+                     **{"corpus.name": "fortunes", "estimate.method": "infonce"})
+    only = claims.natural_text({"once/infonce": once}, tmp_path)
+    infonce = only.findings[0]
+    assert infonce.estimator == "infonce" and infonce.by_design and infonce.n == "512"
+    assert math.isnan(infonce.effect.value) and only.verdict == "untestable by design"
+    windows = {("fortunes", False): ([0.0, 1.0, 1.5, 2.0], 16384), ("fortunes", True): ([0.0, 1.0, 1.2, 1.3], 16384)}
+    both = claims.natural_text({**_text_cells(windows), "once/infonce": once}, tmp_path)
+    assert [f.by_design for f in both.findings] == [True, False] and both.verdict == "reproduced"
+    assert [r[3] for r in both.rows[1:]].count("infonce") == 1
+    # human-vs-model: InfoNCE on the model's windows of one generator only
+    hvm = {}
+    for w, ie in (("model", 1.5), ("human", 1.0)):
+        for est in ("smoothed", "smoothed:control-random"):
+            hvm[f"{w}/{est}"] = _measured(w, _profile([ie if ":" not in est else 1.0] * 3), est, "human-vs-model",
+                                          8192, text=True, generator="smollm2-135m", writer=w)
+    hvm["once/infonce"] = _measured("once", _profile([12.0] * 3, saturated=True, ceiling=11.0), "infonce",
+                                    "human-vs-model", 8192, text=True, last_bits=12.98, generator="smollm2-135m",
+                                    writer="model")
+    result = claims.human_vs_model(hvm, tmp_path)
+    infonce, smoothed = result.findings
+    assert infonce.by_design and infonce.note == "smollm2-135m: one writer measured by infonce, no difference"
+    assert smoothed.effect.value == pytest.approx(0.5) and smoothed.control.value == pytest.approx(0.0)
+    assert result.verdict == "reproduced"
+    assert [r[1:3] for r in result.rows[1:]] == [["model", "infonce"], ["model", "smoothed"], ["human", "smoothed"]]
+    assert decide([infonce])[0] == "untestable by design"
+
+
+def test_scales(tmp_path, ie_flow):
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    exp = {"experiment": "human-vs-model", "claim": "Model-written text has higher IE.",
+           "job": {"model": {"name": "smollm2-135m"}, "corpus": {"samples": 512}},
+           "generate": [{"name": "g", "samples": 256}],
+           "matrix": {"corpus.shots": [1, 2]},
+           "cells": [{"name": "model-text", "set": {"corpus.name": "generated:g", "corpus.samples": 300},
+                      "tags": {"writer": "model"}}],
+           "scales": {"paper": {"corpus.samples": 8192, "extract.batch_size": 64, "generate.samples": 4500}}}
+    path = folder / "3-hvm.yaml"
+    path.write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
+    base, paper = load_experiment(path), load_experiment(path, "paper")
+    assert base.scale == "default" and paper.scale == "paper"
+    assert [c.settings for c in base.cells] == [{"corpus.shots": 1}, {"corpus.shots": 2},
+                                                {"corpus.name": "generated:g", "corpus.samples": 300}]
+    # every cell: its own settings, then the scale's over them; a changed generator writes its own file
+    assert [c.settings for c in paper.cells] == [
+        {"corpus.shots": 1, "corpus.samples": 8192, "extract.batch_size": 64},
+        {"corpus.shots": 2, "corpus.samples": 8192, "extract.batch_size": 64},
+        {"corpus.name": "generated:g-paper", "corpus.samples": 8192, "extract.batch_size": 64}]
+    assert paper.cells[2].tags == {"corpus.name": "generated:g-paper", "corpus.samples": 300, "writer": "model"}
+    assert base.generate == [{"name": "g", "samples": 256}] and paper.generate == [{"name": "g-paper", "samples": 4500}]
+    assert paper.cells[0].job_tree(paper.job) == {"model": {"name": "smollm2-135m"}, "corpus": {
+        "samples": 8192, "shots": 1}, "extract": {"batch_size": 64}}
+    assert all(b.digest(base.job) != p.digest(paper.job) for b, p in zip(base.cells, paper.cells))  # they rerun
+    with pytest.raises(IEFlowError, match="unknown scale 'huge'; known: default, paper"):
+        load_experiment(path, "huge")
+    result = ie_flow("reproduce", "--workflows", str(folder), "--scale", "huge", "--storage", str(tmp_path / "d"))
+    result.assert_one_error("unknown scale 'huge'; known: default, paper")
+    exp["scales"] = {"paper": {"generate.sample": 10}}
+    path.write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
+    with pytest.raises(IEFlowError, match=r"scale 'paper' sets unknown generator settings \['sample'\]"):
+        load_experiment(path, "paper")
