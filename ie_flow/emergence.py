@@ -103,6 +103,13 @@ class Emergence:
         return (mean, *bootstrap_interval(mean, self.ie_replicates[:, columns].mean(axis=1),
                                           self.ie_per_seed[:, columns].mean(axis=1)))
 
+    def mean_reference(self, columns: Any) -> tuple[float, float, float]:
+        """The Gaussian reference part of IE (the smoothed measure) over the same layers, with its 95%
+        interval from the same resamples; it has no seed spread (covariances have no Monte-Carlo noise)."""
+        mean = float(np.array([l.reference_ie for l in self.layers])[columns].mean())
+        reps = self.reference_replicates[:, columns].mean(axis=1) if self.reference_replicates.size else np.zeros(0)
+        return (mean, *bootstrap_interval(mean, reps, np.zeros(0)))
+
     def layer_rows(self) -> list[LayerRecord]:
         return [LayerRecord(**asdict(l), saturated=l.saturated) for l in self.layers]
 

@@ -107,21 +107,24 @@ def mean_of(values: list[Value]) -> Value:
     return Value(m, m - h, m + h)
 
 
-def ie_mean(em: Emergence, layers: list[int] | None = None) -> Value:
+def ie_mean(em: Emergence, layers: list[int] | None = None, part: str = "ie") -> Value:
     """IE mean over `layers` (default: the cell's own valid layers) with its bootstrap interval, as
-    the summary computes it. A layer in `layers` that is invalid here makes the value NaN: a
+    the summary computes it; `part="gauss"`: the same mean of its Gaussian reference part (NaN for
+    an estimator without one). A layer in `layers` that is invalid here makes the value NaN: a
     comparison passes the layers valid in all its cells (`common_layers`)."""
-    if layers is None:
+    nan = Value(math.nan, math.nan, math.nan)
+    if part == "gauss" and not em.has_reference:
+        return nan
+    if layers is None and part == "ie":
         s = em.summary
-        if not math.isfinite(s.ie_mean):
-            return Value(math.nan, math.nan, math.nan)
-        return Value(s.ie_mean, s.ie_mean_ci_low, s.ie_mean_ci_high)
+        return Value(s.ie_mean, s.ie_mean_ci_low, s.ie_mean_ci_high) if math.isfinite(s.ie_mean) else nan
     at = {l.layer: i for i, l in enumerate(em.layers)}
-    idx = [at[l] for l in layers if l in at]
-    ie = np.array([em.layers[i].ie for i in idx])
-    if not idx or len(idx) < len(layers) or not np.isfinite(ie).all():
-        return Value(math.nan, math.nan, math.nan)
-    return Value(*em.mean_ie(idx))
+    own = [l.layer for l in em.layers if l.valid]
+    idx = [at[l] for l in (own if layers is None else layers) if l in at]
+    values = np.array([em.layers[i].ie if part == "ie" else em.layers[i].reference_ie for i in idx])
+    if not idx or (layers is not None and len(idx) < len(layers)) or not np.isfinite(values).all():
+        return nan
+    return Value(*(em.mean_ie(idx) if part == "ie" else em.mean_reference(idx)))
 
 
 def saturated_share(ems: list[Emergence]) -> float:
@@ -198,6 +201,9 @@ class Finding:
     needs: int = 0  # 0: no bound
     net: bool = False
     note: str = ""  # which cells the effect uses, or why it has none
+    # the smoothed measure: the same effect computed from the cells' Gaussian reference (what their
+    # covariances alone give); the effect minus it is what the geometry beyond them adds
+    gaussian: Value | None = None
 
     @property
     def below_need(self) -> bool:

@@ -23,6 +23,9 @@ ICL = ("icl-countries", "icl-animals", "icl-colours")
 # the mix claim 1 compares with: its 16 names span the three categories, its prefix entropy is the
 # one-category corpora's at every position (icl-mixed's 48 names would differ before any model runs)
 MIXED = "icl-mixed-matched"
+# the target measure's corpus (docs/METHOD.md section 8): whether all four names share a category is a
+# label no single name carries (exact ceilings known), so "how clear-cut the meaning is" has an exact answer
+TARGET_CORPUS, TARGET_ESTIMATOR = "icl-coherence", "probe"
 SIZES_FOR_A_TREND = 3  # sizes of one family a size trend needs
 ONE_SIZE = "not testable here (one size per family)"
 # n per cell each claim's measure needs, and why (docs/METHOD.md section 7: below it the smoothed
@@ -109,8 +112,15 @@ def _n(ms: list[Measured]) -> str:
     return "-" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
-def _ie(ms: list[Measured], variant: str, layers: list[int] | None = None) -> Value:
-    return mean_of([ie_mean(m.at(variant), layers) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
+def _ie(ms: list[Measured], variant: str, layers: list[int] | None = None, part: str = "ie") -> Value:
+    """Mean IE of cells (or, `part="gauss"`, of its Gaussian reference part: analysis.ie_mean)."""
+    return mean_of([ie_mean(m.at(variant), layers, part) for m in ms]) if ms else Value(math.nan, math.nan, math.nan)
+
+
+def _gaussian(est: str, parts: list[Value]) -> Value | None:
+    """The Gaussian part of a smoothed effect (the same arithmetic on the reference means); None for
+    an estimator without a reference."""
+    return mean_of(parts) if est == "smoothed" and parts else None
 
 
 def _sat(ms: list[Measured], variant: str = "") -> float:
@@ -129,11 +139,11 @@ def _layer_flags(em: Any) -> str:
 
 
 def _finding(est: str, effect: Value, control: Value | None, every: list[Measured], variant: str,
-             part: str = "", net: bool = False, note: str = "") -> Finding:
+             part: str = "", net: bool = False, note: str = "", gaussian: Value | None = None) -> Finding:
     own = _own(every)
     needs = NEEDED_N.get(own[0].entry.experiment, (0, ""))[0] if own else 0
     return Finding(est, effect, control, _sat(own, variant), part, variant, _n(own), set_by_corpus(own), needs,
-                   net, note)
+                   net, note, gaussian)
 
 
 def _listed(values: list[Any]) -> str:
@@ -150,7 +160,7 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     curves: dict[str, list[tuple[int, Value]]] = {}
     for est, every, variant, keep in _each_estimator(measured, exp, variants):
         shots = sorted({m.entry.tags["corpus.shots"] for m in _own(every)})
-        did, random, used = [], [], []
+        did, did_gauss, random, used = [], [], [], []
         for k in shots:
             at = {"corpus.shots": k}
             cell = {c: by_tags(measured, exp, est, **{"corpus.name": c, **at}) for c in (*ICL, MIXED)}
@@ -169,6 +179,7 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                          str(copy) if copy else "- (no control: not in the difference-in-differences)", "", ""])
             if copy is not None:  # a shot count without its control is left out, never mixed in raw
                 did.append(trained - copy)  # the two sides' intervals added in quadrature: conservative (paired)
+                did_gauss.append(_clear_cut(cell, variant, keep, "gauss") - _clear_cut(ctrl, variant, keep, "gauss"))
                 random.append(copy)
                 used.append(k)
         left = [k for k in shots if k not in used]
@@ -176,21 +187,49 @@ def icl(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                 + (f"; shots {_listed(left)} have no control and are left out" if left else "") if used else
                 f"no shot count has its random-weight control measured by {est}: no difference-in-differences")
         clear.append(_finding(est, mean_of(did), mean_of(random) if random else None, every, variant, "clear-cut",
-                              net=True, note=note))
+                              net=True, note=note, gaussian=_gaussian(est, did_gauss)))
         grow.append(_finding(est, _spread_growth(measured, exp, est, variant, keep), None, every, variant, "spread"))
     mine = {c: by_tags(measured, exp, "mine-paper", **{"corpus.name": c}) for c in ("icl-countries", MIXED)}
     if all(mine.values()):
         both = mine["icl-countries"] + mine[MIXED]
         clear.append(Finding("mine-paper", _ie(mine["icl-countries"], "") - _ie(mine[MIXED], ""), None, _sat(both),
                              "clear-cut", n=_n(both)))
-    result = ClaimResult(exp, clear + grow, rows, _plot_spread(curves, figures / "icl-spread.png"), variants)
+    target = _target_finding(measured, exp, rows, variants)
+    result = ClaimResult(exp, clear + grow + target, rows, _plot_spread(curves, figures / "icl-spread.png"), variants)
     result.parts = {"clear-cut": decide(clear)[0], "spread grows with shots": decide(grow)[0]}
+    if target:
+        result.parts[target[0].part] = decide(target)[0]
     return result
 
 
-def _clear_cut(cell: dict[str, list[Measured]], variant: str, keep: list[int]) -> Value:
-    """Mean IE of the one-category corpora minus the mix's."""
-    return mean_of([_ie(cell[c], variant, keep) for c in ICL]) - _ie(cell[MIXED], variant, keep)
+def _target_finding(measured: dict[str, Measured], exp: str, rows: list[list[str]], variants: dict[str, str]
+                    ) -> list[Finding]:
+    """The target measure on icl-coherence: target IE (usable information about the label at the last
+    position minus each name's own, mean over layers) of the model minus its random-weight copy, with
+    the emergence layer and the exact ceilings in the note; none where the cell was not run."""
+    own = by_tags(measured, exp, TARGET_ESTIMATOR, **{"corpus.name": TARGET_CORPUS})
+    ctrl = by_tags(measured, exp, f"{TARGET_ESTIMATOR}:control-random", **{"corpus.name": TARGET_CORPUS})
+    if not own:
+        return []
+    variant, variants[TARGET_ESTIMATOR] = _one_variant(own + ctrl)
+    keep = common_layers([m.at(variant) for m in own + ctrl])
+    model, copy = _ie(own, variant, keep), (_ie(ctrl, variant, keep) if ctrl else None)
+    rows.append([TARGET_CORPUS, "4 names", f"{TARGET_ESTIMATOR} (target IE)", _n(own), str(model),
+                 str(copy) if copy else "-", "", _layer_flags(own[0].at(variant))])
+    target = own[0].record.control.target if own[0].record.control else None
+    note = "target IE, model minus random-weight copy, mean over the layers valid in both"
+    if target is not None:
+        first = "none" if target.emergence_boundary is None else f"boundary {target.emergence_boundary}"
+        note += (f"; emergence layer (model's lower end above the copy's upper end): {first}; exact ceilings "
+                 f"I(s; prefix) per position {', '.join(f'{c:.3f}' for c in target.ceilings)} bits")
+    effect = model - copy if copy else Value(math.nan, math.nan, math.nan)
+    return [_finding(TARGET_ESTIMATOR, effect, copy, own + ctrl, variant, "label decodable (target measure)",
+                     net=True, note=note if copy else "no random-weight copy measured: no difference")]
+
+
+def _clear_cut(cell: dict[str, list[Measured]], variant: str, keep: list[int], part: str = "ie") -> Value:
+    """Mean IE (or its Gaussian part) of the one-category corpora minus the mix's."""
+    return mean_of([_ie(cell[c], variant, keep, part) for c in ICL]) - _ie(cell[MIXED], variant, keep, part)
 
 
 def _spread_growth(measured: dict[str, Measured], exp: str, est: str, variant: str, keep: list[int]) -> Value:
@@ -263,7 +302,7 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
     rows = [["generator", "writer", "estimator", "n", "IE (bits)", "random-weight control IE"]]
     findings, variants, bars = [], {}, {}
     for est, every, variant, keep in _each_estimator(measured, exp, variants):
-        effects, controls, one_writer = [], [], []
+        effects, gauss, controls, one_writer = [], [], [], []
         for gen in sorted({m.entry.tags["generator"] for m in every}):
             side = {w: by_tags(measured, exp, est, generator=gen, writer=w) for w in ("model", "human")}
             ctrl = {w: by_tags(measured, exp, f"{est}:control-random", generator=gen, writer=w) for w in ("model", "human")}
@@ -278,11 +317,12 @@ def human_vs_model(measured: dict[str, Measured], figures: Path) -> ClaimResult:
                 one_writer.append(gen)
                 continue
             effects.append(_ie(side["model"], variant, keep) - _ie(side["human"], variant, keep))
+            gauss.append(_ie(side["model"], variant, keep, "gauss") - _ie(side["human"], variant, keep, "gauss"))
             if all(ctrl.values()):
                 controls.append(_ie(ctrl["model"], variant, keep) - _ie(ctrl["human"], variant, keep))
         note = f"{_listed(one_writer)}: one writer measured by {est}, no difference" if one_writer else ""
         findings.append(_finding(est, mean_of(effects), mean_of(controls) if controls else None, every, variant,
-                                 note=note))
+                                 note=note, gaussian=_gaussian(est, gauss)))
     return ClaimResult(exp, findings, rows, _plot_bars(bars, figures / "human-vs-model.png"), variants)
 
 

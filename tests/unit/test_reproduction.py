@@ -14,7 +14,7 @@ import pytest
 
 from ie_flow.cli import run_cli
 from ie_flow.emergence import Emergence, LayerEmergence
-from ie_flow.reproduction import claims
+from ie_flow.reproduction import claims, document
 from ie_flow import IEFlowError
 from ie_flow.reproduction.analysis import (
     VERDICTS, Finding, Measured, Value, common_layers, decide, ie_mean, set_by_corpus, verdict, verdict_rank,
@@ -288,9 +288,9 @@ def test_the_paper_workflows_load(scale):
     controls = set()
     for e in experiments:  # every cell is a valid job
         for name, job in jobs[e.name].items():
-            one_seed = "mine-paper" in name or name.endswith("-infonce")
+            one_seed = "mine-paper" in name or name.endswith(("-infonce", "-probe"))
             assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if one_seed else [0, 1, 2])
-            if job.control.kind != "none":  # its smoothed control at the corpus family's headline β
+            if job.control.kind != "none" and job.control.estimator == "smoothed":  # at the family's headline β
                 assert job.control.settings.get("headline_beta") == (0.6 if job.corpus.name.startswith("icl-") else 0.8)
                 controls.add((e.name, job.control.settings["headline_beta"]))
     assert {("icl", 0.6), ("human-vs-model", 0.8)} <= controls
@@ -300,10 +300,13 @@ def test_the_paper_workflows_load(scale):
         assert {j.corpus.samples for j in jobs[e.name].values()} == {512 if scale == "default" else paper[e.name]}
         assert paper[e.name] == claims.NEEDED_N[e.name][0]
     icl = experiments[0]
-    assert len(icl.cells) == 4 * 4 + 2 and {c.tags["corpus.shots"] for c in icl.cells} == {1, 3, 4, 5}
-    # claim 1 compares the one-category corpora with the mix matched to them in K, never the 48-name mix
+    assert len(icl.cells) == 4 * 4 + 3 and {c.tags.get("corpus.shots") for c in icl.cells} == {1, 3, 4, 5, None}
+    # claim 1 compares the one-category corpora with the mix matched to them in K, never the 48-name mix;
+    # the target measure reads icl-coherence, against its random-weight copy measured by the probe too
     assert {c.tags["corpus.name"] for c in icl.cells} == {"icl-countries", "icl-animals", "icl-colours",
-                                                          "icl-mixed-matched"}
+                                                          "icl-mixed-matched", "icl-coherence"}
+    probe = jobs["icl"]["icl-coherence-probe"]
+    assert (probe.estimate.method, probe.control.kind, probe.control.estimator) == ("probe", "random", "probe")
     # every (corpus, shots) cell measures its random-weight control; the paper's estimator does not
     assert {n: j.control.kind for n, j in jobs["icl"].items() if j.control.kind != "random"} == {
         "icl-countries-shots4-mine-paper": "none", "icl-mixed-matched-shots4-mine-paper": "none"}
@@ -513,3 +516,60 @@ def test_scales(tmp_path, ie_flow):
     path.write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
     with pytest.raises(IEFlowError, match=r"scale 'paper' sets unknown generator settings \['sample'\]"):
         load_experiment(path, "paper")
+
+
+def _with_reference(em: Emergence, ref: float, half: float = 0.05) -> Emergence:
+    """`em` whose every layer's Gaussian reference part is `ref`, its replicates ref + half * Z."""
+    from dataclasses import replace
+
+    em.layers = [replace(layer, reference_ie=ref) for layer in em.layers]
+    em.reference_replicates = np.full((len(Z), len(em.layers)), ref) + half * Z[:, None]
+    return em
+
+
+def test_smoothed_effects_are_split_into_their_gaussian_part_and_the_excess(tmp_path):
+    """Claim 1's difference-in-differences computed again on the cells' Gaussian reference means, and
+    the report line giving both parts; InfoNCE (no reference) has none."""
+    trained = {4: (2.0, 2.2, 2.4, 1.6)}  # countries, animals, colours, mix
+    random = {4: (1.0, 1.0, 1.3, 1.0)}
+    ref = {"smoothed": (1.5, 1.5, 1.8, 1.2), "smoothed:control-random": (0.9, 0.9, 0.9, 0.9)}
+    out = {}
+    for est, values in (("smoothed", trained), ("smoothed:control-random", random)):
+        for c, ie, g in zip((*claims.ICL, claims.MIXED), values[4], ref[est]):
+            tags = {"corpus.name": c, "corpus.shots": 4}
+            out[f"{c}/{est}"] = _measured(c, _with_reference(_profile([ie] * 3), g), est, "icl", 4096, **tags)
+    one = out["icl-countries/smoothed"].at("β=0.4")
+    assert ie_mean(one, [0, 1, 2], "gauss").value == pytest.approx(1.5)
+    assert ie_mean(one, [0, 1, 2], "gauss").half == pytest.approx(0.05 * 0.95, rel=0.05)
+    assert math.isnan(ie_mean(_profile([1.0] * 3), [0, 1, 2], "gauss").value)  # no reference: none
+    result = claims.icl(out, tmp_path)
+    smoothed = next(f for f in result.findings if f.part == "clear-cut" and f.estimator == "smoothed")
+    # effect: (2.2 - 1.6) - (1.1 - 1.0) = 0.5; Gaussian part: (1.6 - 1.2) - (0.9 - 0.9) = 0.4; excess 0.1
+    assert smoothed.effect.value == pytest.approx(0.5) and smoothed.gaussian.value == pytest.approx(0.4)
+    line = document._finding_line(smoothed)
+    assert "of it, Gaussian part +0.400 [" in line and "excess +0.100 bits" in line
+    infonce = next(f for f in result.findings if f.part == "clear-cut" and f.estimator == "infonce")
+    assert infonce.gaussian is None and "Gaussian" not in document._finding_line(infonce)
+
+
+def test_claim_1_reads_the_target_measure_against_its_random_copy(tmp_path):
+    """icl-coherence measured by the probe and its random-weight copy: a third part of claim 1 whose
+    effect is the model's target IE minus the copy's over the layers valid in both, with the emergence
+    layer and the exact ceilings named; no probe cell, no part."""
+    from types import SimpleNamespace
+
+    tags = {"corpus.name": "icl-coherence"}
+    model = _measured("coherence", _profile([0.2, 0.7, float("nan")]), "probe", "icl", 4096, **tags)
+    copy = _measured("coherence", _profile([0.1, 0.1, 0.1]), "probe:control-random", "icl", 4096, **tags)
+    model.record.control = SimpleNamespace(target=SimpleNamespace(emergence_boundary=2,
+                                                                  ceilings=[0.0, 0.0, 0.494, 1.0]))
+    result = claims.icl({"m": model, "c": copy}, tmp_path)
+    target = next(f for f in result.findings if f.estimator == "probe")
+    assert target.part == "label decodable (target measure)" and target.net
+    assert target.effect.value == pytest.approx(0.45 - 0.1) and target.control.value == pytest.approx(0.1)
+    assert "emergence layer (model's lower end above the copy's upper end): boundary 2" in target.note
+    assert "0.000, 0.000, 0.494, 1.000 bits" in target.note
+    assert result.parts["label decodable (target measure)"] == "reproduced"
+    row = next(r for r in result.rows if r[0] == "icl-coherence")
+    assert row[2:5] == ["probe (target IE)", "4096", "+0.450 [+0.355, +0.545]"]
+    assert "label decodable (target measure)" not in claims.icl({}, tmp_path).parts
