@@ -131,7 +131,7 @@ def smoothed_coverage(args: argparse.Namespace) -> None:
             continue
         t0 = time.perf_counter()
         xs, ys, truth = smoothed_draws(family, K, d, n, args.reps, args.seed + 7 * d + n + K, betas)
-        est = SmoothedMI(queries=min(args.queries, n), threads=args.threads)
+        est = SmoothedMI(queries=min(args.queries, n), threads=args.threads, modes=["raw"])
         grid = []
         for start in range(0, args.reps, args.batch):
             grid += est.estimate_grid(xs[start:start + args.batch], ys[start:start + args.batch], betas=betas)

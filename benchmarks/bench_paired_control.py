@@ -57,7 +57,7 @@ def profile(h: np.ndarray, seed: int, named: bool, queries: int) -> dict[str, np
     cells = [(l, t) for l in range(layers) for t in range(positions)]
     xs = np.stack([h[l, t] for l, t in cells])
     ys = np.stack([h[l + 1, t] for l, t in cells])
-    grid = SmoothedMI(queries=queries, bootstrap=200, gauss=False).estimate_grid(
+    grid = SmoothedMI(queries=queries, bootstrap=200, gauss=False, modes=["raw"]).estimate_grid(
         xs, ys, betas=BETAS, seeds=(seed,), keys=side_keys(cells, "") if named else None)
     bits = np.array([[e.bits for e in row] for row in grid]).reshape(layers, positions, len(BETAS))
     reps = np.array([[e.replicate_bits for e in row] for row in grid]).reshape(layers, positions, len(BETAS), -1)

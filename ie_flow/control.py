@@ -8,7 +8,9 @@ resamples (same n and seed), so the difference is bootstrapped replicate by repl
 each cell's sides alike in both, so the smoothed measure draws the same query ids and noise for both
 (common random numbers). Where the estimator splits a value into a reference part and an excess (the
 smoothed measure's Gaussian reference G^β), the difference is split too, each part with its paired
-interval: how much of it the covariances explain."""
+interval: how much of it the covariances explain. Where the estimator shows a companion variant beside
+its headline (the smoothed measure's standardised mode at the same β), model minus control is given
+at it too, per layer with its paired interval, and in the sentence."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from ie_flow.config import EstimateSpec, JobSpec
 from ie_flow.emergence import Emergence, bootstrap_interval, headline
 from ie_flow.models import RANDOM_PREFIX
-from ie_flow.results import ControlLayer, ControlRecord, TargetRecord
+from ie_flow.results import ControlLayer, ControlRecord, TargetRecord, companion_label
 
 
 def measured_job(job: JobSpec) -> JobSpec:
@@ -55,6 +57,9 @@ class LayerDifference:
     excess_diff: float = math.nan  # diff - reference_diff
     excess_ci_low: float = math.nan
     excess_ci_high: float = math.nan
+    companion_diff: float = math.nan  # model - control at the companion variant (Estimator.companion_variant)
+    companion_ci_low: float = math.nan
+    companion_ci_high: float = math.nan
 
 
 @dataclass
@@ -72,9 +77,10 @@ class ControlComparison:
 
     def record(self) -> ControlRecord:
         """What summary.json keeps of the comparison."""
+        companion = self.model.companion.variant if self.model.companion and self.control.companion else None
         return ControlRecord(
             kind=self.kind, estimator=self.estimator, variant=self.variant, variant_valid=self.variant_valid,
-            model_results=self.model_results, control_results=self.control_results,
+            companion_variant=companion, model_results=self.model_results, control_results=self.control_results,
             layers=[ControlLayer(**asdict(d)) for d in self.layers], target=self.target,
         )
 
@@ -89,8 +95,24 @@ def compare(spec: EstimateSpec, model_table: Any, control_table: Any
         diff = lm.ie - lc.ie
         reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, i]
         low, high = bootstrap_interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
-        rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high, **_split(em, ec, i, diff, reps)))
+        rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high, **_split(em, ec, i, diff, reps),
+                                    **_companion(em, ec, lm.layer)))
     return variant, valid, em, ec, rows
+
+
+def _companion(em: Emergence, ec: Emergence, layer: int) -> dict[str, float]:
+    """Model minus control at the companion variant at `layer`, its interval replicate by replicate
+    ({} where either side has no companion, or no valid IE there)."""
+    if em.companion is None or ec.companion is None:
+        return {}
+    i, j = ({l.layer: k for k, l in enumerate(p.layers)}.get(layer) for p in (em.companion, ec.companion))
+    diff = math.nan if i is None or j is None else em.companion.layers[i].ie - ec.companion.layers[j].ie
+    if not math.isfinite(diff):
+        return {}
+    b = min(len(em.companion.ie_replicates), len(ec.companion.ie_replicates))
+    low, high = bootstrap_interval(diff, em.companion.ie_replicates[:b, i] - ec.companion.ie_replicates[:b, j],
+                                   np.array([diff]))
+    return {"companion_diff": diff, "companion_ci_low": low, "companion_ci_high": high}
 
 
 def _split(em: Emergence, ec: Emergence, i: int, diff: float, reps: np.ndarray) -> dict[str, float]:
@@ -110,22 +132,28 @@ def _split(em: Emergence, ec: Emergence, i: int, diff: float, reps: np.ndarray) 
 
 def format_comparison(control: ControlRecord, main: Emergence | None = None, main_label: str = "") -> str:
     """Side by side per layer: the main estimator's IE (`*` saturated), the control estimator's IE of
-    the model and of the control at the headline variant, and their difference with its interval (from a
-    ControlComparison's record, so `ie-flow report` prints it from summary.json too)."""
+    the model and of the control at the headline variant, and their difference with its interval, its
+    Gaussian part and excess, and the difference at the companion variant (from a ControlComparison's
+    record, so `ie-flow report` prints it from summary.json too)."""
     est, kind = control.estimator, control.kind
     variant = f", {control.variant}" if control.variant else ""
     variant += "" if control.variant_valid else " (not valid in every layer: a layer invalid in either is not compared)"
     split = any(math.isfinite(d.reference_diff) for d in control.layers)
+    beside = companion_label(control.variant, control.companion_variant) if control.companion_variant else ""
     head = f"{'layer':>5}  " + (f"{main_label + ' IE':>13}  " if main else "") + \
         f"{est + ' IE':>12}  {kind + ' ctrl':>12}  {'difference':>10}  {'95% interval':>17}" + \
-        (f"  {'Gaussian part':>13}  {'95% interval':>17}  {'excess':>7}  {'95% interval':>17}" if split else "")
-    lines = [f"model vs {kind} control, {est}{variant}", head]
+        (f"  {'Gaussian part':>13}  {'95% interval':>17}  {'excess':>7}  {'95% interval':>17}" if split else "") + \
+        (f"  {beside + ' diff':>{max(10, len(beside) + 5)}}  {'95% interval':>17}" if beside else "")
+    lines = [f"model vs {kind} control, {est}{variant}" + (f" (beside it: {control.companion_variant})" if beside else ""),
+             head]
     main_ie = {l.layer: l for l in main.layers} if main else {}
     for d in control.layers:
         m = main_ie.get(d.layer)
         first = f"{m.ie:>12.3f}{'*' if m.saturated else ' '}  " if m else ""
         parts = (f"  {d.reference_diff:>13.3f}  [{d.reference_ci_low:>7.3f}, {d.reference_ci_high:>7.3f}]"
                  f"  {d.excess_diff:>7.3f}  [{d.excess_ci_low:>7.3f}, {d.excess_ci_high:>7.3f}]") if split else ""
+        parts += (f"  {d.companion_diff:>{max(10, len(beside) + 5)}.3f}  [{d.companion_ci_low:>7.3f}, "
+                  f"{d.companion_ci_high:>7.3f}]") if beside else ""
         lines.append(f"{d.layer:>5}  {first}{d.model_ie:>12.3f}  {d.control_ie:>12.3f}  {d.diff:>10.3f}  "
                      f"[{d.ci_low:>7.3f}, {d.ci_high:>7.3f}]{parts}{'  *' if d.apart else ''}")
     lines.append(summary_sentence(control))
@@ -137,7 +165,7 @@ def format_comparison(control: ControlRecord, main: Emergence | None = None, mai
 
 
 def summary_sentence(control: ControlRecord) -> str:
-    """The plain sentence on what the run shows."""
+    """The plain sentence on what the run shows (at the headline variant, and at the companion beside it)."""
     est, kind, rows = control.estimator, control.kind, control.layers
     diffs = [d for d in rows if math.isfinite(d.diff)]
     if not diffs:
@@ -145,7 +173,8 @@ def summary_sentence(control: ControlRecord) -> str:
     apart = [d for d in diffs if d.apart]
     higher = sum(d.diff > 0 for d in apart)
     of_all = "" if len(diffs) == len(rows) else f"of {len(rows)}; "
-    text = (f"In {len(apart)} of the {len(diffs)} layers valid in both ({of_all}marked *) the model's {est} IE "
+    at = f" at {control.variant}" if control.variant else ""
+    text = (f"In {len(apart)} of the {len(diffs)} layers valid in both ({of_all}marked *) the model's {est} IE{at} "
             f"differs from its {kind} control beyond the 95% interval ({higher} higher, {len(apart) - higher} "
             f"lower); mean difference {np.mean([d.diff for d in diffs]):+.3f} bits.")
     split = [d for d in diffs if math.isfinite(d.reference_diff)]
@@ -155,4 +184,18 @@ def summary_sentence(control: ControlRecord) -> str:
         text += (f" Of it, the Gaussian reference (what the covariances alone give) accounts for "
                  f"{np.mean([d.reference_diff for d in split]):+.3f} bits ({ref_apart} layers beyond its interval) and "
                  f"the excess over it for {np.mean([d.excess_diff for d in split]):+.3f} ({ex_apart} layers).")
-    return text
+    return text + _companion_sentence(control)
+
+
+def _companion_sentence(control: ControlRecord) -> str:
+    """The comparison at the companion variant, on the layers valid in both there ("" where there is none)."""
+    if not control.companion_variant:
+        return ""
+    beside = [d for d in control.layers if math.isfinite(d.companion_diff)]
+    if not beside:
+        return f" At {control.companion_variant}, beside it, no layer is valid in both."
+    apart = [d for d in beside if d.companion_apart]
+    higher = sum(d.companion_diff > 0 for d in apart)
+    return (f" At {control.companion_variant}, beside it: {len(apart)} of the {len(beside)} layers valid in both "
+            f"differ beyond the interval ({higher} higher, {len(apart) - higher} lower); mean difference "
+            f"{np.mean([d.companion_diff for d in beside]):+.3f} bits.")

@@ -12,12 +12,14 @@ averaged in: the layer's IE is then missing (NaN) and reported with the reason.
 
 An estimator with variants (several values per cell) gives one IE profile per variant
 (`emergence_by_variant`); which one a job's headline shows is the estimator's choice
-(Estimator.choose_headline)."""
+(Estimator.choose_headline), and the profile of the variant it shows beside the headline
+(Estimator.companion_variant: the smoothed measure's standardised mode) rides along with it
+(`Emergence.companion`, its IE in every layer's `companion_ie` and in the summary)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,10 @@ class LayerEmergence:
     excess_ie: float = math.nan
     excess_ie_ci_low: float = math.nan
     excess_ie_ci_high: float = math.nan
+    # IE of the companion variant at this layer (Emergence.companion), with its interval; NaN where none
+    companion_ie: float = math.nan
+    companion_ie_ci_low: float = math.nan
+    companion_ie_ci_high: float = math.nan
 
     @property
     def saturated(self) -> bool:
@@ -73,6 +79,8 @@ class Emergence:
     variant: str = ""  # the estimator's variant these values are (Estimator.variants)
     # (B, L) IE of the reference part on the same resamples (B = 0: none)
     reference_replicates: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # the profile of the variant shown beside this one (Estimator.companion_variant; `with_companion`)
+    companion: "Emergence | None" = None
 
     @property
     def has_reference(self) -> bool:
@@ -82,10 +90,16 @@ class Emergence:
     def summary(self) -> Summary:
         ie = np.array([l.ie for l in self.layers])
         ok = np.isfinite(ie)
+        beside = {}
+        if self.companion is not None:  # its own summary's mean, over its own valid layers
+            c = self.companion.summary
+            beside = {"companion_variant": self.companion.variant, "companion_ie_mean": c.ie_mean,
+                      "companion_ie_mean_ci_low": c.ie_mean_ci_low, "companion_ie_mean_ci_high": c.ie_mean_ci_high,
+                      "companion_invalid_layers": c.invalid_layers}
         if not ok.any():
             return Summary(ie_mean=math.nan, ie_mean_ci_low=math.nan, ie_mean_ci_high=math.nan, ie_max=math.nan,
                            ie_argmax_layer=-1, ie_std_layers=math.nan, ie_std_seeds=math.nan, saturated_layers=0,
-                           invalid_layers=len(ie))
+                           invalid_layers=len(ie), **beside)
         mean, low, high = self.mean_ie(ok)
         return Summary(
             ie_mean=mean, ie_mean_ci_low=low, ie_mean_ci_high=high, ie_max=float(ie[ok].max()),
@@ -93,7 +107,7 @@ class Emergence:
             ie_std_layers=float(ie[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
             # spread of the model-level IE (mean over layers) across estimator seeds
             ie_std_seeds=float(self.ie_per_seed[:, ok].mean(axis=1).std(ddof=1)) if len(self.seeds) > 1 else 0.0,
-            saturated_layers=int(sum(l.saturated for l in self.layers)), invalid_layers=int((~ok).sum()),
+            saturated_layers=int(sum(l.saturated for l in self.layers)), invalid_layers=int((~ok).sum()), **beside,
         )
 
     def mean_ie(self, columns: Any) -> tuple[float, float, float]:
@@ -308,12 +322,34 @@ def common_layers(ems: list[Emergence], curves: bool = False) -> list[int]:
     return sorted(set.intersection(*sets))
 
 
+def with_companion(em: Emergence, companion: Emergence | None) -> Emergence:
+    """`em` with `companion` (the profile shown beside it) attached, and its IE and interval in each
+    layer of `em` ("companion_ie"); `em` itself where there is no companion."""
+    if companion is None:
+        return em
+    by_layer = {l.layer: l for l in companion.layers}
+    layers = [replace(l, companion_ie=c.ie, companion_ie_ci_low=c.ie_ci_low, companion_ie_ci_high=c.ie_ci_high)
+              if (c := by_layer.get(l.layer)) else l for l in em.layers]
+    return replace(em, layers=layers, companion=companion)
+
+
 def headline(estimator: Any, micro_reduce: str, *tables: Any) -> tuple[str, bool, list[Emergence]]:
     """The estimator's headline variant of its tables (a model's, and its control's measured alike),
-    whether every layer of each is valid there, and the Emergence of each table at it."""
+    whether every layer of each is valid there, and the Emergence of each table at it, with the
+    estimator's companion variant beside it where the table has it (`with_companion`)."""
     profiles = [emergence_by_variant(t, micro_reduce) for t in tables]
     variant, valid = estimator.choose_headline(*profiles)
-    return variant, valid, [p[variant] for p in profiles]
+    companion = estimator.companion_variant(variant)
+    return variant, valid, [with_companion(p[variant], p.get(companion) if companion else None) for p in profiles]
+
+
+def recorded_headline(table: Any, micro_reduce: str, variant: str, companion: str | None = None) -> Emergence:
+    """The profile at a recorded headline `variant`, with the recorded `companion` beside it when the
+    table has it (results read back from storage or MLflow)."""
+    em = information_emergence(table, micro_reduce, variant)
+    if not companion or companion not in split_by_variant(table):
+        return em
+    return with_companion(em, information_emergence(table, micro_reduce, companion))
 
 
 def lower_bound_cells(table: Any) -> dict[int, list[str]]:

@@ -26,15 +26,21 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 def plot_ie_per_layer(em: Any, path: Path, title: str, variants: dict[str, Any] | None = None) -> Path:
-    """IE per layer at the headline `em` with its interval; with `variants` (variant -> Emergence: the
-    smoothed measure's β grid) every other variant too, thinner, so the whole grid is in view."""
+    """IE per layer at the headline `em` with its interval, and the companion shown beside it (the smoothed
+    measure's standardised mode) with its own; with `variants` (variant -> Emergence: the smoothed
+    measure's β grid in both modes) every other variant too, thinner, so the whole grid is in view."""
     plt = _pyplot()
     layers = [l.layer for l in em.layers]
     ie = np.array([l.ie for l in em.layers])
     fig, ax = plt.subplots(figsize=(7, 4))
-    others = {v: p for v, p in (variants or {}).items() if v != em.variant}
+    beside = em.companion.variant if em.companion is not None else None
+    others = {v: p for v, p in (variants or {}).items() if v not in (em.variant, beside)}
     for v, other in others.items():  # a layer invalid at a variant is a gap in its line
         ax.plot([l.layer for l in other.layers], [l.ie for l in other.layers], lw=0.9, alpha=0.7, marker=".", label=v)
+    if beside:
+        ax.plot(layers, [l.companion_ie for l in em.layers], marker="s", lw=1.5, label=f"IE at {beside} (beside it)")
+        ax.fill_between(layers, [l.companion_ie_ci_low for l in em.layers], [l.companion_ie_ci_high for l in em.layers],
+                        alpha=0.15)
     ax.plot(layers, ie, marker="o", lw=2.2 if others else 1.5,
             label=f"IE at {em.variant} (headline)" if others else "IE")
     ax.fill_between(layers, [l.ie_ci_low for l in em.layers], [l.ie_ci_high for l in em.layers], alpha=0.25,
@@ -100,8 +106,8 @@ def plot_compare(profiles: dict[str, Any], path: Path, title: str = "IE per laye
 
 
 def plot_control(control: Any, path: Path, title: str) -> Path:
-    """IE of the model and of its control at the headline β, and their difference with its interval
-    (from a results.ControlRecord)."""
+    """IE of the model and of its control at the headline β, and their difference with its interval, and
+    at the companion variant beside it (from a results.ControlRecord)."""
     plt = _pyplot()
     rows = control.layers
     layers = [r.layer for r in rows]
@@ -118,6 +124,9 @@ def plot_control(control: Any, path: Path, title: str) -> Path:
         bottom.plot(layers, [r.reference_diff for r in rows], marker=".", ls="--", label="of it: Gaussian reference")
         bottom.fill_between(layers, [r.reference_ci_low for r in rows], [r.reference_ci_high for r in rows], alpha=0.15)
         bottom.plot(layers, [r.excess_diff for r in rows], marker=".", ls=":", label="of it: excess")
+    if control.companion_variant:  # the difference at the variant beside the headline
+        bottom.plot(layers, [r.companion_diff for r in rows], marker="s", ms=3, label=f"at {control.companion_variant}")
+        bottom.fill_between(layers, [r.companion_ci_low for r in rows], [r.companion_ci_high for r in rows], alpha=0.15)
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set(xlabel="layer", ylabel="difference (bits)")
     bottom.legend(fontsize=8)

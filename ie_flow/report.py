@@ -6,16 +6,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ie_flow.emergence import common_layers, information_emergence, lower_bound_cells
-from ie_flow.results import Result, ResultsRecord, read_record
+from ie_flow.emergence import common_layers, lower_bound_cells, recorded_headline
+from ie_flow.results import Result, ResultsRecord, companion_label, read_record
 from ie_flow.store import ResultsFolder, StorageRoot, results_folder
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def result_of(record: ResultsRecord, table: Any, folder: ResultsFolder | None = None) -> Result:
-    """A Result with its IE profile at the record's headline."""
-    return Result(record, table, information_emergence(table, record.micro_reduce, record.variant), folder)
+    """A Result with its IE profile at the record's headline, its companion beside it."""
+    em = recorded_headline(table, record.micro_reduce, record.variant, record.summary.companion_variant)
+    return Result(record, table, em, folder)
 
 
 def load_results(folder: ResultsFolder) -> Result:
@@ -59,35 +60,50 @@ def _width(name: str) -> int:
     return max(7, len(name))
 
 
+def _beside(em: Any) -> str:
+    """The short name of the companion variant shown beside the headline ("" where none)."""
+    return companion_label(em.variant, em.companion.variant) if em.companion is not None else ""
+
+
+def _layer_line(l: Any, beside: str, split: bool, names: list[str], lower: dict[int, list[str]]) -> str:
+    """One layer's row of the table: IE, the companion's beside it, the Gaussian reference, diagnostics."""
+    return (
+        f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
+        f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  "
+        + (f"{l.companion_ie:>{_width(beside + ' IE')}.3f}  [{l.companion_ie_ci_low:>7.3f}, "
+           f"{l.companion_ie_ci_high:>7.3f}]  " if beside else "") + f"{l.ceiling_bits:>7.2f}  "
+        + (f"{l.reference_ie:>8.3f}  [{l.reference_ie_ci_low:>7.3f}, {l.reference_ie_ci_high:>7.3f}]  "
+           f"{l.excess_ie:>7.3f}  [{l.excess_ie_ci_low:>7.3f}, {l.excess_ie_ci_high:>7.3f}]  " if split else "")
+        + "".join(f"{l.diagnostics.get(n, float('nan')):>{_width(n)}.3f}  " for n in names) + _layer_notes(l, lower)
+    )
+
+
 def format_table(result: Result) -> str:
     em, record = result.emergence, result.record
     variant = f", {em.variant}" if em.variant else ""
     names = _diagnostic_names(em)
-    split = em.has_reference
+    split, beside = em.has_reference, _beside(em)
     target = record.manifest.target if _measures_target(record.estimator) else None
     macro, micro = ("U last", "U tokens") if target else ("macro MI", "micro MI")
     lines = [
         f"Information Emergence of {result.label}  (bits; micro={record.manifest.micro}, "
-        f"reduce={em.micro_reduce}, estimator={record.estimator}{variant}, seeds={em.seeds})",
-        f"{'layer':>5}  {macro:>9}  {micro:>9}  {'IE':>7}  {'95% interval':>17}  {'ceiling':>7}  "
+        f"reduce={em.micro_reduce}, estimator={record.estimator}{variant}, seeds={em.seeds}"
+        + (f"; beside it: {em.companion.variant})" if beside else ")"),
+        f"{'layer':>5}  {macro:>9}  {micro:>9}  {'IE':>7}  {'95% interval':>17}  "
+        + (f"{beside + ' IE':>{_width(beside + ' IE')}}  {'95% interval':>17}  " if beside else "") + f"{'ceiling':>7}  "
         + (f"{'Gauss IE':>8}  {'95% interval':>17}  {'excess':>7}  {'95% interval':>17}  " if split else "")
         + "".join(f"{n:>{_width(n)}}  " for n in names) + "notes",
     ]
     lower = lower_bound_cells(result.table)
-    for l in em.layers:
-        lines.append(
-            f"{l.layer:>5}  {l.mi_macro:>9.3f}  {l.mi_micro:>9.3f}  {l.ie:>7.3f}  "
-            f"[{l.ie_ci_low:>7.3f}, {l.ie_ci_high:>7.3f}]  {l.ceiling_bits:>7.2f}  "
-            + (f"{l.reference_ie:>8.3f}  [{l.reference_ie_ci_low:>7.3f}, {l.reference_ie_ci_high:>7.3f}]  "
-               f"{l.excess_ie:>7.3f}  [{l.excess_ie_ci_low:>7.3f}, {l.excess_ie_ci_high:>7.3f}]  " if split else "")
-            + "".join(f"{l.diagnostics.get(n, float('nan')):>{_width(n)}.3f}  " for n in names) + _layer_notes(l, lower)
-        )
+    lines += [_layer_line(l, beside, split, names, lower) for l in em.layers]
     s = em.summary
     interval = f" [{s.ie_mean_ci_low:.3f}, {s.ie_mean_ci_high:.3f}]" if s.has_interval else ""
     lines.append(
         f"model IE: mean {s.ie_mean:.3f}{interval}  max {s.ie_max:.3f} (layer {s.ie_argmax_layer})  "
         f"std over layers {s.ie_std_layers:.3f}  std over seeds {s.ie_std_seeds:.3f}"
     )
+    if beside:
+        lines += _companion_lines(em, record.estimator)
     if split:
         lines.append(_reference_sentence(em))
     if s.saturated_layers:
@@ -122,6 +138,19 @@ def _measures_target(method: str) -> bool:
     return method in ESTIMATORS and ESTIMATORS[method].measures_target
 
 
+def _companion_lines(em: Any, method: str) -> list[str]:
+    """The companion's model IE beside the headline's, and the estimator's sentence on which the headline
+    shows and why."""
+    from ie_flow.estimators import ESTIMATORS
+
+    s, c = em.summary, em.companion.summary
+    interval = f" [{c.ie_mean_ci_low:.3f}, {c.ie_mean_ci_high:.3f}]" if c.has_interval else ""
+    over = f" over its {len(em.layers) - c.invalid_layers} valid layers" if c.invalid_layers != s.invalid_layers else ""
+    note = ESTIMATORS[method].headline_note if method in ESTIMATORS else ""
+    return [f"{_beside(em)} IE ({em.companion.variant}), beside the headline ({em.variant}): mean {c.ie_mean:.3f}"
+            f"{interval}{over}  max {c.ie_max:.3f} (layer {c.ie_argmax_layer})"] + ([note] if note else [])
+
+
 def _reference_sentence(em: Any) -> str:
     """How much of IE the Gaussian reference accounts for (docs/METHOD.md section 7)."""
     ok = [l for l in em.layers if l.valid and l.reference_ie == l.reference_ie]
@@ -136,7 +165,7 @@ def _reference_sentence(em: Any) -> str:
 
 def json_summary(result: Result) -> dict[str, Any]:
     """The `--json` object of the CLI contract (docs/ARCHITECTURE.md)."""
-    r = result.record
+    r, s = result.record, result.emergence.summary
     return {
         "manifest": r.manifest_uri,
         "results": r.results_uri,
@@ -146,11 +175,16 @@ def json_summary(result: Result) -> dict[str, Any]:
         "corpus_digest": r.corpus_digest,
         "estimator": r.estimator,
         "variant": r.variant,
-        "summary": {"ie_mean": result.emergence.summary.ie_mean, "ie_max": result.emergence.summary.ie_max},
+        "summary": {"ie_mean": s.ie_mean, "ie_max": s.ie_max,
+                    **({"companion_variant": s.companion_variant, "companion_ie_mean": s.companion_ie_mean,
+                        "companion_ie_mean_ci_low": s.companion_ie_mean_ci_low,
+                        "companion_ie_mean_ci_high": s.companion_ie_mean_ci_high} if s.companion_variant else {})},
         "layers": [
             {"layer": l.layer, "ie": l.ie, "mi_macro": l.mi_macro, "mi_micro": l.mi_micro,
              "saturated": l.saturated, **({"diagnostics": l.diagnostics} if l.diagnostics else {}),
-             **({"reference_ie": l.reference_ie, "excess_ie": l.excess_ie} if l.reference_ie == l.reference_ie else {})}
+             **({"reference_ie": l.reference_ie, "excess_ie": l.excess_ie} if l.reference_ie == l.reference_ie else {}),
+             **({"companion_ie": l.companion_ie, "companion_ie_ci_low": l.companion_ie_ci_low,
+                 "companion_ie_ci_high": l.companion_ie_ci_high} if s.companion_variant else {})}
             for l in result.emergence.layers
         ],
         "seconds": r.seconds,
@@ -216,6 +250,12 @@ def format_compare(results: list[Result]) -> str:
     keep, means = common_means(results)
     lines.append(f"{'common':<6} " + " ".join(f"{m:>9.3f} [{lo:>7.3f}, {hi:>7.3f}]" for m, lo, hi in means))
     lines.append(f"{'max':<6} " + " ".join(f"{r.emergence.summary.ie_max:>9.3f}  {'':>17}" for r in results))
+    beside = [r.emergence.summary for r in results]
+    if any(c.companion_variant for c in beside):  # the companion's mean, over its own valid layers, beside each
+        lines.append("beside the headline: " + "; ".join(
+            f"{i + 1}: {c.companion_variant} mean {c.companion_ie_mean:.3f} [{c.companion_ie_mean_ci_low:.3f}, "
+            f"{c.companion_ie_mean_ci_high:.3f}]" if c.companion_variant else f"{i + 1}: none"
+            for i, c in enumerate(beside)))
     lines.append(f"mean: over each run's valid layers; common: over the {len(keep)} layers valid in every run"
                  + (f" ({', '.join(map(str, keep))})" if keep else ": none, nothing to compare"))
     if any(l.saturated for r in results for l in r.emergence.layers):

@@ -41,9 +41,19 @@ MI_COLUMNS = tuple(name for name, _ in MI_FIELDS)
 
 
 def variant_order(variant: str) -> tuple:
-    """Sort key of variant names: numbers inside them compare as numbers ("β=0.8" before "β=1.2")."""
-    return tuple((0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
-                 for part in re.split(r"(\d+(?:\.\d+)?)", variant) if part)
+    """Sort key of variant names: by their words first ("β = 0.8" before "β = 0.4, standardised"), then
+    by the numbers inside them, as numbers ("β=0.8" before "β=1.2")."""
+    parts = [part for part in re.split(r"(\d+(?:\.\d+)?)", variant) if part]
+    number = [bool(re.fullmatch(r"\d+(\.\d+)?", part)) for part in parts]
+    return (tuple(p for p, is_number in zip(parts, number) if not is_number),
+            tuple(float(p) for p, is_number in zip(parts, number) if is_number))
+
+
+def companion_label(variant: str, companion: str) -> str:
+    """A short name of the `companion` variant shown beside `variant`: what its name adds to it
+    ("standardised" for "β = 0.6, standardised" beside "β = 0.6"), else its whole name."""
+    extra = companion[len(variant):].lstrip(", ") if variant and companion.startswith(variant) else ""
+    return extra or companion
 
 
 def mi_rows(layer: int, position: int, level: str, est: MIEstimate) -> list[dict[str, Any]]:
@@ -151,6 +161,13 @@ class Summary(_Record):
     ie_std_seeds: Figure
     saturated_layers: int
     invalid_layers: int
+    # the variant shown beside the headline (Estimator.companion_variant: the smoothed measure's
+    # standardised mode at the headline β) and its IE mean over its own valid layers, with its interval
+    companion_variant: str | None = None
+    companion_ie_mean: Figure = math.nan
+    companion_ie_mean_ci_low: Figure = math.nan
+    companion_ie_mean_ci_high: Figure = math.nan
+    companion_invalid_layers: int = 0
 
     @property
     def has_interval(self) -> bool:
@@ -181,6 +198,10 @@ class LayerRecord(_Record):
     excess_ie: Number = math.nan
     excess_ie_ci_low: Number = math.nan
     excess_ie_ci_high: Number = math.nan
+    # IE of the companion variant (Summary.companion_variant) at this layer, with its interval
+    companion_ie: Number = math.nan
+    companion_ie_ci_low: Number = math.nan
+    companion_ie_ci_high: Number = math.nan
 
 
 class ControlLayer(_Record):
@@ -197,11 +218,20 @@ class ControlLayer(_Record):
     excess_diff: Number = math.nan
     excess_ci_low: Number = math.nan
     excess_ci_high: Number = math.nan
+    # model - control at the companion variant (ControlRecord.companion_variant), paired interval
+    companion_diff: Number = math.nan
+    companion_ci_low: Number = math.nan
+    companion_ci_high: Number = math.nan
 
     @property
     def apart(self) -> bool:
         """The difference's interval excludes 0."""
         return math.isfinite(self.diff) and (self.ci_low > 0 or self.ci_high < 0)
+
+    @property
+    def companion_apart(self) -> bool:
+        """The companion's difference's interval excludes 0."""
+        return math.isfinite(self.companion_diff) and (self.companion_ci_low > 0 or self.companion_ci_high < 0)
 
 
 class TargetBoundary(_Record):
@@ -247,6 +277,7 @@ class ControlRecord(_Record):
     estimator: str
     variant: str = ""  # the headline variant of both sides (Estimator.choose_headline)
     variant_valid: bool = True
+    companion_variant: str | None = None  # the variant compared beside it (Estimator.companion_variant)
     model_results: str = ""  # mi.parquet URIs of the two measurements
     control_results: str = ""
     layers: list[ControlLayer]

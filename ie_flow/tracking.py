@@ -23,7 +23,9 @@ log = logging.getLogger("ie_flow")
 METRICS_PER_LAYER = ("ie", "mi_macro", "mi_micro", "ie_ci_low", "ie_ci_high", "ceiling_bits",
                      # the Gaussian reference's IE and the excess over it (smoothed; NaN, so not logged, elsewhere)
                      "reference_ie", "reference_ie_ci_low", "reference_ie_ci_high",
-                     "excess_ie", "excess_ie_ci_low", "excess_ie_ci_high")
+                     "excess_ie", "excess_ie_ci_low", "excess_ie_ci_high",
+                     # the IE of the variant beside the headline (smoothed: the standardised mode at its β)
+                     "companion_ie", "companion_ie_ci_low", "companion_ie_ci_high")
 
 
 class TrackingUnavailable(IEFlowError):
@@ -220,6 +222,7 @@ def _result_tags(record: Any) -> dict[str, str]:
         "code_version": __version__, "storage_uri": record.job.storage.uri,
         "manifest_uri": record.manifest_uri, "results_uri": record.results_uri,
         "mlflow.note.content": f"Information Emergence of {_title(record)}",
+        **({"companion_variant": record.summary.companion_variant} if record.summary.companion_variant else {}),
         **({"control.estimator": record.control.estimator, "control.variant": record.control.variant or "none"}
            if record.control else {}),
         **({"target.emergence_boundary": "none" if record.control.target.emergence_boundary is None
@@ -251,7 +254,9 @@ def _log_metrics(client: Any, run_id: str, record: Any, em: Any) -> None:
     metrics += [Metric(f"diagnostic.{key}", float(value), now, row.layer) for row in em.layer_rows()
                 for key, value in row.diagnostics.items() if math.isfinite(value)]
     summary = {**em.summary.model_dump(), **{f"seconds_{k}": v for k, v in record.seconds.items()}}
-    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
+    beside = summary["companion_variant"] is not None  # its name is a tag; its figures only where there is one
+    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()
+                if isinstance(value, (int, float)) and (beside or not key.startswith("companion_"))]
     for i in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000 metrics
         client.log_batch(run_id, metrics=metrics[i : i + 900])
 
@@ -274,7 +279,10 @@ def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
             "ci_low": "control_diff_ci_low", "ci_high": "control_diff_ci_high",
             # its Gaussian-reference part and the excess (smoothed), each with its paired interval
             **{f"{part}{end}": f"control_diff_{part}{end}" for part in ("reference", "excess")
-               for end in ("_diff", "_ci_low", "_ci_high")}}
+               for end in ("_diff", "_ci_low", "_ci_high")},
+            # at the variant beside the headline (smoothed: the standardised mode), its paired interval
+            "companion_diff": "control_diff_companion", "companion_ci_low": "control_diff_companion_ci_low",
+            "companion_ci_high": "control_diff_companion_ci_high"}
     metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
                for k, name in keys.items() if math.isfinite(getattr(row, k))]
     if control.target:  # a target measure: its values per boundary (step = boundary) and the emergence layer

@@ -305,7 +305,8 @@ class Estimator:
     The measurement contract (what the pipeline asks of every estimator, and nothing else): its
     ``variants`` (several values per cell, e.g. one per resolution), the ``diagnostics`` it
     reports per cell, ``check`` (enough samples?), ``estimate_cells``, ``family_settings`` (what it fixes
-    in advance per corpus family) and ``choose_headline`` (which variant a job's headline shows); a
+    in advance per corpus family), ``choose_headline`` (which variant a job's headline shows) and
+    ``companion_variant`` (the variant shown beside it, with ``headline_note`` saying why); a
     target measure (``measures_target``) implements ``estimate_target_cells`` and ``check_target``
     instead of ``estimate_cells``. Stage 2, emergence, tracking, report, plots, the control and the
     reproduction make the same calls for every estimator."""
@@ -392,6 +393,14 @@ class Estimator:
                  for v in common}
         best = max(common, key=lambda v: (valid[v], -common.index(v)))
         return best, valid[best] == len(profiles[0][best].layers)
+
+    # one sentence on which variant the headline shows and why, printed where a companion is beside it
+    headline_note: ClassVar[str] = ""
+
+    def companion_variant(self, variant: str) -> str | None:
+        """The variant shown side by side with the headline `variant` wherever the headline is shown
+        (its IE per layer and mean, a control's difference), or None: none (the default)."""
+        return None
 
     def check(self, n: int, dims: tuple[int, int] | None = None) -> str | None:
         """Why `n` sample pairs (of `dims` = (dx, dy) dimensions, when known) are too few for this

@@ -6,24 +6,34 @@ error where each side's noise draw is keyed by its content; to scaling and shift
 rounding, where the caller names the sides, ``keys``, since the draws then depend on the name and the
 seed only); falls as β
 grows; between 0 and the entropy of the (distinct) samples.  A cell's estimate depends only on its own data, the seed and
-the settings, never on the other cells of the call.  Option ``standardise`` first scales every coordinate
-of each side to unit variance (so a few massive activation dimensions do not set σ alone; exactly
-constant coordinates are dropped); it is labelled in ``settings["mode"]`` ("standardised" / "raw").
+the settings, never on the other cells of the call.  Two modes, both measured by default (setting
+``modes``): ``raw``, the sides as they are, and ``standardised``, every coordinate of each side first
+scaled to unit variance (so a few massive activation dimensions do not set σ alone; exactly constant
+coordinates are dropped).  Each estimate says its mode in ``settings["mode"]``; its variant is
+``variant_of(beta, mode)``: "β = 0.6" (raw, the name the MI tables always had) or
+"β = 0.6, standardised".  The older setting ``standardise: true / false`` still reads as
+``modes: [standardised]`` / ``[raw]``.  HEADLINE_MODE_NOTE says which mode the headline shows and why
+(raw; the standardised value at the same β is shown beside it, ``companion_variant``).
 A side that is constant gives exactly 0.
 
 Public entry point (the one stage 2 calls for all (layer, position) cells of a layer group)::
 
-    SmoothedMI(queries=512, bootstrap=200, standardise=False).estimate_grid(
+    SmoothedMI(queries=512, bootstrap=200).estimate_grid(
         xs,            # (P, n, dx) array: the X side of every cell
         ys,            # (P, n, dy) array: the Y side of every cell
         betas=None,    # None -> the ``betas`` setting, else DEFAULT_BETAS = (0.4, 0.6, 0.8)
         seeds=(0,),    # several: mean over seeds (see "Interval")
         device=None,   # "cpu" / "cuda" / None (CUDA when available)
         keys=None,     # (P, 2) ints naming each cell's X and Y side: draws keyed by name (CRN)
-    ) -> list[list[MIEstimate]]   # [cell][beta], in the order given
+        modes=None,    # None -> the ``modes`` setting (default both)
+    ) -> list[list[MIEstimate]]   # [cell][variant]: raw at each β in the order given, then standardised
 
-``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case.
-Bad input (beta <= 0, queries > n, NaN/inf, mismatched shapes) raises ValueError.
+The modes are computed in turn with the same block resamples, query ids and noise draws (they depend on
+n, the seeds and the sides' names or contents, never on the mode), so the raw and standardised values
+of a cell, and of a model and its control, are paired replicate by replicate; a call with both modes
+returns exactly what two calls with one mode each return.
+``estimate_many`` / ``estimate_mi(x, y, method="smoothed", beta=0.6)`` are the one-β case, in the
+headline mode.  Bad input (beta <= 0, queries > n, NaN/inf, mismatched shapes) raises ValueError.
 
 Plug-in estimator (the empirical distribution smoothed by Gaussian kernels): draw m query samples
 (setting ``queries``, stratified over column units), set x̃ = x_q + σx z, ỹ = y_q + σy z', and
@@ -99,6 +109,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -127,6 +138,14 @@ DEFAULT_BETAS = (0.4, 0.6, 0.8)
 HEADLINE_BETA_BY_FAMILY = {"icl": 0.6, "text": 0.8}
 # Headline: leave-one-out (measurements in the module docstring).
 HEADLINE_VARIANT = "loo"
+# The modes (setting ``modes``, both by default, in this order), and the one a job's headline shows
+MODES = ("raw", "standardised")
+HEADLINE_MODE = "raw"
+HEADLINE_MODE_NOTE = (
+    "The headline is the raw mode: the noise is isotropic in the model's own units, so the measure sees the "
+    "geometry the model computes with, its massive coordinates included; the standardised mode gives every "
+    "coordinate equal weight, so the two side by side show how much of a result rides on a few high-variance "
+    "coordinates.")
 # Validity thresholds (bits): a cell is invalid when a figure exceeds max(LIMIT, FRACTION * value).
 # Measured (benchmarks/bench_smoothed.py --truth --n 4000 --queries 4000: linear Gaussian): the LOO
 # error is about -(0.3..0.6) x the resub-LOO gap (d = 64, beta = 0.6: gap 43-51% of the value, error
@@ -733,9 +752,24 @@ def _figures_for_seed(sums: _Sums, sx: Any, sy: Any, layout_t: dict, null_row: A
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
 
 
-def variant_of(beta: float) -> str:
-    """The variant name of the estimates at resolution β (the MI table's variant column)."""
-    return f"β = {beta:g}"
+def variant_of(beta: float, mode: str = "raw") -> str:
+    """The variant name of the estimates at resolution β in `mode` (the MI table's variant column):
+    "β = 0.6" in the raw mode (the name stored tables have), "β = 0.6, standardised"."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return f"β = {beta:g}" + ("" if mode == "raw" else f", {mode}")
+
+
+def variant_parts(variant: str) -> tuple[float, str] | None:
+    """(β, mode) of a variant name `variant_of` made; None for any other name."""
+    found = re.fullmatch(r"β = ([^,]+?)(?:, (\w+))?", variant)
+    mode = (found.group(2) or "raw") if found else None
+    if found is None or mode not in MODES:
+        return None
+    try:
+        return float(found.group(1)), mode
+    except ValueError:
+        return None
 
 
 def upgrade_legacy_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -750,7 +784,8 @@ def upgrade_legacy_row(row: dict[str, Any]) -> dict[str, Any]:
 
 class SmoothedMI(Estimator):
     """Plug-in estimate of the Gaussian-smoothed MI at resolution β (see the module docstring).
-    Its variants are the β of the grid; a job's headline is its corpus family's β, fixed in advance."""
+    Its variants are each mode at each β of the grid; a job's headline is the raw mode at its corpus
+    family's β, fixed in advance, with the standardised mode at that β beside it."""
 
     name = "smoothed"
     takes_side_keys = True  # stage 2 names each cell's sides: a model and its control share their noise
@@ -760,7 +795,10 @@ class SmoothedMI(Estimator):
         "beta": 0.6,  # noise scale relative to each side's RMS radius (estimate_many / estimate_mi)
         "betas": None,  # grid of estimate_grid (None: DEFAULT_BETAS)
         "queries": None,  # m query samples: None = min(DEFAULT_QUERIES, n); an explicit m must be <= n
-        "standardise": False,  # per-coordinate unit variance on each side before smoothing
+        # raw: the sides as they are; standardised: per-coordinate unit variance on each side before
+        # smoothing. Computed in turn with the same resamples, queries and noise
+        "modes": MODES,
+        "standardise": None,  # the older setting: true = modes [standardised], false = modes [raw]
         "bootstrap": 200,  # block-bootstrap replicates for the 95% interval (0: none)
         "bootstrap_seed": 0,  # blocks and resamples depend on (n, bootstrap_seed) only: shared by all cells
         "null_rule": False,  # True: |null| above its limit also invalidates (stricter; see NULL_LIMIT_BITS)
@@ -775,8 +813,11 @@ class SmoothedMI(Estimator):
         "headline_beta": None,
     }
 
+    headline_note = HEADLINE_MODE_NOTE
+
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
+        self.settings["modes"] = self._modes(settings)
         betas = [self.settings["beta"], *(self.settings["betas"] or [])]
         if any(not (isinstance(b, numbers.Real) and math.isfinite(b) and b > 0) for b in betas):
             raise ValueError(f"every beta must be a finite number > 0 (the noise scale relative to the data's "
@@ -792,7 +833,10 @@ class SmoothedMI(Estimator):
         2,064 planned without the last two terms, 3,952 with them. The Gaussian reference runs after
         the kernel chunks are freed and holds less than one (per-block second moments of about three
         sides and one cell): on 48 cells (n = 4,096, d = 576, one thread) the peak RSS was 2,289 MiB
-        with it and 2,571 without, so it adds no term."""
+        with it and 2,571 without, so it adds no term. The modes are measured in turn: each forms its
+        side copies and kernel chunks and frees them before the next, keeping only its figures (a few
+        numbers per cell, β and replicate), so measuring both does not double the peak (it doubles
+        the time)."""
         s = self.settings
         per_column = 4 * query_count(s["queries"], n) * len(self.grid()) * (2 * pairs + 2 * int(s["cell_batch"]))
         kernels = int(s["chunk"]) * per_column if s["chunk"] else _CPU_KERNEL_BYTES  # as _chunk_budget sizes them
@@ -811,19 +855,51 @@ class SmoothedMI(Estimator):
             return {**settings, "betas": sorted({*map(float, grid), beta}), "headline_beta": beta}
         return {**settings, "headline_beta": beta}
 
+    @staticmethod
+    def _modes(settings: dict[str, Any]) -> tuple[str, ...]:
+        """The modes measured, in MODES order: the ``modes`` setting, or the older ``standardise``."""
+        modes = settings.get("modes", MODES)
+        modes = (modes,) if isinstance(modes, str) else modes
+        if settings.get("standardise") is not None:
+            one = ("standardised",) if settings["standardise"] else ("raw",)
+            if "modes" in settings and tuple(modes) != one:
+                raise ValueError(f"modes={list(modes)} and the older standardise={settings['standardise']} disagree: "
+                                 "name the modes only")
+            modes = one
+        if not isinstance(modes, (list, tuple)) or not modes or any(m not in MODES for m in modes):
+            raise ValueError(f"modes must name one or both of {', '.join(MODES)}, got {modes!r}")
+        return tuple(m for m in MODES if m in modes)
+
     def grid(self) -> list[float]:
         return [float(b) for b in (self.settings["betas"] or DEFAULT_BETAS)]
 
     def variants(self) -> tuple[str, ...]:
-        return tuple(variant_of(b) for b in self.grid())
+        """Each mode at each β: the raw β first (the headline's mode), then the standardised."""
+        return tuple(variant_of(b, mode) for mode in self.settings["modes"] for b in self.grid())
+
+    def headline_mode(self) -> str:
+        """The mode a headline shows: raw (HEADLINE_MODE_NOTE says why), unless only the other is measured."""
+        modes = self.settings["modes"]
+        return HEADLINE_MODE if HEADLINE_MODE in modes else modes[0]
+
+    def companion_variant(self, variant: str) -> str | None:
+        """The standardised mode at the β of a raw `variant`, where it is measured: shown beside the headline."""
+        parts = variant_parts(variant)
+        if parts is None or parts[1] != HEADLINE_MODE or "standardised" not in self.settings["modes"]:
+            return None
+        return variant_of(parts[0], "standardised")
 
     def choose_headline(self, *profiles: Any) -> tuple[str, bool]:
-        """``headline_beta`` when it is set (an error where a profile lacks it: never another β), and
-        whether every layer of every profile is valid there; else the base rule."""
-        fixed = self.settings["headline_beta"]
+        """The headline mode at ``headline_beta`` when it is set (an error where a profile lacks it: never
+        another β or mode), and whether every layer of every profile is valid there; else the base
+        rule among the headline mode's variants."""
+        fixed, mode = self.settings["headline_beta"], self.headline_mode()
         if fixed is None:
-            return super().choose_headline(*profiles)
-        variant = variant_of(float(fixed))
+            own = [{v: e for v, e in p.items() if (variant_parts(v) or (0.0, ""))[1] == mode} for p in profiles]
+            if not all(own):
+                raise ValueError(f"a profile has no variant in the {mode} mode (it has {', '.join(map(repr, profiles[0]))})")
+            return super().choose_headline(*own)
+        variant = variant_of(float(fixed), mode)
         for p in profiles:
             if variant not in p:
                 raise ValueError(f"headline_beta={fixed}: a profile has no {variant!r} (it has {', '.join(map(repr, p))})")
@@ -845,14 +921,15 @@ class SmoothedMI(Estimator):
     def estimate_many(
         self, xs: np.ndarray, ys: np.ndarray, seeds: Sequence[int] = (0,), device: Any = None
     ) -> list[MIEstimate]:
-        """One estimate per cell at ``beta`` (or at the single value of ``betas``)."""
+        """One estimate per cell at ``beta`` (or at the single value of ``betas``), in the headline mode."""
         betas = self.settings["betas"]
         if betas is not None and len(betas) != 1:
             raise ValueError(
                 f"estimate_many returns one estimate per cell but betas has {len(betas)} values; "
                 "call SmoothedMI.estimate_grid for a beta grid"
             )
-        grid = self.estimate_grid(xs, ys, betas=betas or [self.settings["beta"]], seeds=seeds, device=device)
+        grid = self.estimate_grid(xs, ys, betas=betas or [self.settings["beta"]], seeds=seeds, device=device,
+                                  modes=(self.headline_mode(),))
         return [row[0] for row in grid]
 
     def estimate_grid(
@@ -863,14 +940,16 @@ class SmoothedMI(Estimator):
         seeds: Sequence[int] = (0,),
         device: Any = None,
         keys: np.ndarray | None = None,
+        modes: Sequence[str] | None = None,
     ) -> list[list[MIEstimate]]:
-        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks at every β: [cell][beta].
-        ``keys`` ((P, 2) ints) name each cell's sides and key their noise by name (``dedup_sides``)."""
+        """Estimates of every cell of (P, n, dx) / (P, n, dy) stacks in every mode at every β:
+        [cell][variant], each mode's β in turn (``variants`` order).  ``keys`` ((P, 2) ints) name each
+        cell's sides and key their noise by name (``dedup_sides``); ``modes``: None -> the setting."""
         import torch
 
-        t0 = self._clock()
         seeds = self._check_seeds(seeds)
         s = self.settings
+        modes = self.settings["modes"] if modes is None else self._modes({"modes": modes})
         betas = [float(b) if isinstance(b, numbers.Real) else b
                  for b in (betas if betas is not None else (s["betas"] or DEFAULT_BETAS))]
         if int(s["bootstrap"]) < 0 or int(s["blocks"]) < 2:
@@ -880,21 +959,29 @@ class SmoothedMI(Estimator):
         prev_threads = torch.get_num_threads()
         if s["threads"] and dev.type == "cpu":
             torch.set_num_threads(int(s["threads"]))
+        out: list[list[MIEstimate]] = [[] for _ in range(xs.shape[0])]
         try:
-            with torch.no_grad():
-                figs, radii, layout, gauss = self._run(xs, ys, betas, seeds, dev, keys)
+            sides = dedup_sides(xs, ys, keys)  # once: the modes share the sides, their names and noise keys
+            for mode in modes:  # in turn: one mode's kernels are freed before the next mode's are formed
+                t0 = self._clock()
+                with torch.no_grad():
+                    figs, radii, layout, gauss = self._run(sides, xs.shape[1], betas, seeds, dev, mode == "standardised")
+                for row, more in zip(out, self._estimates(figs, radii, layout, gauss, betas, seeds, dev,
+                                                          self._clock() - t0, mode)):
+                    row += more
         finally:
             torch.set_num_threads(prev_threads)
-        return self._estimates(figs, radii, layout, gauss, betas, seeds, dev, self._clock() - t0)
+        return out
 
-    def _run(self, xs: np.ndarray, ys: np.ndarray, betas: list[float], seeds: tuple[int, ...], dev: Any,
-             keys: np.ndarray | None = None) -> tuple:
+    def _run(self, deduped: tuple, n: int, betas: list[float], seeds: tuple[int, ...], dev: Any,
+             standardise: bool) -> tuple:
+        """One mode's figures of every cell and β: the kernels, then the Gaussian reference."""
         import torch
 
         s = self.settings
-        m, n = query_count(s["queries"], xs.shape[1]), xs.shape[1]
-        side_arrays, sx_np, sy_np, noise_keys = dedup_sides(xs, ys, keys)
-        sides = [_side(a, bool(s["standardise"]), dev) for a in side_arrays]
+        m = query_count(s["queries"], n)
+        side_arrays, sx_np, sy_np, noise_keys = deduped
+        sides = [_side(a, standardise, dev) for a in side_arrays]
         per_col = 4.0 * m * len(betas) * (len(sides) + 2 * int(s["cell_batch"]))  # kernel store + temporaries
         rng = layout_rng(n, int(s["bootstrap_seed"]))
         layout = _with_chunk(_layout(n, int(s["blocks"]), rng), _chunk_budget(s["chunk"], per_col, dev))
@@ -916,17 +1003,18 @@ class SmoothedMI(Estimator):
         del sides
         gauss = None
         if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by replicate
-            gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, bool(s["standardise"]), sample_blocks(layout),
+            gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, standardise, sample_blocks(layout),
                                        weights.cpu().numpy(), layout.block_counts, dev)
         return figs, radii, layout, gauss
 
     def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, gauss: tuple | None,
-                   betas: list[float], seeds: tuple[int, ...], dev: Any, elapsed: float) -> list[list[MIEstimate]]:
+                   betas: list[float], seeds: tuple[int, ...], dev: Any, elapsed: float, mode: str
+                   ) -> list[list[MIEstimate]]:
         s = self.settings
         P = radii.shape[1]
         bits = {k: v * LOG2E for k, v in figs.items() if k != "underflow"}
         settings = {
-            **s, "betas": list(betas), "mode": "standardised" if s["standardise"] else "raw",
+            **s, "betas": list(betas), "mode": mode,
             "headline": HEADLINE_VARIANT, "blocks_used": layout.blocks, "device": str(dev),
             "batch_pairs": P, "batch_seconds": elapsed,
         }
@@ -954,7 +1042,7 @@ class SmoothedMI(Estimator):
                     settings={**settings, "beta": beta}, valid=valid, invalid_reason=reason, diagnostics=diag,
                     replicate_bits=tuple(float(v) for v in boot) if bits["boot"].shape[-1] else (),
                     reference_replicate_bits=self._reference_replicates(gauss, p, b, constant, len(boot)),
-                    variant=variant_of(beta),
+                    variant=variant_of(beta, mode),
                 ))
             out.append(row)
         return out

@@ -86,6 +86,53 @@ def test_difference_splits_into_its_gaussian_part_and_the_excess_replicate_by_re
     assert em.layers[0].reference_ie_ci_low < em.layers[0].reference_ie < em.layers[0].reference_ie_ci_high
 
 
+def test_the_difference_at_the_companion_variant_is_beside_the_headlines():
+    """Both modes measured: per layer the standardised mode's model-minus-control difference at the
+    headline β, its interval replicate by replicate, in the record, the table, the sentence (which names
+    both) and the MLflow metrics; its values are the standardised profiles' own."""
+    from types import SimpleNamespace
+
+    from ie_flow.control import ControlComparison, format_comparison, summary_sentence
+    from ie_flow.emergence import information_emergence
+    from ie_flow.results import ControlLayer, ControlRecord
+    from ie_flow.tracking import _log_control_metrics
+
+    std = "β = 0.6, standardised"
+    model = _rows("β = 0.6", [(1.0, 3.0), (1.0, 2.0)]) + _rows(std, [(1.0, 2.0), (1.0, 4.0)], reps_shift=0.05)
+    control = _rows("β = 0.6", [(1.0, 1.5), (1.0, 2.0)]) + _rows(std, [(1.0, 1.0), (1.0, 1.5)], reps_shift=0.05)
+    variant, valid, em, ec, layers = compare(EstimateSpec(method="smoothed", settings={"headline_beta": 0.6}),
+                                             model, control)
+    assert variant == "β = 0.6" and em.companion.variant == ec.companion.variant == std
+    own_m, own_c = information_emergence(model, variant=std), information_emergence(control, variant=std)
+    assert [d.companion_diff for d in layers] == [m.ie - c.ie for m, c in zip(own_m.layers, own_c.layers)]
+    assert [d.companion_diff for d in layers] == pytest.approx([0.5 - 0.0, 1.5 - 0.25])
+    assert [d.diff for d in layers] == pytest.approx([0.75, 0.0])  # the headline's, as before
+    for d in layers:  # the shared offsets cancel replicate by replicate: zero-width intervals
+        assert (d.companion_ci_low, d.companion_ci_high) == pytest.approx((d.companion_diff, d.companion_diff))
+    record = ControlComparison("random", "smoothed", variant, valid, em, ec, layers).record()
+    assert record.companion_variant == std
+    assert ControlRecord.model_validate_json(record.model_dump_json()) == record  # summary.json round trip
+    text = summary_sentence(record)
+    assert "the model's smoothed IE at β = 0.6 differs" in text and "mean difference +0.375 bits." in text
+    assert text.endswith(f" At {std}, beside it: 2 of the 2 layers valid in both differ beyond the interval "
+                         "(2 higher, 0 lower); mean difference +0.875 bits.")
+    table = format_comparison(record).splitlines()
+    assert table[0] == f"model vs random control, smoothed, β = 0.6 (beside it: {std})"
+    assert "standardised diff" in table[1] and table[2].split()[7:10] == ["0.500", "[", "0.500,"]
+    logged = []
+    _log_control_metrics(SimpleNamespace(log_batch=lambda run, metrics: logged.extend(metrics)), "run", record)
+    assert {(m.key, m.step): m.value for m in logged if m.key.startswith("control_diff_companion")} == pytest.approx({
+        ("control_diff_companion", 0): 0.5, ("control_diff_companion", 1): 1.25,
+        ("control_diff_companion_ci_low", 0): 0.5, ("control_diff_companion_ci_low", 1): 1.25,
+        ("control_diff_companion_ci_high", 0): 0.5, ("control_diff_companion_ci_high", 1): 1.25})
+    # records written before the companion existed still load, with nothing beside
+    old = ControlRecord.model_validate({"kind": "random", "estimator": "smoothed", "variant": "β = 0.6", "layers": [
+        {"layer": 0, "model_ie": 1.0, "control_ie": 0.5, "diff": 0.5, "ci_low": 0.4, "ci_high": 0.6}]})
+    assert old.companion_variant is None and np.isnan(old.layers[0].companion_diff)
+    assert "beside" not in summary_sentence(old) and "beside" not in format_comparison(old)
+    assert isinstance(old.layers[0], ControlLayer)
+
+
 def test_control_jobs_keep_everything_but_what_they_control():
     job = load_job(None, {"control.kind": "random", "corpus.samples": 512})
     ctrl = control_job(job)
@@ -133,6 +180,11 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
             assert d["reference_ci_low"] <= d["reference_diff"] <= d["reference_ci_high"]
             assert d["excess_ci_low"] <= d["excess_diff"] <= d["excess_ci_high"]
     assert "random-tiny-llama" in control["control_results"]
+    # the standardised mode at the same β beside it (both modes measured), where both sides are valid there
+    assert control["companion_variant"] == "β = 0.6, standardised"
+    beside = [d for d in control["layers"] if d["companion_diff"] is not None]
+    assert beside and all(d["companion_ci_low"] <= d["companion_diff"] <= d["companion_ci_high"] for d in beside)
+    assert out["summary"].get("companion_variant") is None  # the main estimator (gaussian) has none
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
@@ -140,3 +192,5 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
                                   f"tags.mlflow.parentRunId = '{out['mlflow_run_id']}'")
     assert sorted(c.data.tags["model"] for c in children) == [str(tiny_llama), f"random:{tiny_llama}"]
     assert len(client.get_metric_history(out["mlflow_run_id"], "control_diff")) == len(compared)  # one a layer
+    history = {m.step: m.value for m in client.get_metric_history(out["mlflow_run_id"], "control_diff_companion")}
+    assert history == {d["layer"]: pytest.approx(d["companion_diff"]) for d in beside}

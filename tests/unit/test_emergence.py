@@ -107,7 +107,7 @@ def test_variant_profiles_and_the_estimators_headline():
     the model and its control, else the one with the most layers valid in both, flagged."""
     grid = {0.3: "β = 0.3", 0.4: "β = 0.4", 0.6: "β = 0.6"}
     smoothed = get_estimator("smoothed", betas=list(grid))
-    assert smoothed.variants() == tuple(grid.values())
+    assert smoothed.variants() == (*grid.values(), *(f"{v}, standardised" for v in grid.values()))  # both modes
     rows = []
     for beta, valid_last in ((0.3, False), (0.4, True), (0.6, True)):
         for layer in (0, 1):
@@ -176,3 +176,43 @@ def test_a_table_written_before_variants_is_read_in_todays_shape():
     assert old["β = 0.4"].layers[0].diagnostics == {"null_bits": 0.01, "mc_se_bits": 0.02}
     other = emergence_by_variant(pa.Table.from_pylist(legacy(_cell(0, 0, 1.0) + _cell(0, 1, 3.0), float("nan"))))
     assert list(other) == [""] and other[""].layers[0].ie == pytest.approx(1.0) and other[""].layers[0].diagnostics == {}
+
+
+def test_the_companion_profile_rides_beside_the_headline_with_its_own_values():
+    """Both modes measured: the headline is raw at the fixed β, and the standardised profile at that β
+    rides beside it: its IE per layer and interval in every layer, and its mean (over its own valid
+    layers) in the summary, exactly the standardised profile's own; read back from a record alike."""
+    from ie_flow.emergence import headline, recorded_headline
+
+    reps = np.linspace(0.8, 1.2, 41)
+    rows = []
+    for variant, scale in (("β = 0.6", 1.0), ("β = 0.6, standardised", 0.5), ("β = 0.8", 0.7),
+                           ("β = 0.8, standardised", 0.3)):
+        for layer in (0, 1, 2):
+            last, ok = (2.0 + layer) * scale + 1.0, variant != "β = 0.6, standardised" or layer != 2
+            rows += _cell(layer, 0, 1.0, variant, reps=reps) + _cell(layer, 1, last, variant, valid=ok,
+                                                                     reps=reps * last, reason=None if ok else "gap")
+    variant, valid, (em,) = headline(get_estimator("smoothed", headline_beta=0.6), "mean", rows)
+    std = information_emergence(rows, variant="β = 0.6, standardised")
+    assert (variant, valid, em.companion.variant) == ("β = 0.6", True, "β = 0.6, standardised")
+    assert [l.ie for l in em.layers] == pytest.approx([1.0, 1.5, 2.0])  # raw: (M(1) - M(0)) / 2
+    np.testing.assert_array_equal([[l.companion_ie, l.companion_ie_ci_low, l.companion_ie_ci_high] for l in em.layers],
+                                  [[l.ie, l.ie_ci_low, l.ie_ci_high] for l in std.layers])
+    assert [l.companion_ie for l in em.layers[:2]] == pytest.approx([0.5, 0.75]) and np.isnan(em.layers[2].companion_ie)
+    assert em.layers[0].companion_ie_ci_low < 0.5 < em.layers[0].companion_ie_ci_high
+    s = em.summary
+    assert s.companion_variant == "β = 0.6, standardised" and s.invalid_layers == 0 and s.companion_invalid_layers == 1
+    assert (s.companion_ie_mean, s.companion_ie_mean_ci_low, s.companion_ie_mean_ci_high) == (
+        std.summary.ie_mean, std.summary.ie_mean_ci_low, std.summary.ie_mean_ci_high)
+    assert s.companion_ie_mean == pytest.approx(0.625) and s.ie_mean == pytest.approx(1.5)
+    assert [r.companion_ie for r in em.layer_rows()[:2]] == [l.ie for l in std.layers[:2]]
+    again = recorded_headline(rows, "mean", "β = 0.6", s.companion_variant)
+    assert again.summary.model_dump_json() == s.model_dump_json()  # (NaN != NaN: compared as stored)
+    assert [r.model_dump_json() for r in again.layer_rows()] == [r.model_dump_json() for r in em.layer_rows()]
+    # one mode measured, or an estimator without a companion: nothing beside, NaN in the layers
+    raw_only = [r for r in rows if "standardised" not in r["variant"]]
+    for table, estimator in ((raw_only, get_estimator("smoothed", headline_beta=0.6)),
+                             (rows, get_estimator("smoothed", headline_beta=0.6, modes=["raw"]))):
+        _, _, (alone,) = headline(estimator, "mean", table)
+        assert alone.companion is None and alone.summary.companion_variant is None
+        assert np.isnan(alone.layers[0].companion_ie) and np.isnan(alone.summary.companion_ie_mean)

@@ -48,3 +48,21 @@ def test_ie_per_layer_shows_every_beta_of_the_grid_with_the_headline_bold(tmp_pa
     # one variant only (an estimator without a grid): the plot as before, one IE line
     plots.plot_ie_per_layer(variants["β = 0.6"], tmp_path / "single.png", "t")
     assert [t for t in drawn["legend"] if t.startswith("IE") or "β" in t] == ["IE"]
+
+
+def test_ie_per_layer_draws_the_companion_beside_the_headline(tmp_path, monkeypatch):
+    """Both modes measured: the standardised profile at the headline β is drawn beside the headline,
+    named as such, with its values; the other variants of both modes thin."""
+    from ie_flow.emergence import headline
+    from ie_flow.estimators import get_estimator
+
+    table = _rows(0.6, [3.0, 4.0, 3.5]) + _rows(0.8, [2.0, 2.5, 2.2])
+    table += [{**r, "variant": r["variant"] + ", standardised", "bits": r["bits"] / 2} for r in table]
+    _, _, (em,) = headline(get_estimator("smoothed", betas=[0.6, 0.8], headline_beta=0.6), "mean", table)
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: drawn.update(
+        {l.get_label(): list(map(float, l.get_ydata())) for l in fig.axes[0].get_lines()}) or plt.close(fig) or path)
+    plots.plot_ie_per_layer(em, tmp_path / "ie.png", "t", emergence_by_variant(table))
+    assert drawn["IE at β = 0.6, standardised (beside it)"] == pytest.approx([0.5, 0.75, 0.625])  # halved values
+    assert drawn["IE at β = 0.6 (headline)"] == pytest.approx([1.0, 1.5, 1.25])
+    assert {"β = 0.8", "β = 0.8, standardised"} <= set(drawn)

@@ -122,3 +122,66 @@ def test_lower_bound_cells_reach_the_table_and_the_report(tmp_path):
 
     assert _critic_tags(table) == {"critic_check.critics": "linear: 6 rows, mlp (hidden=128, layers=1): 2 rows",
                                    "critic_check.lower_bound_cells": "2"}
+
+
+def _both_modes(model: str, shift: float = 0.0) -> Result:
+    """A smoothed result measured in both modes at β = 0.6 (no replicates: intervals are the points)."""
+    from ie_flow.emergence import headline
+
+    rows = []
+    for variant, last in (("β = 0.6", 3.0), ("β = 0.6, standardised", 2.0)):
+        for layer in (0, 1):
+            for pos, bits in enumerate((1.0, 2.0, last + layer + shift)):
+                for level in ("macro", "micro"):
+                    rows.append({"layer": layer, "position": pos, "level": level, "method": "smoothed", "seed": 0,
+                                 "bits": bits, "ceiling_bits": 10.0, "saturated": False, "n_train": 80,
+                                 "n_eval": 20, "variant": variant, "valid": True})
+    job = load_job(None, {"estimate.method": "smoothed"})  # the in-context family: headline β = 0.6
+    variant, valid, (em,) = headline(job.estimate.estimator(), "mean", rows)
+    record = ResultsRecord(job=job, job_yaml="", manifest_uri="m", manifest=_manifest(model), results_uri="r/mi.parquet",
+                           seconds={}, summary=em.summary, layers=em.layer_rows(), variant=variant, variant_valid=valid)
+    return Result(record, rows, em, None)
+
+
+def test_both_modes_side_by_side_in_the_report_json_compare_and_mlflow():
+    """The raw headline and the standardised value at its β side by side: a column of the per-layer table,
+    a line with its mean and the sentence on which the headline is and why, --json, compare's companion
+    means, and the MLflow metrics (per layer, step = layer, and the mean); read back from the record alike."""
+    from types import SimpleNamespace
+
+    from ie_flow.estimators.smoothed import HEADLINE_MODE_NOTE
+    from ie_flow.report import result_of
+    from ie_flow.tracking import METRICS_PER_LAYER, _log_metrics
+
+    result = _both_modes("m1")
+    em = result.emergence
+    # layer 0: raw IE 3 - mean(1, 2, 3) = 1, standardised 2 - mean(1, 2, 2) = 1/3; layer 1: 5/3 and 1
+    assert [l.companion_ie for l in em.layers] == pytest.approx([1 / 3, 1.0])
+    text = format_table(result).splitlines()
+    assert text[0].endswith("estimator=smoothed, β = 0.6, seeds=[0]; beside it: β = 0.6, standardised)")
+    assert "standardised IE" in text[1]
+    assert text[2].replace("[", " ").replace("]", " ").replace(",", " ").split()[:9] == \
+        ["0", "3.000", "2.000", "1.000", "1.000", "1.000", "0.333", "0.333", "0.333"]
+    assert "standardised IE (β = 0.6, standardised), beside the headline (β = 0.6): mean 0.667" in "\n".join(text)
+    assert HEADLINE_MODE_NOTE in text
+    out = json_summary(result)
+    assert out["summary"]["companion_variant"] == "β = 0.6, standardised"
+    assert out["summary"]["companion_ie_mean"] == em.companion.summary.ie_mean == pytest.approx(2 / 3)
+    assert [l["companion_ie"] for l in out["layers"]] == [l.ie for l in em.companion.layers]
+    assert "companion_ie" not in json_summary(_result("m1", 3.0))["layers"][0]  # an estimator without one
+    again = result_of(result.record, result.table)  # as `report` reads it back from storage or MLflow
+    assert [l.companion_ie for l in again.emergence.layers] == [l.companion_ie for l in em.layers]
+    lines = format_compare([result, _both_modes("m2", 1.0), _result("m3", 3.0)]).splitlines()
+    assert "beside the headline: 1: β = 0.6, standardised mean 0.667 [0.667, 0.667]; " \
+           "2: β = 0.6, standardised mean 1.333 [1.333, 1.333]; 3: none" in lines
+    assert {"companion_ie", "companion_ie_ci_low", "companion_ie_ci_high"} <= set(METRICS_PER_LAYER)
+    logged = []
+    _log_metrics(SimpleNamespace(log_batch=lambda run, metrics: logged.extend(metrics)), "run", result.record, em)
+    metrics = {(m.key, m.step): m.value for m in logged}
+    assert metrics[("companion_ie", 0)] == pytest.approx(1 / 3) and metrics[("companion_ie", 1)] == pytest.approx(1.0)
+    assert metrics[("companion_ie_mean", 0)] == pytest.approx(2 / 3) and ("ie", 0) in metrics
+    logged.clear()
+    plain = _result("m3", 3.0)
+    _log_metrics(SimpleNamespace(log_batch=lambda run, metrics: logged.extend(metrics)), "run", plain.record,
+                 plain.emergence)
+    assert logged and not [m for m in logged if m.key.startswith("companion")]  # nothing beside: nothing logged

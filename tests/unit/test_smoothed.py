@@ -374,7 +374,8 @@ def test_the_headline_beta_is_fixed_per_corpus_family() -> None:
     grid = load_job(None, {"estimate.method": "smoothed", "corpus.name": "corpus.jsonl",
                            "estimate.settings": {"betas": [0.4, 0.6]}})
     assert grid.estimate.settings == {"betas": [0.4, 0.6, 0.8], "headline_beta": 0.8}
-    assert grid.estimate.estimator().variants() == ("β = 0.4", "β = 0.6", "β = 0.8")
+    assert grid.estimate.estimator().variants() == ("β = 0.4", "β = 0.6", "β = 0.8", "β = 0.4, standardised",
+                                                    "β = 0.6, standardised", "β = 0.8, standardised")
     own = load_job(None, {"estimate.method": "smoothed", "corpus.name": "fortunes",
                           "estimate.settings": {"headline_beta": 0.4, "betas": [0.4]}})
     assert own.estimate.settings == {"headline_beta": 0.4, "betas": [0.4]}  # named: left alone
@@ -382,3 +383,75 @@ def test_the_headline_beta_is_fixed_per_corpus_family() -> None:
     random = load_job(None, {"control.kind": "random"})
     assert random.estimate.settings == {} and random.control.settings == {"headline_beta": 0.6}
     assert load_job(None, {}).control.settings == {}
+
+
+# ----------------------------------------------------------------------------- both modes
+
+def test_one_call_measures_both_modes_exactly_as_one_call_per_mode() -> None:
+    """By default every cell is measured raw and standardised, in variants order (raw β, then standardised
+    β), with the same resamples, queries and noise: each value, interval, replicate and diagnostic equals
+    what a call measuring that mode alone returns, the older `standardise` setting included."""
+    xs, ys = chain()  # one coordinate 20 x the others: the two modes differ
+    keys = np.array([[l, l + 1] for l in range(len(xs))])
+    settings = {"queries": 64, "blocks": 8, "bootstrap": 20}
+    both = SmoothedMI(**settings).estimate_grid(xs, ys, betas=[0.4, 0.8], keys=keys)
+    raw = SmoothedMI(**settings, modes=["raw"]).estimate_grid(xs, ys, betas=[0.4, 0.8], keys=keys)
+    std = SmoothedMI(**settings, standardise=True).estimate_grid(xs, ys, betas=[0.4, 0.8], keys=keys)
+    names = ["β = 0.4", "β = 0.8", "β = 0.4, standardised", "β = 0.8, standardised"]
+    assert SmoothedMI(betas=[0.4, 0.8]).variants() == tuple(names)
+    for p in range(len(xs)):
+        assert [e.variant for e in both[p]] == names
+        assert [e.settings["mode"] for e in both[p]] == ["raw", "raw", "standardised", "standardised"]
+        for got, alone in zip(both[p], raw[p] + std[p]):
+            assert (got.variant, got.bits, got.ci_low, got.ci_high) == (alone.variant, alone.bits, alone.ci_low,
+                                                                       alone.ci_high)
+            assert got.replicate_bits == alone.replicate_bits and len(got.replicate_bits) == 20
+            assert got.reference_replicate_bits == alone.reference_replicate_bits
+            assert got.diagnostics == alone.diagnostics and got.valid == alone.valid
+    assert all(abs(both[p][0].bits - both[p][2].bits) > 0.01 for p in range(len(xs)))  # not one value twice
+
+
+def test_the_older_standardise_setting_still_names_one_mode() -> None:
+    assert SmoothedMI(standardise=True).settings["modes"] == ("standardised",)
+    assert SmoothedMI(standardise=False).variants() == ("β = 0.4", "β = 0.6", "β = 0.8")
+    assert SmoothedMI(standardise=True, betas=[0.6]).variants() == ("β = 0.6, standardised",)
+    assert SmoothedMI().settings["modes"] == SmoothedMI(modes=["standardised", "raw"]).settings["modes"] == (
+        "raw", "standardised")  # always in this order
+    assert SmoothedMI(modes="standardised").settings["modes"] == ("standardised",)
+    with pytest.raises(ValueError, match="disagree: name the modes only"):
+        SmoothedMI(standardise=True, modes=["raw"])
+    assert SmoothedMI(standardise=True, modes=["standardised"]).settings["modes"] == ("standardised",)  # agreeing
+    with pytest.raises(ValueError, match="modes must name one or both of raw, standardised"):
+        SmoothedMI(modes=["whitened"])
+    from ie_flow.config import load_job
+
+    job = load_job(None, {"estimate.method": "smoothed", "estimate.settings": {"standardise": True}})
+    assert job.estimate.estimator().variants() == ("β = 0.4, standardised", "β = 0.6, standardised",
+                                                   "β = 0.8, standardised")
+
+
+def test_the_headline_is_raw_and_the_standardised_value_at_its_beta_is_beside_it() -> None:
+    from types import SimpleNamespace
+
+    from ie_flow.estimators import get_estimator
+    from ie_flow.estimators.smoothed import HEADLINE_MODE_NOTE, variant_of, variant_parts
+
+    assert variant_of(0.6) == "β = 0.6" and variant_of(0.6, "standardised") == "β = 0.6, standardised"
+    assert variant_parts("β = 0.6, standardised") == (0.6, "standardised") and variant_parts("β = 0.8") == (0.8, "raw")
+    assert variant_parts("k=1") is None and variant_parts("β = 0.6, whitened") is None
+    assert SmoothedMI().companion_variant("β = 0.6") == "β = 0.6, standardised"
+    assert SmoothedMI().companion_variant("β = 0.6, standardised") is None
+    assert SmoothedMI(modes=["raw"]).companion_variant("β = 0.6") is None
+    assert get_estimator("infonce").companion_variant("") is None  # the contract's default: nothing beside
+    assert SmoothedMI.headline_note == HEADLINE_MODE_NOTE and "raw" in HEADLINE_MODE_NOTE
+
+    def profile(valid_at: dict[str, list[bool]]) -> dict:
+        return {v: SimpleNamespace(layers=[SimpleNamespace(valid=ok) for ok in flags]) for v, flags in valid_at.items()}
+
+    # only the standardised mode is valid everywhere: the headline stays raw (the most valid layers, flagged)
+    model = profile({"β = 0.4": [True, False], "β = 0.6": [False, False],
+                     "β = 0.4, standardised": [True, True], "β = 0.6, standardised": [True, True]})
+    assert SmoothedMI(betas=[0.4, 0.6]).choose_headline(model) == ("β = 0.4", False)
+    assert SmoothedMI(betas=[0.4, 0.6], headline_beta=0.6).choose_headline(model) == ("β = 0.6", False)
+    # one mode measured: its own headline, nothing beside
+    assert SmoothedMI(betas=[0.4, 0.6], standardise=True).choose_headline(model) == ("β = 0.4, standardised", True)
