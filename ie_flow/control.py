@@ -60,6 +60,9 @@ class LayerDifference:
     companion_diff: float = math.nan  # model - control at the companion variant (Estimator.companion_variant)
     companion_ci_low: float = math.nan
     companion_ci_high: float = math.nan
+    companion_reference_diff: float = math.nan  # of it, the reference parts' difference at the companion
+    companion_reference_ci_low: float = math.nan
+    companion_reference_ci_high: float = math.nan
 
 
 @dataclass
@@ -101,8 +104,8 @@ def compare(spec: EstimateSpec, model_table: Any, control_table: Any
 
 
 def _companion(em: Emergence, ec: Emergence, layer: int) -> dict[str, float]:
-    """Model minus control at the companion variant at `layer`, its interval replicate by replicate
-    ({} where either side has no companion, or no valid IE there)."""
+    """Model minus control at the companion variant at `layer`, its interval replicate by replicate,
+    and the reference parts' share of it ({} where either side has no companion, or no valid IE there)."""
     if em.companion is None or ec.companion is None:
         return {}
     i, j = ({l.layer: k for k, l in enumerate(p.layers)}.get(layer) for p in (em.companion, ec.companion))
@@ -110,9 +113,14 @@ def _companion(em: Emergence, ec: Emergence, layer: int) -> dict[str, float]:
     if not math.isfinite(diff):
         return {}
     b = min(len(em.companion.ie_replicates), len(ec.companion.ie_replicates))
-    low, high = bootstrap_interval(diff, em.companion.ie_replicates[:b, i] - ec.companion.ie_replicates[:b, j],
-                                   np.array([diff]))
-    return {"companion_diff": diff, "companion_ci_low": low, "companion_ci_high": high}
+    reps = em.companion.ie_replicates[:b, i] - ec.companion.ie_replicates[:b, j]
+    low, high = bootstrap_interval(diff, reps, np.array([diff]))
+    out = {"companion_diff": diff, "companion_ci_low": low, "companion_ci_high": high}
+    if i == j:  # the same layer index on both sides: the reference split reads column i of each
+        split = _split(em.companion, ec.companion, i, diff, reps)
+        out.update({f"companion_{k}": split[k] for k in ("reference_diff", "reference_ci_low", "reference_ci_high")
+                    if k in split})
+    return out
 
 
 def _split(em: Emergence, ec: Emergence, i: int, diff: float, reps: np.ndarray) -> dict[str, float]:
@@ -196,6 +204,13 @@ def _companion_sentence(control: ControlRecord) -> str:
         return f" At {control.companion_variant}, beside it, no layer is valid in both."
     apart = [d for d in beside if d.companion_apart]
     higher = sum(d.companion_diff > 0 for d in apart)
-    return (f" At {control.companion_variant}, beside it: {len(apart)} of the {len(beside)} layers valid in both "
+    text = (f" At {control.companion_variant}, beside it: {len(apart)} of the {len(beside)} layers valid in both "
             f"differ beyond the interval ({higher} higher, {len(apart) - higher} lower); mean difference "
-            f"{np.mean([d.companion_diff for d in beside]):+.3f} bits.")
+            f"{np.mean([d.companion_diff for d in beside]):+.3f} bits")
+    split = [d for d in beside if math.isfinite(d.companion_reference_diff)]
+    if len(split) == len(beside):
+        ref = [d.companion_reference_diff for d in split]
+        apart_ref = sum(d.companion_reference_ci_low > 0 or d.companion_reference_ci_high < 0 for d in split)
+        text += (f", of which the Gaussian reference accounts for {np.mean(ref):+.3f} ({apart_ref} layers beyond its "
+                 f"interval) and the excess for {np.mean([d.companion_diff for d in split]) - np.mean(ref):+.3f}")
+    return text + "."

@@ -222,6 +222,9 @@ class ControlLayer(_Record):
     companion_diff: Number = math.nan
     companion_ci_low: Number = math.nan
     companion_ci_high: Number = math.nan
+    companion_reference_diff: Number = math.nan  # of it, the reference parts' difference (paired interval)
+    companion_reference_ci_low: Number = math.nan
+    companion_reference_ci_high: Number = math.nan
 
     @property
     def apart(self) -> bool:

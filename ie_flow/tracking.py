@@ -282,7 +282,9 @@ def _log_control_metrics(client: Any, run_id: str, control: Any) -> None:
                for end in ("_diff", "_ci_low", "_ci_high")},
             # at the variant beside the headline (smoothed: the standardised mode), its paired interval
             "companion_diff": "control_diff_companion", "companion_ci_low": "control_diff_companion_ci_low",
-            "companion_ci_high": "control_diff_companion_ci_high"}
+            "companion_ci_high": "control_diff_companion_ci_high",
+            **{f"companion_reference{end}": f"control_diff_companion_reference{end}"
+               for end in ("_diff", "_ci_low", "_ci_high")}}
     metrics = [Metric(name, float(getattr(row, k)), now, row.layer) for row in control.layers
                for k, name in keys.items() if math.isfinite(getattr(row, k))]
     if control.target:  # a target measure: its values per boundary (step = boundary) and the emergence layer

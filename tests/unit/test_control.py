@@ -194,3 +194,38 @@ def test_run_with_a_random_control(tiny_llama, tmp_path):
     assert len(client.get_metric_history(out["mlflow_run_id"], "control_diff")) == len(compared)  # one a layer
     history = {m.step: m.value for m in client.get_metric_history(out["mlflow_run_id"], "control_diff_companion")}
     assert history == {d["layer"]: pytest.approx(d["companion_diff"]) for d in beside}
+
+
+def test_the_companion_difference_is_split_into_its_gaussian_part():
+    """At the variant beside the headline too, model minus control is split into the Gaussian reference
+    parts' difference (with its paired interval) and the excess, in the record, the sentence and MLflow."""
+    from types import SimpleNamespace
+
+    from ie_flow.control import ControlComparison, summary_sentence
+    from ie_flow.tracking import _log_control_metrics
+
+    def with_gauss(rows, gauss):  # every cell's Gaussian reference: `gauss` of its layer and position
+        for r in rows:
+            g = gauss[r["layer"]][r["position"]]
+            r["diagnostics"] = {"gauss_bits": g}
+            r["reference_replicates"] = list(g + np.linspace(-0.05, 0.05, 21) * (1 + r["position"]))
+        return rows
+
+    std = "β = 0.6, standardised"
+    model = _rows("β = 0.6", [(1.0, 3.0)]) + with_gauss(_rows(std, [(1.0, 2.0)]), [(0.5, 1.5)])
+    control = _rows("β = 0.6", [(1.0, 1.5)]) + with_gauss(_rows(std, [(1.0, 1.0)]), [(0.5, 0.7)])
+    variant, valid, em, ec, layers = compare(EstimateSpec(method="smoothed", settings={"headline_beta": 0.6}),
+                                             model, control)
+    # IE = (M(1) - M(0)) / 2: difference (0.5 - 0.0); Gaussian part (0.5 - 0.1) = 0.4, excess 0.1
+    (d,) = layers
+    assert d.companion_diff == pytest.approx(0.5) and d.companion_reference_diff == pytest.approx(0.4)
+    assert (d.companion_reference_ci_low, d.companion_reference_ci_high) == pytest.approx((0.4, 0.4))
+    record = ControlComparison("random", "smoothed", variant, valid, em, ec, layers).record()
+    assert summary_sentence(record).endswith(
+        "mean difference +0.500 bits, of which the Gaussian reference accounts for +0.400 (1 layers beyond its "
+        "interval) and the excess for +0.100.")
+    logged = []
+    _log_control_metrics(SimpleNamespace(log_batch=lambda run, metrics: logged.extend(metrics)), "run", record)
+    assert {m.key: m.value for m in logged if "companion_reference" in m.key} == pytest.approx({
+        "control_diff_companion_reference_diff": 0.4, "control_diff_companion_reference_ci_low": 0.4,
+        "control_diff_companion_reference_ci_high": 0.4})
