@@ -16,6 +16,9 @@ complement Sc = Σ̃y + β²I − KᵀK = Lc Lcᵀ, det(joint) = det(A) det(Sc),
     G^β = ½ (log det(Σ̃y + β²I) − log det Sc)  (nats),
 
 one d×d Cholesky per side and β (shared by every cell that uses the side) and one per cell and β.
+The second moments (per side, and a cell's cross moments) are formed once, in the raw frame; the
+standardised frame is the raw one rescaled coordinate by coordinate, so its moments are the raw
+ones times the outer product of the factors, and measuring both modes costs one pass over the samples.
 
 Interval: the same block-bootstrap resamples as M^β, linearised.  G is a smooth function of the
 second moments, so a resample that reweights sample i by w_i moves it by Σ w_i ψ_i / Σ w_i to first
@@ -76,29 +79,41 @@ class _Frame:
     scale: Any  # (d,) float64 normaliser weights: g_j enters ψ as g_j (e_ij − 1), see _share
     standardised: bool
     constant: bool
+    # (d,) float32: this frame's coordinates are the raw frame's times these (raw: ones), so its second
+    # and cross moments are the raw ones times their outer products
+    factor: Any = None
     per_resolution: dict = field(default_factory=dict)  # resolution -> (L, log det, L⁻¹, (Σ̃ + β²I)⁻¹ in float32)
 
 
-def _frame(a: np.ndarray, standardise: bool, blocks: _Blocks) -> _Frame:
+def _frame(a: np.ndarray, blocks: _Blocks) -> _Frame:
+    """The raw frame: centred and divided by the RMS radius (tr Cov = 1)."""
     import torch
 
     t = torch.as_tensor(np.asarray(a)).to(blocks.counts.device).double()
     n, d = t.shape
     t = t - t.mean(0)
-    var = t.square().mean(0)
-    if standardise:
-        keep = var > 1e-20 * var.max().clamp_min(1e-300)
-        kept = int(keep.sum())
-        u = torch.where(keep, t / var.clamp_min(1e-300).sqrt(), torch.zeros_like(t)) / math.sqrt(max(kept, 1))
-        scale = keep.double() * kept  # e_ij = u_ij² / Σ̃_jj = kept · u_ij² on a kept coordinate
-    else:
-        tr = float(var.sum())
-        kept = int(tr > 0.0)
-        u = t / math.sqrt(tr) if kept else t
-        scale = torch.ones(d, dtype=torch.float64, device=t.device)
+    tr = float(t.square().mean(0).sum())
+    u = t / math.sqrt(tr) if tr > 0.0 else t
     rows = blocks.stack(u.float())
     moments = torch.bmm(rows.transpose(1, 2), rows)
-    return _Frame(rows, moments, moments.sum(0).double() / n, scale, standardise, kept == 0)
+    ones = torch.ones(d, dtype=torch.float64, device=t.device)
+    return _Frame(rows, moments, moments.sum(0).double() / n, ones, False, tr == 0.0, ones.float())
+
+
+def _standardised(raw: _Frame, n: int) -> _Frame:
+    """The same side with every coordinate at unit variance (constant ones dropped), then tr Cov = 1:
+    the raw frame rescaled coordinate by coordinate, u_j · s_j with s_j = 1 / sqrt(kept · Var u_j),
+    so its rows and second moments (and a cell's cross moments) cost no pass over the samples."""
+    import torch
+
+    var = raw.cov.diagonal()
+    keep = var > 1e-20 * var.max().clamp_min(1e-300)
+    kept = int(keep.sum())
+    factor = torch.where(keep, 1.0 / (var.clamp_min(1e-300) * max(kept, 1)).sqrt(), torch.zeros_like(var)).float()
+    moments = raw.moments * (factor[:, None] * factor[None, :])
+    # e_ij = u_ij² / Σ̃_jj = kept · u_ij² on a kept coordinate
+    return _Frame(raw.rows * factor, moments, moments.sum(0).double() / n, keep.double() * kept, True, kept == 0,
+                  factor)
 
 
 def _factor(frame: _Frame, resolution: float) -> tuple:
@@ -151,35 +166,45 @@ def _cell(fx: _Frame, fy: _Frame, cross: Any, cross_cov: Any, resolution: float,
 
 
 def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np.ndarray, resolutions: Sequence[float],
-                       standardise: bool, sample_block: np.ndarray, weights: np.ndarray,
-                       counts: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """G^β of every cell and β (bits, (cells, resolutions)) and its block-bootstrap replicates
-    ((cells, resolutions, B)); ``sample_block`` (n,) is each sample's bootstrap block, ``weights`` (B, blocks)
-    the resamples' multiplicities and ``counts`` (blocks,) the samples per block; on ``device``."""
+                       modes: Sequence[bool], sample_block: np.ndarray, weights: np.ndarray,
+                       counts: np.ndarray, device: Any = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per mode (``modes``: standardised or not, e.g. [False, True]), G^β of every cell and β (bits,
+    (cells, resolutions)) and its block-bootstrap replicates ((cells, resolutions, B)); ``sample_block``
+    (n,) is each sample's bootstrap block, ``weights`` (B, blocks) the resamples' multiplicities and
+    ``counts`` (blocks,) the samples per block; on ``device``. The second moments are formed once, in
+    the raw frame, and rescaled for the standardised one (``_standardised``): a second mode costs the
+    per-β work only."""
     import torch
 
     P, nb, B = len(sx), len(resolutions), weights.shape[0]
-    value = np.zeros((P, nb))
-    reps = np.zeros((P, nb, B))
+    out = [(np.zeros((P, nb)), np.zeros((P, nb, B))) for _ in modes]
     blocks = _blocks(np.asarray(sample_block), len(counts), device)
+    n = float(blocks.counts.sum())
     w = torch.as_tensor(weights, dtype=torch.float64, device=device)
     total = w @ blocks.counts
     last_use = {int(s): p for p, pair in enumerate(zip(sx, sy)) for s in pair}
-    frames: dict[int, _Frame] = {}
+    frames: dict[int, dict[bool, _Frame]] = {}  # side -> mode -> frame
     with torch.no_grad():
         for p in range(P):
             for i in (int(sx[p]), int(sy[p])):
                 if i not in frames:
-                    frames[i] = _frame(side_arrays[i], standardise, blocks)
-            fx, fy = frames[int(sx[p])], frames[int(sy[p])]
-            if not (fx.constant or fy.constant):
-                cross = torch.bmm(fx.rows.transpose(1, 2), fy.rows)  # (K, dx, dy) per-block cross moments
-                cross_cov = cross.sum(0).double() / float(blocks.counts.sum())
+                    raw = _frame(side_arrays[i], blocks)
+                    frames[i] = {False: raw, **({True: _standardised(raw, int(n))} if any(modes) else {})}
+            raw_cross = None
+            for (value, reps), standardise in zip(out, modes):
+                fx, fy = frames[int(sx[p])][bool(standardise)], frames[int(sy[p])][bool(standardise)]
+                if fx.constant or fy.constant:
+                    continue
+                if raw_cross is None:  # (K, dx, dy) per-block cross moments, in the raw frames
+                    raw_cross = torch.bmm(frames[int(sx[p])][False].rows.transpose(1, 2), frames[int(sy[p])][False].rows)
+                cross = raw_cross * (fx.factor[:, None] * fy.factor[None, :]) if standardise else raw_cross
+                cross_cov = cross.sum(0).double() / n
                 for b, resolution in enumerate(resolutions):
                     value[p, b], psi = _cell(fx, fy, cross, cross_cov, float(resolution), blocks)
                     reps[p, b] = value[p, b] + ((w @ psi) / total).cpu().numpy()
                 del cross
+            del raw_cross
             for i in (int(sx[p]), int(sy[p])):
                 if last_use[i] == p:
                     frames.pop(i, None)
-    return value, reps
+    return out

@@ -962,12 +962,23 @@ class SmoothedMI(Estimator):
         out: list[list[MIEstimate]] = [[] for _ in range(xs.shape[0])]
         try:
             sides = dedup_sides(xs, ys, keys)  # once: the modes share the sides, their names and noise keys
+            runs = []
             for mode in modes:  # in turn: one mode's kernels are freed before the next mode's are formed
                 t0 = self._clock()
                 with torch.no_grad():
-                    figs, radii, layout, gauss = self._run(sides, xs.shape[1], betas, seeds, dev, mode == "standardised")
-                for row, more in zip(out, self._estimates(figs, radii, layout, gauss, betas, seeds, dev,
-                                                          self._clock() - t0, mode)):
+                    runs.append((*self._run(sides, xs.shape[1], betas, seeds, dev, mode == "standardised"),
+                                 self._clock() - t0))
+            t0 = self._clock()
+            gauss: list = [None] * len(modes)
+            if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by
+                # replicate; every mode's at once: they share the second moments (gaussian_reference)
+                layout, weights = runs[0][2], runs[0][3]
+                gauss = gaussian_reference(sides[0], sides[1], sides[2], betas, [m == "standardised" for m in modes],
+                                           sample_blocks(layout), weights, layout.block_counts, dev)
+            shared = (self._clock() - t0) / len(modes)
+            for mode, (figs, radii, layout, _, seconds), g in zip(modes, runs, gauss):
+                for row, more in zip(out, self._estimates(figs, radii, layout, g, betas, seeds, dev,
+                                                          seconds + shared, mode)):
                     row += more
         finally:
             torch.set_num_threads(prev_threads)
@@ -975,7 +986,8 @@ class SmoothedMI(Estimator):
 
     def _run(self, deduped: tuple, n: int, betas: list[float], seeds: tuple[int, ...], dev: Any,
              standardise: bool) -> tuple:
-        """One mode's figures of every cell and β: the kernels, then the Gaussian reference."""
+        """One mode's kernel figures of every cell and β, the sides' radii, the layout and the bootstrap
+        resamples' block multiplicities (the Gaussian reference reads the same ones)."""
         import torch
 
         s = self.settings
@@ -1000,12 +1012,7 @@ class SmoothedMI(Estimator):
             del sums
         figs = {k: np.stack([f[k] for f in per_seed]) for k in per_seed[0]}  # (seeds, cells, betas[, B])
         radii = np.array([[sides[i].radius for i in sx_np], [sides[i].radius for i in sy_np]])
-        del sides
-        gauss = None
-        if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by replicate
-            gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, standardise, sample_blocks(layout),
-                                       weights.cpu().numpy(), layout.block_counts, dev)
-        return figs, radii, layout, gauss
+        return figs, radii, layout, weights.cpu().numpy()
 
     def _estimates(self, figs: dict[str, np.ndarray], radii: np.ndarray, layout: _Layout, gauss: tuple | None,
                    betas: list[float], seeds: tuple[int, ...], dev: Any, elapsed: float, mode: str

@@ -38,8 +38,8 @@ def test_value_is_the_closed_form_and_replicates_follow_the_reweighted_closed_fo
     x[:, 0] *= 30.0  # unequal coordinate scales: raw and standardised differ
     blocks = np.arange(len(x)) % 8
     w = np.random.default_rng(0).multinomial(8, np.full(8, 1 / 8), size=40)
-    value, reps = gaussian_reference([x, y], np.array([0]), np.array([1]), [0.4, 0.8], standardise, blocks, w,
-                                     np.bincount(blocks))
+    [(value, reps)] = gaussian_reference([x, y], np.array([0]), np.array([1]), [0.4, 0.8], [standardise], blocks, w,
+                                         np.bincount(blocks))
     for b, beta in enumerate((0.4, 0.8)):
         assert value[0, b] == pytest.approx(exact_g(x, y, beta, np.ones(len(x)), standardise), abs=1e-5)
         exact = np.array([exact_g(x, y, beta, w[r][blocks].astype(float), standardise) for r in range(len(w))])
@@ -127,6 +127,25 @@ def test_fewer_samples_than_dimensions_still_give_the_closed_form() -> None:
     y = (x @ r.standard_normal((64, 64)) + r.standard_normal((40, 64))).astype(np.float32)
     blocks = np.arange(40) % 4
     w = r.multinomial(4, np.full(4, 0.25), size=10)
-    value, reps = gaussian_reference([x, y], np.array([0]), np.array([1]), [0.6], False, blocks, w, np.bincount(blocks))
+    [(value, reps)] = gaussian_reference([x, y], np.array([0]), np.array([1]), [0.6], [False], blocks, w,
+                                         np.bincount(blocks))
     assert value[0, 0] == pytest.approx(exact_g(x, y, 0.6, np.ones(40), False), abs=1e-5)
     assert np.isfinite(reps).all()
+
+
+def test_both_modes_in_one_call_share_their_second_moments_and_equal_one_call_each() -> None:
+    """The standardised frame is the raw one rescaled: one call for both modes gives exactly what a call
+    per mode gives, and the standardised value is still the closed form of the standardised covariances."""
+    x, y, _ = linear_gaussian_smoothed(4, 0.4, seed=1, n=1000)
+    x[:, 0] *= 30.0
+    y[:, 2] *= 0.001  # a coordinate the raw mode hardly sees
+    blocks = np.arange(len(x)) % 8
+    w = np.random.default_rng(1).multinomial(8, np.full(8, 1 / 8), size=20)
+    args = ([x, y], np.array([0]), np.array([1]), [0.4, 0.8])
+    both = gaussian_reference(*args, [False, True], blocks, w, np.bincount(blocks))
+    for k, standardise in enumerate((False, True)):
+        [(value, reps)] = gaussian_reference(*args, [standardise], blocks, w, np.bincount(blocks))
+        np.testing.assert_array_equal(both[k][0], value)
+        np.testing.assert_array_equal(both[k][1], reps)
+        assert value[0, 0] == pytest.approx(exact_g(x, y, 0.4, np.ones(len(x)), standardise), abs=1e-5)
+    assert abs(both[0][0][0, 0] - both[1][0][0, 0]) > 0.01  # the modes differ here
