@@ -35,7 +35,7 @@ replicate b is the same resample as M^β's, so M^β − G^β is bootstrapped rep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -73,8 +73,8 @@ def _blocks(sample_block: np.ndarray, blocks: int, device: Any) -> _Blocks:
 class _Frame:
     """One side in its normalised frame (centred, tr Cov = 1) with its second moments per block."""
 
-    rows: Any  # (K, width, d) float32: the normalised samples grouped by block
-    moments: Any  # (K, d, d) float32: Σ_{i in block} u_i u_iᵀ
+    rows: Any  # (K, width, d) float32: the normalised samples grouped by block (raw frames only)
+    moments: Any  # (K, d, d) float32: Σ_{i in block} u_i u_iᵀ (a standardised frame's: formed per cell)
     cov: Any  # (d, d) float64: Cov of u (divided by n)
     scale: Any  # (d,) float64 normaliser weights: g_j enters ψ as g_j (e_ij − 1), see _share
     standardised: bool
@@ -100,20 +100,28 @@ def _frame(a: np.ndarray, blocks: _Blocks) -> _Frame:
     return _Frame(rows, moments, moments.sum(0).double() / n, ones, False, tr == 0.0, ones.float())
 
 
-def _standardised(raw: _Frame, n: int) -> _Frame:
+def _standardised(raw: _Frame) -> _Frame:
     """The same side with every coordinate at unit variance (constant ones dropped), then tr Cov = 1:
     the raw frame rescaled coordinate by coordinate, u_j · s_j with s_j = 1 / sqrt(kept · Var u_j),
-    so its rows and second moments (and a cell's cross moments) cost no pass over the samples."""
+    so its second moments (and a cell's cross moments) are the raw ones times outer products of s and
+    cost no pass over the samples. Its per-block moments are formed for each cell (`_moments`), not
+    kept: a side stays alive for many cells, and two sets of them would double what the frames hold."""
     import torch
 
     var = raw.cov.diagonal()
     keep = var > 1e-20 * var.max().clamp_min(1e-300)
     kept = int(keep.sum())
-    factor = torch.where(keep, 1.0 / (var.clamp_min(1e-300) * max(kept, 1)).sqrt(), torch.zeros_like(var)).float()
-    moments = raw.moments * (factor[:, None] * factor[None, :])
+    factor = torch.where(keep, 1.0 / (var.clamp_min(1e-300) * max(kept, 1)).sqrt(), torch.zeros_like(var))
     # e_ij = u_ij² / Σ̃_jj = kept · u_ij² on a kept coordinate
-    return _Frame(raw.rows * factor, moments, moments.sum(0).double() / n, keep.double() * kept, True, kept == 0,
-                  factor)
+    return _Frame(None, None, raw.cov * (factor[:, None] * factor[None, :]), keep.double() * kept, True, kept == 0,
+                  factor.float())
+
+
+def _moments(frame: _Frame, raw: _Frame) -> _Frame:
+    """`frame` with its per-block second moments (a standardised frame's, from its raw frame's)."""
+    if frame.moments is not None:
+        return frame
+    return replace(frame, moments=raw.moments * (frame.factor[:, None] * frame.factor[None, :]))
 
 
 def _factor(frame: _Frame, resolution: float) -> tuple:
@@ -189,12 +197,13 @@ def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np
             for i in (int(sx[p]), int(sy[p])):
                 if i not in frames:
                     raw = _frame(side_arrays[i], blocks)
-                    frames[i] = {False: raw, **({True: _standardised(raw, int(n))} if any(modes) else {})}
+                    frames[i] = {False: raw, **({True: _standardised(raw)} if any(modes) else {})}
             raw_cross = None
             for (value, reps), standardise in zip(out, modes):
                 fx, fy = frames[int(sx[p])][bool(standardise)], frames[int(sy[p])][bool(standardise)]
                 if fx.constant or fy.constant:
                     continue
+                fx, fy = _moments(fx, frames[int(sx[p])][False]), _moments(fy, frames[int(sy[p])][False])
                 if raw_cross is None:  # (K, dx, dy) per-block cross moments, in the raw frames
                     raw_cross = torch.bmm(frames[int(sx[p])][False].rows.transpose(1, 2), frames[int(sy[p])][False].rows)
                 cross = raw_cross * (fx.factor[:, None] * fy.factor[None, :]) if standardise else raw_cross

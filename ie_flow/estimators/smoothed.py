@@ -831,10 +831,11 @@ class SmoothedMI(Estimator):
         deduplicated first, so this is at most one per cell side), and the kernel chunks (1 GiB on a
         CPU). On the demo's 48-cell batch (n = 4,096, d = 576) the peak was 3,421 MiB against
         2,064 planned without the last two terms, 3,952 with them. The Gaussian reference runs after
-        the kernel chunks are freed and holds less than one: per-block second moments of about three
-        sides and one cell's cross moments, in both frames when both modes are measured (about 0.75 GB
-        at K = 64 blocks, d = 576, against a 1 GiB kernel budget); with one mode, on 48 cells (n = 4,096,
-        d = 576, one thread) the peak RSS was 2,289 MiB with it and 2,571 without, so it adds no term. The modes are measured in turn: each forms its
+        the kernel chunks are freed and holds less than one (per-block second moments of the sides
+        still to be used and one cell): on 48 cells (n = 4,096, d = 576, one thread, one mode) the peak
+        RSS was 2,289 MiB with it and 2,571 without, so it adds no term. Both modes (the standardised
+        moments formed per cell from the raw ones), 48 cells, two threads: peak RSS 2,732 MiB against
+        2,752 planned (2,483 with each mode's reference computed on its own). The modes are measured in turn: each forms its
         side copies and kernel chunks and frees them before the next, keeping only its figures (a few
         numbers per cell, β and replicate), so measuring both does not double the peak (it doubles
         the time)."""
