@@ -92,45 +92,44 @@ def compare(spec: EstimateSpec, model_table: Any, control_table: Any
             ) -> tuple[str, bool, Emergence, Emergence, list[LayerDifference]]:
     """IE of both tables (measured with `spec`) at their common headline variant, and model - control per layer."""
     variant, valid, (em, ec) = headline(spec.estimator(), spec.micro_reduce, model_table, control_table)
-    b = min(len(em.ie_replicates), len(ec.ie_replicates))
-    rows = []
-    for i, (lm, lc) in enumerate(zip(em.layers, ec.layers)):
-        diff = lm.ie - lc.ie
-        reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, i]
-        low, high = bootstrap_interval(diff, reps, np.array([diff])) if math.isfinite(diff) else (math.nan, math.nan)
-        rows.append(LayerDifference(lm.layer, lm.ie, lc.ie, diff, low, high, **_split(em, ec, i, diff, reps),
-                                    **_companion(em, ec, lm.layer)))
+    rows = [LayerDifference(lm.layer, lm.ie, lc.ie, **_paired(em, ec, i, i), **_companion(em, ec, lm.layer))
+            for i, (lm, lc) in enumerate(zip(em.layers, ec.layers))]
     return variant, valid, em, ec, rows
 
 
+def _paired(em: Emergence, ec: Emergence, i: int, j: int) -> dict[str, float]:
+    """Model (its layer i) minus control (its layer j), the interval replicate by replicate, and the
+    split into the reference parts' difference and the excess (`_split`); NaN where either is invalid."""
+    diff = em.layers[i].ie - ec.layers[j].ie
+    if not math.isfinite(diff):
+        return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan}
+    b = min(len(em.ie_replicates), len(ec.ie_replicates))
+    reps = em.ie_replicates[:b, i] - ec.ie_replicates[:b, j]
+    low, high = bootstrap_interval(diff, reps, np.array([diff]))
+    return {"diff": diff, "ci_low": low, "ci_high": high, **_split(em, ec, i, j, diff, reps)}
+
+
 def _companion(em: Emergence, ec: Emergence, layer: int) -> dict[str, float]:
-    """Model minus control at the companion variant at `layer`, its interval replicate by replicate,
-    and the reference parts' share of it ({} where either side has no companion, or no valid IE there)."""
+    """Model minus control at the companion variant at `layer` (`_paired`), with the reference parts'
+    share of it ({} where either side has no companion, or no valid IE there)."""
     if em.companion is None or ec.companion is None:
         return {}
     i, j = ({l.layer: k for k, l in enumerate(p.layers)}.get(layer) for p in (em.companion, ec.companion))
-    diff = math.nan if i is None or j is None else em.companion.layers[i].ie - ec.companion.layers[j].ie
-    if not math.isfinite(diff):
+    paired = {} if i is None or j is None else _paired(em.companion, ec.companion, i, j)
+    if not math.isfinite(paired.get("diff", math.nan)):
         return {}
-    b = min(len(em.companion.ie_replicates), len(ec.companion.ie_replicates))
-    reps = em.companion.ie_replicates[:b, i] - ec.companion.ie_replicates[:b, j]
-    low, high = bootstrap_interval(diff, reps, np.array([diff]))
-    out = {"companion_diff": diff, "companion_ci_low": low, "companion_ci_high": high}
-    if i == j:  # the same layer index on both sides: the reference split reads column i of each
-        split = _split(em.companion, ec.companion, i, diff, reps)
-        out.update({f"companion_{k}": split[k] for k in ("reference_diff", "reference_ci_low", "reference_ci_high")
-                    if k in split})
-    return out
+    return {f"companion_{k}": paired[k] for k in ("diff", "ci_low", "ci_high", "reference_diff", "reference_ci_low",
+                                                  "reference_ci_high") if k in paired}
 
 
-def _split(em: Emergence, ec: Emergence, i: int, diff: float, reps: np.ndarray) -> dict[str, float]:
-    """Layer i's difference split into the reference parts' difference and the excess, each with
-    its interval replicate by replicate ({} where either side has no reference)."""
-    ref = em.layers[i].reference_ie - ec.layers[i].reference_ie
+def _split(em: Emergence, ec: Emergence, i: int, j: int, diff: float, reps: np.ndarray) -> dict[str, float]:
+    """The difference of layers i and j split into the reference parts' difference and the excess, each
+    with its interval replicate by replicate ({} where either side has no reference)."""
+    ref = em.layers[i].reference_ie - ec.layers[j].reference_ie
     if not (math.isfinite(ref) and math.isfinite(diff)):
         return {}
     b = min(len(reps), len(em.reference_replicates), len(ec.reference_replicates))
-    ref_reps = em.reference_replicates[:b, i] - ec.reference_replicates[:b, i]
+    ref_reps = em.reference_replicates[:b, i] - ec.reference_replicates[:b, j]
     one = lambda v: np.array([v])  # noqa: E731
     r_lo, r_hi = bootstrap_interval(ref, ref_reps, one(ref))
     e_lo, e_hi = bootstrap_interval(diff - ref, reps[:b] - ref_reps, one(diff - ref))

@@ -198,14 +198,15 @@ def gaussian_reference(side_arrays: Sequence[np.ndarray], sx: np.ndarray, sy: np
                 if i not in frames:
                     raw = _frame(side_arrays[i], blocks)
                     frames[i] = {False: raw, **({True: _standardised(raw)} if any(modes) else {})}
+            side_x, side_y = frames[int(sx[p])], frames[int(sy[p])]
             raw_cross = None
             for (value, reps), standardise in zip(out, modes):
-                fx, fy = frames[int(sx[p])][bool(standardise)], frames[int(sy[p])][bool(standardise)]
+                fx, fy = side_x[bool(standardise)], side_y[bool(standardise)]
                 if fx.constant or fy.constant:
                     continue
-                fx, fy = _moments(fx, frames[int(sx[p])][False]), _moments(fy, frames[int(sy[p])][False])
+                fx, fy = _moments(fx, side_x[False]), _moments(fy, side_y[False])
                 if raw_cross is None:  # (K, dx, dy) per-block cross moments, in the raw frames
-                    raw_cross = torch.bmm(frames[int(sx[p])][False].rows.transpose(1, 2), frames[int(sy[p])][False].rows)
+                    raw_cross = torch.bmm(side_x[False].rows.transpose(1, 2), side_y[False].rows)
                 cross = raw_cross * (fx.factor[:, None] * fy.factor[None, :]) if standardise else raw_cross
                 cross_cov = cross.sum(0).double() / n
                 for b, resolution in enumerate(resolutions):

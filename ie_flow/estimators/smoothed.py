@@ -835,10 +835,10 @@ class SmoothedMI(Estimator):
         still to be used and one cell): on 48 cells (n = 4,096, d = 576, one thread, one mode) the peak
         RSS was 2,289 MiB with it and 2,571 without, so it adds no term. Both modes (the standardised
         moments formed per cell from the raw ones), 48 cells, two threads: peak RSS 2,732 MiB against
-        2,752 planned (2,483 with each mode's reference computed on its own). The modes are measured in turn: each forms its
-        side copies and kernel chunks and frees them before the next, keeping only its figures (a few
-        numbers per cell, β and replicate), so measuring both does not double the peak (it doubles
-        the time)."""
+        2,752 planned (2,483 with each mode's reference computed on its own). The modes' kernels are
+        formed in turn: each forms its side copies and kernel chunks and frees them before the next,
+        keeping only its figures (a few numbers per cell, β and replicate), so measuring both does not
+        double the peak (it doubles the time)."""
         s = self.settings
         per_column = 4 * query_count(s["queries"], n) * len(self.grid()) * (2 * pairs + 2 * int(s["cell_batch"]))
         kernels = int(s["chunk"]) * per_column if s["chunk"] else _CPU_KERNEL_BYTES  # as _chunk_budget sizes them
@@ -974,8 +974,9 @@ class SmoothedMI(Estimator):
             gauss: list = [None] * len(modes)
             if s["gauss"]:  # the same resamples as the kernel figures, so M - G is bootstrapped replicate by
                 # replicate; every mode's at once: they share the second moments (gaussian_reference)
+                side_arrays, sx_np, sy_np, _ = sides
                 layout, weights = runs[0][2], runs[0][3]
-                gauss = gaussian_reference(sides[0], sides[1], sides[2], betas, [m == "standardised" for m in modes],
+                gauss = gaussian_reference(side_arrays, sx_np, sy_np, betas, [m == "standardised" for m in modes],
                                            sample_blocks(layout), weights, layout.block_counts, dev)
             shared = (self._clock() - t0) / len(modes)
             for mode, (figs, radii, layout, _, seconds), g in zip(modes, runs, gauss):
