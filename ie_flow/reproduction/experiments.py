@@ -7,7 +7,8 @@
     generate: [{name, model, prompts, ...}]      model-written corpora (`ie-flow corpus generate`)
     matrix: {corpus.name: [...], ...}            one cell per combination of these settings
     cells: [{name, set: {dotted: value}, tags}]  and/or cells listed one by one
-    also: [smoothed]                             further estimators on each cell's activations
+    also: [infonce]                              further estimators on each cell's activations
+                                                 (each with its default settings and one seed)
     scales: {paper: {corpus.samples: 4096}}      dotted settings of every cell at a named scale
 
 A cell is a job: the base job with the cell's settings. `generated:NAME` as a corpus name is the

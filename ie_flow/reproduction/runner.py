@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ie_flow import IEFlowError, first_line
-from ie_flow.config import DEFAULT_TRACKING, JobSpec, family_settings, fill_family_defaults
+from ie_flow.config import DEFAULT_TRACKING, EstimateSpec, JobSpec, family_settings, fill_family_defaults
 from ie_flow.reproduction.experiments import GENERATED_PREFIX, Cell, Experiment
 from ie_flow.store import ReproductionEntry, ReproductionIndex, StorageRoot, dataset_folder
 
@@ -109,8 +109,11 @@ def _measure(job: JobSpec, cell: Cell, t0: float) -> list[ReproductionEntry]:
     for method in cell.also:
         if method in measured:
             continue
-        settings = family_settings(method, {}, job.corpus.name)  # as a job naming it would run it
-        estimate = job.estimate.model_copy(update={"method": method, "settings": settings})
+        # as a job naming only it would run it: its corpus family's settings and the default seed (an
+        # estimator run alongside for what it shows, not for its spread: icl's InfoNCE is at its ceiling)
+        settings = family_settings(method, {}, job.corpus.name)
+        estimate = job.estimate.model_copy(update={"method": method, "settings": settings,
+                                                   "seeds": EstimateSpec().seeds})
         sub = job.model_copy(update={"estimate": estimate})
         more = estimate_job(sub, folder)
         entries.append(entry(method, more.record.results_uri, more.record.mlflow_run_id, cell.tags))

@@ -39,7 +39,8 @@ def _write_experiments(folder: Path, model: Path) -> Path:
     words = np.array(["the", "a", "cat", "sat", "on", "mat", "is", "and", "France", "red", "dog", "Spain"])
     rng = np.random.default_rng(0)  # word-level sentences the tiny tokenizer knows, no two alike
     text.write_text("\n\n".join(" ".join(rng.choice(words, 9)) + "." for _ in range(700)))
-    natural = {"experiment": "natural-text", "claim": "IE rises token by token.", "job": job, "also": ["smoothed"],
+    two_seeds = {**job, "estimate": {**job["estimate"], "seeds": [0, 1]}}
+    natural = {"experiment": "natural-text", "claim": "IE rises token by token.", "job": two_seeds, "also": ["smoothed"],
                "cells": [{"name": "words-6tok", "set": {"corpus.name": str(text), "corpus.tokens": 6}}]}
     for n, e in enumerate((icl, natural), 1):
         (folder / f"{n}-{e['experiment']}.yaml").write_text(
@@ -75,6 +76,18 @@ def test_every_cell_is_a_child_of_one_parent_run(reproduced, tiny_llama):
     control_cell = index.entries["icl/icl-mixed-matched-shots3-random/infonce"].mlflow_run_id
     grandchildren = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{control_cell}'")
     assert sorted(r.data.tags["model"] for r in grandchildren) == sorted([str(tiny_llama), f"random:{tiny_llama}"])
+
+
+def test_an_also_estimator_runs_with_one_seed_whatever_the_job_names(reproduced):
+    tmp, _ = reproduced
+    index = StorageRoot(str(tmp / "data")).load_reproduction()
+
+    def seeds(key: str) -> set[int]:
+        _, table = results_folder(index.entries[key].results_uri).load()
+        return set(table.column("seed").to_pylist())
+
+    assert seeds("natural-text/words-6tok/infonce") == {0, 1}  # the job's estimator: the job's seeds
+    assert seeds("natural-text/words-6tok/smoothed") == {0}  # run alongside: as a job naming only it
 
 
 def test_report_numbers_come_from_the_stored_results(reproduced):
