@@ -52,9 +52,9 @@ def _paired(point: float, replicates: np.ndarray) -> tuple[float, float]:
 
 def emergence_boundary(model: TargetGrid, control: TargetGrid) -> tuple[int | None, dict[str, float]]:
     """The first boundary where the model's lower end (its held-out value's 95% lower end) clears the
-    control's upper end (its fitted value's 95% upper end), at the last position; and the share of
-    bootstrap replicates on which each boundary is that first one, the same rule applied to the
-    replicate (each side's replicate moved by its own margin to its interval end)."""
+    control's upper end (the 95% upper end of its probe refitted on all rows, in sample), at the last
+    position; and the share of bootstrap replicates on which each boundary is that first one, the same
+    rule applied to the replicate (each side's replicate moved by its own margin to its interval end)."""
     last = -1
     above = model.low[:, last] > control.high[:, last]
     point = model.boundaries[int(np.argmax(above))] if above.any() else None
@@ -99,7 +99,8 @@ def compare_targets(model_table: Any, control_table: Any, variant: str | None = 
 def format_target(record: TargetRecord, kind: str) -> str:
     """The boundaries side by side at the last position, the gains and the emergence layer."""
     lines = [f"usable information about the label at position {record.position}, model vs {kind} control "
-             "(bits; interval: the cell's bracket, from the held-out value's lower end to the fitted value's upper end)",
+             "(bits; interval: the cell's bracket, from the held-out value's lower end to the upper end of the probe "
+             "refitted on all rows, in sample)",
              f"{'boundary':>8}  {'model':>7}  {'95% interval':>17}  {kind + ' ctrl':>11}  {'95% interval':>17}  "
              f"{'difference':>10}  {'paired interval':>17}  {'block gain':>10}  {'paired interval':>17}  {'ceiling':>7}"]
     for r in record.boundaries:

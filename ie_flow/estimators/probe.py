@@ -17,11 +17,13 @@ that a probe cannot score by memorising the tuples it was fitted on:
 
 A fitted probe is pessimistic on held-out rows and optimistic on the rows it was fitted on (to first
 order by the same amount: the effective number of parameters over 2 n_fit, Takeuchi's criterion), so
-the cell's reading is a bracket: the interval runs from the report value's lower 95% end to the fit
-value's upper one, each with its spread from a bootstrap over sample ids (the probe kept fixed, the
-same resamples for every cell, so cells can be differenced replicate by replicate) and, with several
-seeds, the t-interval over their splits. Their midpoint, ``diagnostics["corrected_bits"]``, is the
-point estimate of the family's U. A cell where no probe beat the constant predictor reads 0 with an
+the cell's reading is a bracket: the interval runs from the report value's lower 95% end to the upper
+one of the chosen probe refitted on all rows at its penalty and read in sample (optimistic in
+expectation, and the least so a probe fitted on these rows can be), each with its spread from a
+bootstrap over sample ids (the probes kept fixed, the same resamples for every cell, so cells can be
+differenced replicate by replicate) and, with several seeds, the t-interval over their splits. The
+midpoint of the report and fit values of one probe, ``diagnostics["corrected_bits"]``, is the point
+estimate of the family's U. A cell where no probe beat the constant predictor reads 0 with an
 interval up to what its tune rows could have detected. All cells of a call (P, n, d) and all penalties
 are fitted together as one batched model, on CPU or CUDA.
 """
@@ -108,7 +110,8 @@ def _standardise(x: Any, fit_rows: Any) -> Any:
 
 def _fit(xf: Any, onehot: Any, log_prior: Any, penalties: Any, steps: int) -> tuple[Any, Any]:
     """Probes of every (cell, penalty): the mean cross-entropy + penalty/2 |W|^2 (bias unpenalised,
-    started at the log prior) minimised by preconditioned gradient descent with momentum.
+    started at the log prior) minimised by preconditioned gradient descent with momentum. penalties:
+    (A,) for every cell, or (C, A) one row per cell.
 
     In the eigenbasis of the fit rows' Gram matrix X'X/n (eigenvalues lam) the Hessian is at most
     diag(lam / 2 + penalty), since the softmax's is at most 1/2: scaling each coordinate's step by its
@@ -120,7 +123,7 @@ def _fit(xf: Any, onehot: Any, log_prior: Any, penalties: Any, steps: int) -> tu
     import torch
 
     c, n, d = xf.shape
-    a, k = penalties.numel(), onehot.shape[1]
+    a, k = penalties.shape[-1], onehot.shape[1]
     gram = xf.transpose(1, 2) @ xf / n
     # one thread: LAPACK's threaded eigh spins when the cores are shared (another task, another job):
     # a 576 x 576 Gram matrix took 0.4-8 s on 2 threads with one other busy process, 0.02-0.03 s on one
@@ -132,7 +135,7 @@ def _fit(xf: Any, onehot: Any, log_prior: Any, penalties: Any, steps: int) -> tu
         torch.set_num_threads(prev)
     z = xf @ basis
     zt = z.transpose(1, 2).contiguous()
-    pen_cols = penalties.repeat_interleave(k)[None, None, :]  # (1, 1, A*K)
+    pen_cols = penalties.reshape(-1, 1, a).repeat_interleave(k, dim=-1)  # (1 or C, 1, A*K)
     step = 1.0 / (0.5 * lam.clamp(min=0)[:, :, None] + pen_cols)  # (C, d, A*K)
     target = onehot.repeat(1, a)[None]  # (1, n, A*K)
     u = z.new_zeros(c, d, a * k)
@@ -157,25 +160,38 @@ def _log_q(x: Any, w: Any, b: Any) -> Any:
     return torch.log_softmax(logits, dim=-1).permute(0, 2, 1, 3)
 
 
-def _gains(x: Any, ids: Any, splits: Splits, penalties: Any, steps: int, n_classes: int) -> tuple[Any, Any]:
-    """Per-row gains (bits) of each cell's chosen probe on all rows (C, n), and the chosen penalty
-    (C,; inf = the constant predictor)."""
+def _row_gains(x: Any, ids: Any, rows: Any, penalties: Any, steps: int, n_classes: int) -> Any:
+    """Per-row log-likelihood gains (nats) over the constant predictor of `rows` of the probes fitted
+    on `rows` (standardised with their statistics), on all rows: (C, A, n)."""
+    import torch
+
+    counts = torch.bincount(ids[rows], minlength=n_classes).to(x.dtype)
+    log_prior = torch.log((counts + 0.5) / (counts.sum() + 0.5 * n_classes))  # never log 0
+    xs = _standardise(x, rows)
+    w, b = _fit(xs[:, rows], torch.nn.functional.one_hot(ids[rows], n_classes).to(x.dtype), log_prior, penalties, steps)
+    lq = _log_q(xs, w, b)  # (C, A, n, K)
+    return lq.gather(-1, ids.view(1, 1, -1, 1).expand(*lq.shape[:3], 1))[..., 0] - log_prior[ids]
+
+
+def _gains(x: Any, ids: Any, splits: Splits, penalties: Any, steps: int, n_classes: int) -> tuple[Any, Any, Any]:
+    """Per-row gains (bits) of each cell's chosen probe on all rows (C, n); the in-sample gains (C, n)
+    of that probe refitted on all rows at its chosen penalty (the bracket's upper side: the most rows
+    a probe can be fitted on, so the least optimism); and the chosen penalty (C,; inf = the constant
+    predictor, whose gains are 0)."""
     import torch
 
     fit, tune = (torch.as_tensor(r, device=x.device) for r in (splits.fit, splits.tune))
-    counts = torch.bincount(ids[fit], minlength=n_classes).to(x.dtype)
-    log_prior = torch.log((counts + 0.5) / (counts.sum() + 0.5 * n_classes))  # never log 0
-    xs = _standardise(x, fit)
-    w, b = _fit(xs[:, fit], torch.nn.functional.one_hot(ids[fit], n_classes).to(x.dtype), log_prior, penalties, steps)
-    lq = _log_q(xs, w, b)  # (C, A, n, K)
-    row_ll = lq.gather(-1, ids.view(1, 1, -1, 1).expand(*lq.shape[:3], 1))[..., 0] - log_prior[ids]  # (C, A, n)
+    row_ll = _row_gains(x, ids, fit, penalties, steps, n_classes)  # (C, A, n)
     tune_gain = row_ll[:, :, tune].mean(dim=2)  # (C, A); the constant predictor gains 0
     best = tune_gain.argmax(dim=1)
-    use_probe = tune_gain.gather(1, best[:, None])[:, 0] > 0
+    use_probe = (tune_gain.gather(1, best[:, None])[:, 0] > 0)[:, None]
     chosen = row_ll.gather(1, best.view(-1, 1, 1).expand(-1, 1, row_ll.shape[2]))[:, 0]
-    gains = torch.where(use_probe[:, None], chosen, torch.zeros_like(chosen)) * LOG2E
-    penalty = torch.where(use_probe, penalties[best], torch.full_like(penalties[best], math.inf))
-    return gains, penalty
+    gains = torch.where(use_probe, chosen, torch.zeros_like(chosen)) * LOG2E
+    every = torch.arange(x.shape[1], device=x.device)
+    refit = _row_gains(x, ids, every, penalties[best][:, None], steps, n_classes)[:, 0]
+    in_sample = torch.where(use_probe, refit, torch.zeros_like(refit)) * LOG2E
+    penalty = torch.where(use_probe[:, 0], penalties[best], torch.full_like(penalties[best], math.inf))
+    return gains, in_sample, penalty
 
 
 class UsableInformation(Estimator):
@@ -196,7 +212,7 @@ class UsableInformation(Estimator):
     measures_target = True
     saturates = False  # its ceiling is the exact I(s; prefix): reaching it is a full reading, not a bound
     takes_float16 = True  # converted to float32 a batch of cells at a time
-    diagnostics = ("corrected_bits", "fit_bits", "penalty", "label_entropy_bits", "above_ceiling_bits")
+    diagnostics = ("corrected_bits", "fit_bits", "refit_bits", "penalty", "label_entropy_bits", "above_ceiling_bits")
 
     def variants(self) -> tuple[str, ...]:
         return (VARIANT,)
@@ -257,18 +273,20 @@ class UsableInformation(Estimator):
         penalties = torch.tensor([float(p) for p in s["penalties"]], dtype=torch.float32, device=dev)
         n_classes = int(ids.max()) + 1
         boot = bootstrap_weights(xs.shape[1], int(s["bootstrap"]), int(s["bootstrap_seed"])) if s["bootstrap"] else None
-        out: dict[str, list] = {"report": [], "fit": [], "penalty": [], "rep_report": [], "rep_fit": []}
+        out: dict[str, list] = {"report": [], "fit": [], "refit": [], "penalty": [], "rep_report": [], "rep_refit": []}
+        every = np.arange(xs.shape[1])
         step = max(1, int(s["cells_per_batch"]))
         for c0 in range(0, xs.shape[0], step):
             x = torch.as_tensor(np.ascontiguousarray(xs[c0:c0 + step], dtype=np.float32), device=dev)
-            gains, penalty = _gains(x, ids_t, splits, penalties, int(s["steps"]), n_classes)
-            g = gains.double().cpu().numpy()
+            gains, in_sample, penalty = _gains(x, ids_t, splits, penalties, int(s["steps"]), n_classes)
+            g, g_all = gains.double().cpu().numpy(), in_sample.double().cpu().numpy()
             out["report"].extend(g[:, splits.report].mean(axis=1))
             out["fit"].extend(g[:, splits.fit].mean(axis=1))
+            out["refit"].extend(g_all.mean(axis=1))
             out["penalty"].extend(penalty.cpu().numpy())
             if boot is not None:
                 out["rep_report"].extend(_weighted_means(g, boot, splits.report))
-                out["rep_fit"].extend(_weighted_means(g, boot, splits.fit))
+                out["rep_refit"].extend(_weighted_means(g_all, boot, every))
         out["n"] = (splits.fit.size, splits.tune.size, splits.report.size)
         return out
 
@@ -280,15 +298,16 @@ class UsableInformation(Estimator):
         P = len(per_seed[0]["report"])
         out = []
         for p in range(P):
-            report, fit = ([r[side][p] for r in per_seed] for side in ("report", "fit"))
+            report, fit, refit = ([r[side][p] for r in per_seed] for side in ("report", "fit", "refit"))
             bits, lo, _ = estimate_interval(report, _mean_replicates(per_seed, "rep_report", p))
-            fit_bits, _, hi = estimate_interval(fit, _mean_replicates(per_seed, "rep_fit", p))
+            refit_bits, _, hi = estimate_interval(refit, _mean_replicates(per_seed, "rep_refit", p))
+            fit_bits = float(np.mean(fit))
             if all(math.isinf(r["penalty"][p]) for r in per_seed):
                 # no probe beat the constant predictor on the tune rows: the value is 0, but U up to
                 # what those rows could have detected is not excluded
                 hi = max(hi, detection_limit_bits(n_tune, 0.0))
             ceiling = entropy if ceilings is None or ceilings[p] is None else float(ceilings[p])
-            diag = {"corrected_bits": (bits + fit_bits) / 2, "fit_bits": fit_bits,
+            diag = {"corrected_bits": (bits + fit_bits) / 2, "fit_bits": fit_bits, "refit_bits": refit_bits,
                     "penalty": float(per_seed[0]["penalty"][p]), "label_entropy_bits": entropy,
                     "above_ceiling_bits": max(0.0, hi - ceiling)}
             out.append(MIEstimate(
@@ -296,7 +315,7 @@ class UsableInformation(Estimator):
                 method=self.name, seconds=seconds / max(1, P), seeds=seeds, bits_per_seed=tuple(map(float, report)),
                 ci_low=lo, ci_high=hi, diagnostics=diag,
                 settings={**s, "probe_family": PROBE_FAMILY, "n_tune": n_tune,
-                          "interval": "from the report value's lower end to the fit value's upper end"},
+                          "interval": "from the report value's lower end to the refit in-sample value's upper end"},
                 replicate_bits=tuple(_mean_replicates(per_seed, "rep_report", p) if s["bootstrap"] else ()),
                 variant=VARIANT))
         return out
