@@ -13,8 +13,8 @@
 
 A cell is a job: the base job with the cell's settings. `generated:NAME` as a corpus name is the
 file the experiment's generator NAME wrote. `ie-flow reproduce --scale NAME` applies the scale's
-dotted settings over every cell's own, and those named `generate.KEY` (generate.samples) to every
-generator; `default` is the file as written, and a scale a file does not name is an error. A scale
+dotted settings over the base job of every cell (a setting the cell names itself stays), and those
+named `generate.KEY` (generate.samples) to every generator; `default` is the file as written, and a scale a file does not name is an error. A scale
 that changes a generator writes its own file (NAME-SCALE), so the two scales' corpora never
 overwrite each other and the cells that read it rerun."""
 
@@ -109,8 +109,9 @@ def _scale_settings(raw: dict[str, Any], scale: str, where: Path) -> dict[str, A
 
 def _at_scale(cells: list[Cell], generate: list[dict[str, Any]], settings: dict[str, Any], scale: str,
               where: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
-    """Cells with the scale's settings over their own; generators with its `generate.` settings,
-    renamed NAME-SCALE (and every `generated:NAME` that reads them)."""
+    """Cells with the scale's settings under their own (a setting a cell names itself, such as the
+    seed of an estimator that runs once, is what that cell needs at every scale); generators with its
+    `generate.` settings, renamed NAME-SCALE (and every `generated:NAME` that reads them)."""
     from dataclasses import fields
 
     from ie_flow.corpora.generate import GenerationSettings
@@ -128,7 +129,7 @@ def _at_scale(cells: list[Cell], generate: list[dict[str, Any]], settings: dict[
             return {**d, "corpus.name": GENERATED_PREFIX + renamed[name.removeprefix(GENERATED_PREFIX)]}
         return d
 
-    cells = [Cell(c.experiment, c.name, {**follow(c.settings), **job}, follow(c.tags), c.also) for c in cells]
+    cells = [Cell(c.experiment, c.name, {**job, **follow(c.settings)}, follow(c.tags), c.also) for c in cells]
     return cells, [{**g, **gen, "name": renamed.get(g["name"], g["name"])} for g in generate]
 
 

@@ -301,7 +301,8 @@ def test_the_paper_workflows_load(scale):
     controls = set()
     for e in experiments:  # every cell is a valid job
         for name, job in jobs[e.name].items():
-            one_seed = "mine-paper" in name or name.endswith(("-infonce", "-probe"))
+            # 3 seeds at the paper's n; one at the default scale, and on cells that name their own
+            one_seed = scale == "default" or "mine-paper" in name or name.endswith(("-infonce", "-probe"))
             assert job.storage.uri == "/tmp/x" and job.estimate.seeds == ([0] if one_seed else [0, 1, 2])
             if job.control.kind != "none" and job.control.estimator == "smoothed":  # at the family's headline β
                 assert job.control.settings.get("headline_beta") == (0.6 if job.corpus.name.startswith("icl-") else 0.8)
@@ -511,11 +512,12 @@ def test_scales(tmp_path, ie_flow):
     assert base.scale == "default" and paper.scale == "paper"
     assert [c.settings for c in base.cells] == [{"corpus.shots": 1}, {"corpus.shots": 2},
                                                 {"corpus.name": "generated:g", "corpus.samples": 300}]
-    # every cell: its own settings, then the scale's over them; a changed generator writes its own file
+    # every cell: the scale's settings over the base job, the cell's own over them (model-text keeps its
+    # 300 samples); a changed generator writes its own file
     assert [c.settings for c in paper.cells] == [
         {"corpus.shots": 1, "corpus.samples": 8192, "extract.batch_size": 64},
         {"corpus.shots": 2, "corpus.samples": 8192, "extract.batch_size": 64},
-        {"corpus.name": "generated:g-paper", "corpus.samples": 8192, "extract.batch_size": 64}]
+        {"corpus.name": "generated:g-paper", "corpus.samples": 300, "extract.batch_size": 64}]
     assert paper.cells[2].tags == {"corpus.name": "generated:g-paper", "corpus.samples": 300, "writer": "model"}
     assert base.generate == [{"name": "g", "samples": 256}] and paper.generate == [{"name": "g-paper", "samples": 4500}]
     assert paper.cells[0].job_tree(paper.job) == {"model": {"name": "smollm2-135m"}, "corpus": {
