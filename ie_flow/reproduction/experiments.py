@@ -8,15 +8,15 @@
     matrix: {corpus.name: [...], ...}            one cell per combination of these settings
     cells: [{name, set: {dotted: value}, tags}]  and/or cells listed one by one
     also: [infonce]                              further estimators on each cell's activations
-                                                 (each with its default settings and one seed)
+                                                 (as a job naming only it: its family's settings, one seed)
     scales: {paper: {corpus.samples: 4096}}      dotted settings of every cell at a named scale
 
 A cell is a job: the base job with the cell's settings. `generated:NAME` as a corpus name is the
 file the experiment's generator NAME wrote. `ie-flow reproduce --scale NAME` applies the scale's
 dotted settings over the base job of every cell (a setting the cell names itself stays), and those
-named `generate.KEY` (generate.samples) to every generator; `default` is the file as written, and a scale a file does not name is an error. A scale
-that changes a generator writes its own file (NAME-SCALE), so the two scales' corpora never
-overwrite each other and the cells that read it rerun."""
+named `generate.KEY` (generate.samples) to every generator; `default` is the file as written, and a
+scale a file does not name is an error. A scale that changes a generator writes its own file
+(NAME-SCALE), so the two scales' corpora never overwrite each other and the cells that read it rerun."""
 
 from __future__ import annotations
 
