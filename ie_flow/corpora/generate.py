@@ -37,6 +37,8 @@ PROMPT_TEMPLATES = {
     "answer": "{text}",
 }
 MIN_PROMPT_WORDS = 5
+GENERATION_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLER = "ie_flow.corpora.sampling, batches by opening length"  # in the metadata: what drew the text
 PARTS_META = "generation.json"  # in OUT.parts/: the settings its finished batches were made with
 
 
@@ -50,11 +52,15 @@ class GenerationSettings:
     samples: int = 256  # number of prompts
     seed: int = 0
     task: str = "continue"
-    batch_size: int = 16
+    batch_size: int = 64  # prompts per batch: about the fastest on a 2-core CPU (benchmarks/bench_generate.py)
     max_new_tokens: int = 64
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    # what the model computes in while it writes: auto is bfloat16 where the hardware multiplies it
+    # natively (a GPU; a CPU with AVX512-BF16 or AMX: twice float32's speed here), float32 elsewhere;
+    # generate_corpus records the resolved dtype (the text depends on it)
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.task not in PROMPT_TEMPLATES:
@@ -62,6 +68,8 @@ class GenerationSettings:
         for name in ("samples", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise IEFlowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in GENERATION_DTYPES:
+            raise IEFlowError(f"unknown dtype {self.dtype!r}; choose from {', '.join(GENERATION_DTYPES)}")
         if not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise IEFlowError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
 
@@ -103,14 +111,31 @@ def select_prompts(settings: GenerationSettings, endpoint_url: str | None = None
     return [Prompt(i, text, human) for i, (text, human) in enumerate(picked)]
 
 
+def batch_order(prompts: list[Prompt]) -> list[int]:
+    """The prompts in the order they are batched: by opening length, so that a batch, padded to its
+    longest prompt, holds little padding. Texts go back to prompt order in the file."""
+    return sorted(range(len(prompts)), key=lambda i: len(prompts[i].text))
+
+
 def prompt_digest(prompts: list[Prompt]) -> str:
     return hashlib.sha256(json.dumps([[p.text, p.human] for p in prompts]).encode()).hexdigest()
+
+
+def resolve_dtype(settings: GenerationSettings, gpus: float) -> GenerationSettings:
+    """`auto` made concrete for the workers that will generate (the dtype goes into the metadata)."""
+    if settings.dtype != "auto":
+        return settings
+    from ie_flow.models import cpu_has_native_bfloat16
+
+    native = gpus > 0 or cpu_has_native_bfloat16()  # CPU workers: assumed to be CPUs like this one
+    return dataclasses.replace(settings, dtype="bfloat16" if native else "float32")
 
 
 def generation_metadata(settings: GenerationSettings, prompts: list[Prompt]) -> dict[str, Any]:
     from ie_flow.models import resolve_model
 
     return {"settings": asdict(settings), "model_source": resolve_model(settings.model).describe(),
+            "sampler": SAMPLER,
             "prompt_digest": prompt_digest(prompts), "prompts": len(prompts),
             "prompt_template": PROMPT_TEMPLATES[settings.task], "code_version": __version__}
 
@@ -131,9 +156,9 @@ class GenerateText:
 
         from ie_flow.models import load_model
 
-        self.spec = GenerationSettings(**self.settings)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.loaded = load_model(self.spec.model, device=device)
+        self.spec = resolve_dtype(GenerationSettings(**self.settings), float(device == "cuda"))
+        self.loaded = load_model(self.spec.model, device=device, dtype=self.spec.dtype)
         tok = self.loaded.tokenizer
         tok.padding_side = "left"  # decoder-only: new tokens follow the prompt in every row
         if tok.pad_token_id is None:
@@ -152,30 +177,20 @@ class GenerateText:
         """Texts of batch `batch` and the number of tokens generated."""
         import torch
 
+        from ie_flow.corpora.sampling import Sampling, sample
+
         s, tok = self.spec, self.loaded.tokenizer
         rows = self.prompts[batch * s.batch_size : (batch + 1) * s.batch_size]
-        enc = tok([self.model_input(r) for r in rows], return_tensors="pt", padding=True,
-                  add_special_tokens=not self.chat)  # a chat template already holds its special tokens
-        enc = enc.to(self.loaded.model.device)
-        torch.manual_seed(s.seed * 1_000_003 + batch)
-        with torch.inference_mode():
-            out = self.loaded.model.generate(
-                **enc, do_sample=True, temperature=s.temperature, top_p=s.top_p,
-                repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens,
-                pad_token_id=tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)], self.generated_tokens(new)
+        # a chat template already holds its special tokens
+        ids = [tok(self.model_input(r), add_special_tokens=not self.chat)["input_ids"] for r in rows]
+        generator = torch.Generator(self.loaded.model.device).manual_seed(s.seed * 1_000_003 + batch)
+        new = sample(self.loaded.model, ids, Sampling(s.max_new_tokens, s.temperature, s.top_p, s.repetition_penalty),
+                     self.eos_ids(), tok.pad_token_id, generator)
+        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)], sum(len(n) for n in new)
 
-    def generated_tokens(self, new: Any) -> int:
-        """Tokens generated per row up to and including its end-of-sequence token (generate pads
-        finished rows after it; counting non-pad ids would be wrong where pad = unk or eos)."""
+    def eos_ids(self) -> set[int]:
         eos = self.loaded.model.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        total = 0
-        for row in new.tolist():
-            ends = [i for i, t in enumerate(row) if t in eos]
-            total += ends[0] + 1 if ends else len(row)
-        return total
+        return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
 
     def run(self, units: list[Any]) -> list[Any]:
         from ie_flow.executors import UnitDone
@@ -247,29 +262,36 @@ def _existing_metadata(folder: Any, name: str) -> dict[str, Any] | None:
     return record.get(GENERATION_META_KEY) if isinstance(record, dict) else None
 
 
-def _check_reuse(folder: Any, name: str, parts: Any, meta: dict[str, Any], force: bool) -> bool:
+def _check_reuse(folder: Any, name: str, parts: Any, meta: dict[str, Any], force: bool,
+                 replace_other: bool) -> bool:
     """True when the output exists, complete, for these settings. Output or unfinished batches
-    made with other settings: an error, or removed with `force`."""
+    made with other settings: an error, or replaced with `force` or `replace_other` (`force`
+    regenerates even output made with these settings)."""
     if force:
         parts.remove("")
         return False
     if folder.exists(name):
         if _same(_existing_metadata(folder, name) or {}, meta):
             return True
-        raise IEFlowError(f"{folder.url(name)} exists and was not generated with these settings: "
-                          "use another --out, or --force to replace it")
+        if not replace_other:
+            raise IEFlowError(f"{folder.url(name)} exists and was not generated with these settings: "
+                              "use another --out, or --force to replace it")
+        log.info("generate: %s was generated with other settings: generating it again", folder.url(name))
     if parts.exists(PARTS_META) and not _same(parts.read_json(PARTS_META), meta):
-        raise IEFlowError(f"{parts.url()} holds unfinished batches generated with other settings: "
-                          "use another --out, or --force to discard them")
+        if not replace_other:
+            raise IEFlowError(f"{parts.url()} holds unfinished batches generated with other settings: "
+                              "use another --out, or --force to discard them")
+        parts.remove("")
     return False
 
 
 def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | None = None,
                     force: bool = False, endpoint_url: str | None = None,
-                    executor: str | None = None) -> GenerationResult:
+                    executor: str | None = None, replace_other: bool = False) -> GenerationResult:
     """Generate model-written text for `settings` into the JSONL file `out` (local or s3://).
-    Batches finished by an interrupted run are kept (OUT.parts/), so a rerun resumes. Runs
-    in-process (`serial`) unless a Ray cluster is named or `executor` is "ray"."""
+    Batches finished by an interrupted run are kept (OUT.parts/), so a rerun resumes. Output made
+    with other settings is an error unless `replace_other` (or `force`). Runs in-process
+    (`serial`) unless a Ray cluster is named or `executor` is "ray"."""
     from ie_flow.executors import Completion, WorkUnit, get_executor
     from ie_flow.executors.resources import plan_model_workers
     from ie_flow.storage import Storage
@@ -278,25 +300,29 @@ def generate_corpus(settings: GenerationSettings, out: str, ray_address: str | N
     parent, _, name = out.rstrip("/").rpartition("/")
     folder = Storage(parent or ".", endpoint_url)
     parts = folder.child(name + ".parts")
+    runner = get_executor(executor or ("ray" if ray_address else "serial"), address=ray_address)
+    plan = plan_model_workers(runner.resources())
+    settings = resolve_dtype(settings, plan.gpus)
     prompts = select_prompts(settings, endpoint_url)
     meta = generation_metadata(settings, prompts)
-    if _check_reuse(folder, name, parts, meta, force):
+    if _check_reuse(folder, name, parts, meta, force, replace_other):
         log.info("generate: %s is complete for these settings", folder.url(name))
         return GenerationResult(folder.url(name), len(prompts), 0, 0, time.perf_counter() - t0, metadata=meta)
     parts.write_json(PARTS_META, meta)
     size = settings.batch_size
     units = [WorkUnit(f"batch-{b:05d}", {"batch": b}, weight=len(prompts[s : s + size]))
              for b, s in enumerate(range(0, len(prompts), size))]
-    runner = get_executor(executor or ("ray" if ray_address else "serial"), address=ray_address)
-    plan = plan_model_workers(runner.resources())
     if runner.name == "serial":
         import torch
 
         # in-process: keep this process's torch threads (OMP_NUM_THREADS, a test's single thread)
         plan = dataclasses.replace(plan, threads=torch.get_num_threads())
-    step = GenerateText(asdict(settings), [p.text for p in prompts])
+    order = batch_order(prompts)
+    step = GenerateText(asdict(settings), [prompts[i].text for i in order])
     records = runner.run(step, units, Completion(parts), plan)
-    texts = [t for r in records for t in r["texts"]]
+    texts = [""] * len(prompts)
+    for i, text in zip(order, (t for r in records for t in r["texts"])):
+        texts[i] = text
     lines = [json.dumps({GENERATION_META_KEY: meta})]
     lines += [json.dumps({"id": p.id, "text": t, "human": p.human, "prompt": p.text}) for p, t in zip(prompts, texts)]
     folder.write_bytes(name, ("\n".join(lines) + "\n").encode())

@@ -61,9 +61,18 @@ class Cell:
             node[leaf] = value
         return tree
 
-    def digest(self, base: dict[str, Any]) -> str:
-        text = json.dumps([self.job_tree(base), sorted(self.also)], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def generated_corpus(self, base: dict[str, Any]) -> str | None:
+        """The name of the generated corpus the cell reads (`generated:NAME`), if it reads one."""
+        name = str(self.job_tree(base).get("corpus", {}).get("name", ""))
+        return name.removeprefix(GENERATED_PREFIX) if name.startswith(GENERATED_PREFIX) else None
+
+    def digest(self, base: dict[str, Any], corpus_metadata: dict[str, Any] | None = None) -> str:
+        """What decides the cell's results: its job, its further estimators and, for a generated
+        corpus, what the text was generated with (new text makes the cell rerun)."""
+        parts: list[Any] = [self.job_tree(base), sorted(self.also)]
+        if corpus_metadata is not None:
+            parts.append(corpus_metadata)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,9 @@ def _generate(experiment: Experiment, setup: Setup, root: StorageRoot, index: Re
         uri = root.generated_corpus_uri(raw["name"])
         log.info("reproduce %s: generating %s with %s", experiment.name, raw["name"], spec.get("model", "smollm2-135m"))
         try:
+            # the experiment file decides what its corpus holds: text made otherwise is replaced
             result = generate_corpus(GenerationSettings(**spec), uri, ray_address=setup.ray_address,
-                                     endpoint_url=setup.endpoint_url)
+                                     endpoint_url=setup.endpoint_url, replace_other=True)
         except Exception as e:  # noqa: BLE001 - like a failed cell: recorded, the rest goes on
             index.failed[key] = f"{type(e).__name__}: {first_line(e)}"
             index.generated.pop(raw["name"], None)  # the cells that read it fail with a clear line
@@ -82,7 +83,9 @@ def _generate(experiment: Experiment, setup: Setup, root: StorageRoot, index: Re
             continue
         index.failed.pop(key, None)
         # a resumed or already complete generation adds only its own time to what earlier runs spent
-        before = index.generated.get(raw["name"], {}).get("seconds", 0.0)
+        # on the same text (text generated again, with other settings, counts from zero)
+        previous = index.generated.get(raw["name"], {})
+        before = previous.get("seconds", 0.0) if previous.get("metadata") == result.metadata else 0.0
         spent = before + (result.seconds if result.batches_generated else 0.0)
         index.generated[raw["name"]] = {"uri": result.uri, "seconds": spent, "metadata": result.metadata}
         root.save_reproduction(index)
@@ -122,7 +125,8 @@ def _measure(job: JobSpec, cell: Cell, t0: float) -> list[ReproductionEntry]:
 
 def run_cell(experiment: Experiment, cell: Cell, setup: Setup, index: ReproductionIndex) -> bool:
     """Run one cell unless the index holds it with the same settings; False if it failed."""
-    key, digest = f"{experiment.name}/{cell.name}", cell.digest(experiment.job)
+    generated = index.generated.get(cell.generated_corpus(experiment.job) or "", {})
+    key, digest = f"{experiment.name}/{cell.name}", cell.digest(experiment.job, generated.get("metadata"))
     done = [e for k, e in index.entries.items() if k.startswith(key + "/") and e.job_digest == digest]
     if done:
         log.info("reproduce %s: done before (%d measurements), kept", key, len(done))

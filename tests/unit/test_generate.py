@@ -10,9 +10,10 @@ import pytest
 
 from ie_flow import IEFlowError
 from ie_flow.corpora.generate import (
-    GENERATION_META_KEY, GenerateText, GenerationSettings, generate_corpus, prompt_digest, select_prompts,
+    GENERATION_META_KEY, GenerateText, batch_order, GenerationSettings, generate_corpus, prompt_digest, select_prompts,
 )
 from ie_flow.corpora.text import text_corpus
+from ie_flow.models import cpu_has_native_bfloat16
 
 DOCS = [
     "the cat sat on the mat. a cat is on a mat.",
@@ -64,16 +65,19 @@ def test_generate_writes_metadata_then_one_record_per_prompt(settings, tmp_path,
     prompts = select_prompts(settings)
     info = meta[GENERATION_META_KEY]
     assert info["settings"]["model"] == settings.model and info["settings"]["max_new_tokens"] == 6
+    assert info["settings"]["dtype"] == ("bfloat16" if cpu_has_native_bfloat16() else "float32")  # auto, resolved
     assert info["prompt_digest"] == prompt_digest(prompts) and info["prompts"] == 5
     assert [r["id"] for r in records] == [0, 1, 2, 3, 4]
     assert [(r["prompt"], r["human"]) for r in records] == [(p.text, p.human) for p in prompts]
     # the tiny model has no EOS: every prompt gets all 6 new tokens
     assert result.records == 5 and result.batches_generated == 3 and result.new_tokens == 30
     assert not (tmp_path / "model.jsonl.parts").exists()
-    # the same batch generated directly gives the same text (seeded per batch)
-    step = GenerateText(info["settings"], [p.text for p in prompts])
+    # the same batch generated directly gives the same text (seeded per batch; batched by opening length)
+    order = batch_order(prompts)
+    assert [len(prompts[i].text) for i in order] == sorted(len(p.text) for p in prompts)
+    step = GenerateText(info["settings"], [prompts[i].text for i in order])
     step.setup()
-    assert step.generate_batch(1) == ([records[2]["text"], records[3]["text"]], 12)
+    assert step.generate_batch(1) == ([records[order[2]]["text"], records[order[3]]["text"]], 12)
     tok = step.loaded.tokenizer
     for r in records:  # no chat template: the raw opening was continued with words of the vocabulary
         assert r["text"] and tok.unk_token_id not in tok(r["text"], add_special_tokens=False).input_ids
@@ -132,7 +136,8 @@ def test_bad_prompt_corpora_say_what_is_wrong(settings, change, message):
 
 @pytest.mark.parametrize("change, message", [({"task": "chat"}, "unknown task 'chat'"),
                                              ({"batch_size": 0}, "batch_size must be at least 1"),
-                                             ({"top_p": 1.5}, "0 < top_p <= 1")])
+                                             ({"top_p": 1.5}, "0 < top_p <= 1"),
+                                             ({"dtype": "fp8"}, "unknown dtype 'fp8'")])
 def test_bad_settings(change, message):
     with pytest.raises(IEFlowError, match=message):
         GenerationSettings(**change)

@@ -375,6 +375,40 @@ def test_a_failed_generation_is_recorded_and_its_cells_say_why(tiny_llama, tmp_p
     assert "- human-vs-model/generate g: IEFlowError" in (tmp_path / "R.md").read_text()
 
 
+def test_changed_generation_settings_regenerate_the_corpus_and_rerun_its_cells(tiny_llama, tmp_path):
+    """The reproduction owns its generated corpora: text generated with other settings is replaced,
+    and a cell that reads it is measured again (its settings alone did not change)."""
+    from ie_flow.corpora.text import GENERATION_META_KEY
+
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps({"text": f"the cat sat on the mat number {i}. a dog is red and the mat is "
+                                                 f"on a cat. the end."}) + "\n" for i in range(160)))
+    folder = tmp_path / "paper"
+    folder.mkdir()
+
+    def write(max_new_tokens: int) -> None:
+        exp = {"experiment": "human-vs-model", "claim": "Model-written text has higher IE.",
+               "job": {"model": {"name": str(tiny_llama)}, "corpus": {"tokens": 2, "samples": 128},
+                       "estimate": {"method": "infonce", "seeds": [0], "settings": {"max_steps": 5, "bootstrap": 5}}},
+               "generate": [{"name": "g", "model": str(tiny_llama), "prompts": str(human), "samples": 144,
+                             "batch_size": 48, "max_new_tokens": max_new_tokens}],
+               "cells": [{"name": "model-text", "set": {"corpus.name": "generated:g"}}]}
+        (folder / "3-hvm.yaml").write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
+
+    args = ["reproduce", "--workflows", str(folder), "--storage", str(tmp_path / "d"), "--no-tracking",
+            "--executor", "serial", "--out", str(tmp_path / "R.md"), "--report-only"]
+    root = StorageRoot(str(tmp_path / "d"))
+    digests = []
+    for max_new_tokens in (6, 6, 8):
+        write(max_new_tokens)
+        assert run_cli(args[:-1]) == 0
+        index = root.load_reproduction()
+        meta = json.loads(Path(index.generated["g"]["uri"]).read_text().splitlines()[0])[GENERATION_META_KEY]
+        assert meta["settings"]["max_new_tokens"] == max_new_tokens
+        digests.append(index.entries["human-vs-model/model-text/infonce"].job_digest)
+    assert digests[0] == digests[1] != digests[2]  # kept while the text is the same, rerun on new text
+
+
 # --- the designs of claims 1-3 on synthetic measurements ------------------------------------------------
 def test_claim_1_is_a_difference_in_differences_at_each_shot_count(tmp_path):
     """Trained (one category - mix) minus random (one category - mix) per shot count, averaged over the
