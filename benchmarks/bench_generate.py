@@ -90,6 +90,7 @@ def main() -> None:
         step = GenerateText(asdict(settings), [prompts[i].text for i in batch_order(prompts)])
         step.setup()
         tok, model = step.loaded.tokenizer, step.loaded.model
+        tok.padding_side = "left"  # for generate: new tokens follow the prompt in every row
         if size == int(args.batches.split(",")[0]):
             print(f"model computes in {model.dtype} (both sides)", flush=True)
         bare_tokens = ours_tokens = 0

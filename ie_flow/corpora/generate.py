@@ -160,8 +160,7 @@ class GenerateText:
         self.spec = resolve_dtype(GenerationSettings(**self.settings), float(device == "cuda"))
         self.loaded = load_model(self.spec.model, device=device, dtype=self.spec.dtype)
         tok = self.loaded.tokenizer
-        tok.padding_side = "left"  # decoder-only: new tokens follow the prompt in every row
-        if tok.pad_token_id is None:
+        if tok.pad_token_id is None:  # the sampler pads rows to a common length (masked)
             tok.pad_token = tok.eos_token or tok.unk_token
         self.chat = bool(getattr(tok, "chat_template", None))
 

@@ -59,7 +59,8 @@ def top_p_mask(scores: Any, top_p: float, prefilter: int = PREFILTER) -> tuple[A
     import torch
 
     if top_p >= 1.0:  # nothing is cut (a float cumulative sum can reach 1 before the last token)
-        return torch.arange(scores.shape[-1], device=scores.device).expand_as(scores), torch.ones_like(scores, dtype=torch.bool)
+        every = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+        return every, torch.ones_like(scores, dtype=torch.bool)
     k = min(prefilter, scores.shape[-1])
     top, ids = torch.topk(scores, k, dim=-1)  # sorted, most probable first
     probs = torch.exp(top - torch.logsumexp(scores, dim=-1, keepdim=True))

@@ -179,7 +179,7 @@ def _runtimes(experiments: list[Experiment], index: ReproductionIndex) -> list[s
     total = 0.0
     for e in experiments:
         cells: dict[str, float] = {}
-        digests = {c.name: c.digest(e.job) for c in e.cells}
+        digests = {c.name: e.cell_digest(c, index.generated) for c in e.cells}
         for entry in index.entries.values():
             if entry.experiment == e.name and digests.get(entry.cell) == entry.job_digest:
                 cells[entry.cell] = max(cells.get(entry.cell, 0.0), entry.seconds)
@@ -250,7 +250,7 @@ def write_report(experiments: list[Experiment], index: ReproductionIndex, setup:
     figures = out.parent / out.stem.lower()
     figures.mkdir(parents=True, exist_ok=True)
     # cells since removed, or measured with other settings (another scale), are left out
-    current = {f"{e.name}/{c.name}": c.digest(e.job) for e in experiments for c in e.cells}
+    current = {f"{e.name}/{c.name}": e.cell_digest(c, index.generated) for e in experiments for c in e.cells}
     shown = index.model_copy(update={"entries": {k: e for k, e in index.entries.items()
                                                  if current.get(f"{e.experiment}/{e.cell}") == e.job_digest}})
     measured = load_measurements(shown, setup.endpoint_url)

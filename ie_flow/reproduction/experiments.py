@@ -86,6 +86,12 @@ class Experiment:
     generate: list[dict[str, Any]] = field(default_factory=list)
     scale: str = DEFAULT_SCALE
 
+    def cell_digest(self, cell: Cell, generated: dict[str, dict[str, Any]]) -> str:
+        """What a cell's measurements are stored under: its settings and, for a cell that reads a
+        generated corpus, that corpus's metadata (`generated`: the index's generated corpora)."""
+        corpus = generated.get(cell.generated_corpus(self.job) or "", {})
+        return cell.digest(self.job, corpus.get("metadata"))
+
 
 def _matrix_cells(name: str, matrix: dict[str, list[Any]], also: tuple[str, ...]) -> list[Cell]:
     keys = list(matrix)

@@ -125,8 +125,7 @@ def _measure(job: JobSpec, cell: Cell, t0: float) -> list[ReproductionEntry]:
 
 def run_cell(experiment: Experiment, cell: Cell, setup: Setup, index: ReproductionIndex) -> bool:
     """Run one cell unless the index holds it with the same settings; False if it failed."""
-    generated = index.generated.get(cell.generated_corpus(experiment.job) or "", {})
-    key, digest = f"{experiment.name}/{cell.name}", cell.digest(experiment.job, generated.get("metadata"))
+    key, digest = f"{experiment.name}/{cell.name}", experiment.cell_digest(cell, index.generated)
     done = [e for k, e in index.entries.items() if k.startswith(key + "/") and e.job_digest == digest]
     if done:
         log.info("reproduce %s: done before (%d measurements), kept", key, len(done))

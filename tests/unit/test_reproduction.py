@@ -392,7 +392,8 @@ def test_changed_generation_settings_regenerate_the_corpus_and_rerun_its_cells(t
                        "estimate": {"method": "infonce", "seeds": [0], "settings": {"max_steps": 5, "bootstrap": 5}}},
                "generate": [{"name": "g", "model": str(tiny_llama), "prompts": str(human), "samples": 144,
                              "batch_size": 48, "max_new_tokens": max_new_tokens}],
-               "cells": [{"name": "model-text", "set": {"corpus.name": "generated:g"}}]}
+               "cells": [{"name": "model-text", "set": {"corpus.name": "generated:g"},
+                          "tags": {"writer": "model", "generator": "tiny"}}]}
         (folder / "3-hvm.yaml").write_text("# ie-flow reproduce human-vs-model\n" + json.dumps(exp))
 
     args = ["reproduce", "--workflows", str(folder), "--storage", str(tmp_path / "d"), "--no-tracking",
@@ -406,6 +407,8 @@ def test_changed_generation_settings_regenerate_the_corpus_and_rerun_its_cells(t
         meta = json.loads(Path(index.generated["g"]["uri"]).read_text().splitlines()[0])[GENERATION_META_KEY]
         assert meta["settings"]["max_new_tokens"] == max_new_tokens
         digests.append(index.entries["human-vs-model/model-text/infonce"].job_digest)
+        report = (tmp_path / "R.md").read_text()
+        assert "| model-text | infonce | " in report and "| human-vs-model | 1/1 |" in report  # shown, timed
     assert digests[0] == digests[1] != digests[2]  # kept while the text is the same, rerun on new text
 
 
