@@ -11,7 +11,7 @@ from typing import Any
 
 from ie_flow import IEFlowError, first_line
 from ie_flow.config import DEFAULT_TRACKING, EstimateSpec, JobSpec, family_settings, fill_family_defaults
-from ie_flow.reproduction.experiments import GENERATED_PREFIX, Cell, Experiment
+from ie_flow.reproduction.experiments import Cell, Experiment
 from ie_flow.store import ReproductionEntry, ReproductionIndex, StorageRoot, dataset_folder
 
 log = logging.getLogger("ie_flow")
@@ -39,12 +39,11 @@ class Setup:
 def cell_job(experiment: Experiment, cell: Cell, setup: Setup, index: ReproductionIndex) -> JobSpec:
     tree = cell.job_tree(experiment.job)
     corpus = tree.setdefault("corpus", {})
-    name = str(corpus.get("name", ""))
-    if name.startswith(GENERATED_PREFIX):
-        generated = index.generated.get(name.removeprefix(GENERATED_PREFIX))
+    name = cell.generated_corpus(experiment.job)
+    if name is not None:
+        generated = index.generated.get(name)
         if generated is None:
-            raise IEFlowError(f"the generated corpus {name.removeprefix(GENERATED_PREFIX)!r} is missing: its "
-                              "generation failed (see above)")
+            raise IEFlowError(f"the generated corpus {name!r} is missing: its generation failed (see above)")
         corpus["name"] = generated["uri"]
     fill_family_defaults(tree)
     return JobSpec.model_validate(setup.apply(tree, index.parent_run_id))
