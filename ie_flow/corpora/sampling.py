@@ -104,9 +104,10 @@ def sample(model: Any, rows: Sequence[Sequence[int]], s: Sampling, eos: set[int]
     S = max(len(o) for o in own)
     B = len(rows)
     cache = StaticCache(config=model.config, max_cache_len=P + S + s.max_new_tokens)
+    prefix = torch.tensor([rows[0][:P]], dtype=torch.long, device=device)
     with torch.inference_mode():
         if P:  # the shared prefix once, then one copy per row
-            model(input_ids=torch.tensor([rows[0][:P]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
             cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=device))
         ids = torch.tensor([[pad_id] * (S - len(o)) + o for o in own], device=device)
         own_mask = torch.tensor([[0] * (S - len(o)) + [1] * len(o) for o in own], device=device)
@@ -115,7 +116,7 @@ def sample(model: Any, rows: Sequence[Sequence[int]], s: Sampling, eos: set[int]
         # every token a row has read (its padding stands in for its first own token: penalised anyway)
         seen = torch.where(own_mask.bool(), ids, ids[torch.arange(B), S - own_mask.sum(1)][:, None])
         if P:
-            seen = torch.cat([torch.tensor([rows[0][:P]], device=device).expand(B, P), seen], dim=1)
+            seen = torch.cat([prefix.expand(B, P), seen], dim=1)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position.clamp(min=P), cache=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1].float()
         last = position[:, -1]
@@ -124,10 +125,11 @@ def sample(model: Any, rows: Sequence[Sequence[int]], s: Sampling, eos: set[int]
         ended = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(s.max_new_tokens):
             token = draw(next_token_scores(logits, seen, s), s.top_p, generator)
-            for r, t, done in zip(live.tolist(), token.tolist(), ended.tolist()):
+            drawn = token.tolist()
+            for r, t, done in zip(live.tolist(), drawn, ended.tolist()):
                 if not done:
                     out[r].append(t)
-            ended |= torch.tensor([t in eos for t in token.tolist()], device=device)
+            ended |= torch.tensor([t in eos for t in drawn], device=device)
             if bool(ended.all()) or step == s.max_new_tokens - 1:
                 break
             if int(ended.sum()) * COMPACT_EVERY >= len(live):
