@@ -33,7 +33,6 @@ for, the bound on bootstrap resamples of the report rows (critic fixed).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -142,20 +141,12 @@ def _resident(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device) if t.numel() * t.element_size() < free / 3 else t
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
+    from ie_flow.models import cpu_has_native_bfloat16
+
+    return "bf16" if device.type == "cpu" and cpu_has_native_bfloat16() else "fp32"
 
 
 def _autocast(device: torch.device, precision: str):
