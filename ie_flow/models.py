@@ -243,18 +243,6 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
     return Path(cached).parent.name  # .../snapshots/{commit}/config.json
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; Linux flags). Without
-    it, bfloat16 matrix products are emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def compute_dtype(dtype: str, device: str) -> str:
     """The dtype a model computes in: `auto` is bfloat16 on a GPU, float32 on a CPU."""
     if dtype != "auto":

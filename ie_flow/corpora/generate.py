@@ -125,7 +125,7 @@ def resolve_dtype(settings: GenerationSettings, gpus: float) -> GenerationSettin
     """`auto` made concrete for the workers that will generate (the dtype goes into the metadata)."""
     if settings.dtype != "auto":
         return settings
-    from ie_flow.models import cpu_has_native_bfloat16
+    from ie_flow.hardware import cpu_has_native_bfloat16
 
     native = gpus > 0 or cpu_has_native_bfloat16()  # CPU workers: assumed to be CPUs like this one
     return dataclasses.replace(settings, dtype="bfloat16" if native else "float32")

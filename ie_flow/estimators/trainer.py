@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ie_flow.hardware import cpu_has_native_bfloat16
+
 from . import bounds
 from .critics import Params, SeparableCritic
 from .preprocess import fit_copula
@@ -144,8 +146,6 @@ def _resident(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
-    from ie_flow.models import cpu_has_native_bfloat16
-
     return "bf16" if device.type == "cpu" and cpu_has_native_bfloat16() else "fp32"
 
 

@@ -13,7 +13,7 @@ from ie_flow.corpora.generate import (
     GENERATION_META_KEY, GenerateText, batch_order, GenerationSettings, generate_corpus, prompt_digest, select_prompts,
 )
 from ie_flow.corpora.text import text_corpus
-from ie_flow.models import cpu_has_native_bfloat16
+from ie_flow.hardware import cpu_has_native_bfloat16
 
 DOCS = [
     "the cat sat on the mat. a cat is on a mat.",
