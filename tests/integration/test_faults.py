@@ -188,7 +188,8 @@ def worker_pids(job: Job, doing: str = "") -> list[int]:
     pids = []
     for p in job.family():
         try:
-            if p.cmdline() and p.cmdline()[0].startswith(f"ray::StepWorker{'.' + doing if doing else ''}"):
+            cmdline = p.cmdline()  # read once: a process that exits between two reads has an empty one
+            if cmdline and cmdline[0].startswith(f"ray::StepWorker{'.' + doing if doing else ''}"):
                 pids.append(p.pid)
         except psutil.Error:
             pass
